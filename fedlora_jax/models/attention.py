@@ -1,0 +1,55 @@
+"""Grouped-query self-attention with Qwen3's per-head q/k RMSNorm and HF-layout RoPE."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fedlora_jax.models.config import ModelConfig
+from fedlora_jax.models.layers import RMSNorm, apply_rope
+from fedlora_jax.models.lora import Linear
+
+
+def _split(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
+  return [None] * n if rng is None else list(jax.random.split(rng, n))
+
+
+class Attention(nnx.Module):
+  """Causal GQA attention: N query heads share K = N / G key/value heads."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, h = cfg.hidden_size, cfg.head_dim
+    n, k = cfg.num_attention_heads, cfg.num_key_value_heads
+    kw = dict(param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype, rngs=rngs)
+    self.q_proj = Linear(d, n * h, use_bias=cfg.attention_bias, **kw)
+    self.k_proj = Linear(d, k * h, use_bias=cfg.attention_bias, **kw)
+    self.v_proj = Linear(d, k * h, use_bias=cfg.attention_bias, **kw)
+    self.o_proj = Linear(n * h, d, use_bias=cfg.attention_bias, **kw)
+    if cfg.qk_norm:
+      self.q_norm = nnx.data(RMSNorm(h, cfg.rms_norm_eps, param_dtype=cfg.jnp_param_dtype))
+      self.k_norm = nnx.data(RMSNorm(h, cfg.rms_norm_eps, param_dtype=cfg.jnp_param_dtype))
+    else:
+      self.q_norm = nnx.data(None)
+      self.k_norm = nnx.data(None)
+    self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
+
+  def __call__(self, x_btd: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array,
+               mask_bs: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
+    """x: [B, T, D]; cos/sin: [B, T, H]; mask: [B, T] (1 for real tokens). Returns [B, T, D]."""
+    b, t, _ = x_btd.shape
+    rq, rk, rv, ro = _split(dropout_rng, 4)
+    q_btnh = self.q_proj(x_btd, rq).reshape(b, t, self.num_heads, self.head_dim)
+    k_btkh = self.k_proj(x_btd, rk).reshape(b, t, self.num_kv_heads, self.head_dim)
+    v_btkh = self.v_proj(x_btd, rv).reshape(b, t, self.num_kv_heads, self.head_dim)
+    if self.q_norm is not None:
+      q_btnh = self.q_norm(q_btnh)
+      k_btkh = self.k_norm(k_btkh)
+    q_btnh = apply_rope(q_btnh, cos_bth, sin_bth)
+    k_btkh = apply_rope(k_btkh, cos_bth, sin_bth)
+    # Causal + key-padding mask; jax.nn.dot_product_attention picks cuDNN flash attention on GPU
+    # when it can, and handles GQA (N a multiple of K) without materialising repeated k/v.
+    key_mask_b11s = mask_bs.astype(bool)[:, None, None, :]
+    out_btnh = jax.nn.dot_product_attention(
+        q_btnh, k_btkh, v_btkh, mask=key_mask_b11s, is_causal=True)
+    return self.o_proj(out_btnh.reshape(b, t, self.num_heads * self.head_dim), ro)

@@ -1,0 +1,172 @@
+"""Handwritten LoRA, laid out exactly as Hugging Face PEFT stores it.
+
+Every projection is a `Linear` holding the frozen base `weight` [out, in] (HF layout, so loading a
+checkpoint is a by-name copy). `add_lora` attaches to the targeted projections two `LoRAParam`s,
+`lora_A` [r, in] and `lora_B` [out, r] -- PEFT's `lora_A.weight` / `lora_B.weight` -- so export to
+a PEFT adapter is a rename, not even a transpose. The output is
+
+    y = x W^T + b + scaling * dropout(x) A^T B^T,   scaling = alpha / r   (rsLoRA: alpha / sqrt(r)).
+
+A is initialised like PEFT (Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))) and
+B with zeros, so the adapted model equals the base model at init. `LoRAParam` is a distinct
+variable type: `nnx.split(model, LoRAParam, ...)` separates what is trained from the frozen base,
+and gradients are only ever taken with respect to the LoRA state. Targets are chosen by a regex
+over module paths such as "model/layers/3/self_attn/q_proj" (or a list of module names). LoRA
+weights are kept in float32 whatever the base dtype; `merge_lora` folds scaling * B A into the
+base weights for export or fast inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRAParam(nnx.Param):
+  """A trainable LoRA weight (everything else in the model is frozen)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+  """Which projections get adapters, and how they are scaled.
+
+  Attributes:
+    rank: r.
+    alpha: lora_alpha.
+    target_modules: module names (matched against the last path component), or
+      `target_regex` when given (full match against the "/"-joined module path).
+    use_rslora: scale by alpha / sqrt(r) instead of alpha / r.
+    dropout: dropout rate on the LoRA input during training.
+  """
+
+  rank: int = 8
+  alpha: float = 16.0
+  target_modules: tuple[str, ...] = ALL_PROJECTIONS
+  target_regex: str | None = None
+  use_rslora: bool = False
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    if self.rank < 1:
+      raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+    unknown = set(self.target_modules) - set(ALL_PROJECTIONS)
+    if unknown and self.target_regex is None:
+      raise ValueError(f"unknown LoRA target modules {sorted(unknown)}; known: {ALL_PROJECTIONS}")
+
+  @property
+  def scaling(self) -> float:
+    return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+  def targets(self, path: str) -> bool:
+    """Whether the module at this "/"-joined path gets an adapter."""
+    if self.target_regex is not None:
+      return re.fullmatch(self.target_regex, path) is not None
+    return path.rsplit("/", 1)[-1] in self.target_modules
+
+
+class Linear(nnx.Module):
+  """y = x W^T (+ b) with an optional LoRA branch. W: [out, in] as in HF."""
+
+  def __init__(self, in_features: int, out_features: int, *, use_bias: bool, param_dtype,
+               dtype, rngs: nnx.Rngs):
+    init = nnx.initializers.normal(0.02)
+    self.weight = nnx.Param(init(rngs.params(), (out_features, in_features), param_dtype))
+    self.bias = nnx.data(nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None)
+    self.lora_A = nnx.data(None)
+    self.lora_B = nnx.data(None)
+    self.lora_scaling = 0.0
+    self.lora_dropout = 0.0
+    self.in_features, self.out_features = in_features, out_features
+    self.dtype = dtype
+
+  def __call__(self, x_bti: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
+    """x: [..., in] -> [..., out]."""
+    x = x_bti.astype(self.dtype)
+    y = jnp.einsum("...i,oi->...o", x, self.weight[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    if self.lora_A is not None:
+      if dropout_rng is not None and self.lora_dropout > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - self.lora_dropout, x.shape)
+        x = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(x.dtype)
+      a = self.lora_A[...].astype(self.dtype)
+      b = self.lora_B[...].astype(self.dtype)
+      y = y + self.lora_scaling * jnp.einsum("...r,or->...o", jnp.einsum("...i,ri->...r", x, a), b)
+    return y
+
+  def delta_weight(self) -> jax.Array:
+    """scaling * B A, [out, in] float32 (zeros without LoRA)."""
+    if self.lora_A is None:
+      return jnp.zeros((self.out_features, self.in_features), jnp.float32)
+    return self.lora_scaling * (self.lora_B[...] @ self.lora_A[...])
+
+
+def iter_linears(model: nnx.Module):
+  """Yields ("/"-joined module path, Linear) for every projection in the model."""
+  for path, module in nnx.iter_graph(model):
+    if isinstance(module, Linear):
+      yield "/".join(str(p) for p in path), module
+
+
+def add_lora(model: nnx.Module, config: LoRAConfig, *, rngs: nnx.Rngs) -> list[str]:
+  """Attaches LoRA A (Kaiming-uniform) and B (zeros) to every targeted projection, in place.
+
+  Returns the adapted module paths; raises if the config targets nothing.
+  """
+  adapted = []
+  for path, lin in iter_linears(model):
+    if not config.targets(path):
+      continue
+    bound = 1.0 / math.sqrt(lin.in_features)  # kaiming_uniform_(a=sqrt(5)) as in PEFT
+    a = jax.random.uniform(rngs.lora(), (config.rank, lin.in_features), jnp.float32, -bound, bound)
+    lin.lora_A = LoRAParam(a)
+    lin.lora_B = LoRAParam(jnp.zeros((lin.out_features, config.rank), jnp.float32))
+    lin.lora_scaling = config.scaling
+    lin.lora_dropout = config.dropout
+    adapted.append(path)
+  if not adapted:
+    raise ValueError(f"LoRA config {config} matches no projection of the model")
+  return adapted
+
+
+def merge_lora(model: nnx.Module) -> None:
+  """Folds scaling * B A into each adapted base weight and removes the adapters, in place."""
+  for _, lin in iter_linears(model):
+    if lin.lora_A is not None:
+      w = lin.weight[...]
+      lin.weight[...] = (w.astype(jnp.float32) + lin.delta_weight()).astype(w.dtype)
+      lin.lora_A = None
+      lin.lora_B = None
+
+
+def lora_pairs(lora_tree: dict) -> list[tuple[tuple, dict]]:
+  """(path, {"lora_A": A [..., r, in], "lora_B": B [..., out, r]}) for each adapter in a pure dict."""
+  pairs: list[tuple[tuple, dict]] = []
+
+  def walk(node, path: tuple):
+    if isinstance(node, dict):
+      if "lora_A" in node and "lora_B" in node:
+        pairs.append((path, node))
+        return
+      for k in node:
+        walk(node[k], path + (k,))
+
+  walk(lora_tree, ())
+  return pairs
+
+
+def count_params(tree) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def target_names(paths: Sequence[str]) -> list[str]:
+  """Distinct projection names among adapted paths (PEFT's `target_modules`)."""
+  return sorted({p.rsplit("/", 1)[-1] for p in paths})
