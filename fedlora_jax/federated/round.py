@@ -1,0 +1,239 @@
+"""One federated round -- every sampled client's K local steps plus aggregation -- in one jit.
+
+State (a plain dict, checkpointed as is):
+  round          int32 []           rounds done
+  rng            uint32 [2]         base key; round r, client i use fold_in(fold_in(rng, r), i)
+  global_lora    LoRA tree          the global adapter
+  server_state   tree               server optimizer (and SCAFFOLD's c)
+  client_states  tree, leaves [N, ...]  persistent per-client state of all N clients ({} if none)
+
+Clients run together: `jax.vmap` over the client axis of the LoRA params, optimizer states and
+batches, with the base params shared (`in_axes=None`), so the base exists once per device; each
+client's K steps are a `lax.scan`. With a mesh, the client axis is sharded over devices and the
+weighted mean over clients becomes an all-reduce inside the same program. Clients whose update is
+not finite are quarantined: weight 0, state kept, reported in `metrics["valid"]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedlora_jax.federated.aggregation import all_finite_per_client, client_weights
+from fedlora_jax.federated.algorithms.base import Algorithm, ServerInputs, part_mask
+from fedlora_jax.federated.sharding import ClientSharding
+from fedlora_jax.models.functional import lm_loss
+
+PyTree = Any
+BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalTraining:
+  """How each client trains locally in a round."""
+
+  local_steps: int
+  optimizer: str = "adamw"  # "adamw" | "adam" | "sgd"
+  learning_rate: float = 1e-3
+  weight_decay: float = 0.0
+  grad_clip_norm: float | None = 1.0
+  uniform_weights: bool = False  # aggregate with equal weights instead of sample counts
+  max_target_tokens: int | None = None  # see models.lm_loss
+  logits_chunk: int = 4096
+
+  def make_optimizer(self) -> optax.GradientTransformation:
+    if self.optimizer == "adamw":
+      opt = optax.adamw(self.learning_rate, weight_decay=self.weight_decay)
+    elif self.optimizer == "adam":
+      opt = optax.adam(self.learning_rate)
+    elif self.optimizer == "sgd":
+      opt = optax.sgd(self.learning_rate)
+    else:
+      raise ValueError(f"unknown local optimizer {self.optimizer!r} (adamw, adam, sgd)")
+    if self.grad_clip_norm is not None:
+      opt = optax.chain(optax.clip_by_global_norm(self.grad_clip_norm), opt)
+    return opt
+
+
+def init_state(algorithm: Algorithm, global_lora: PyTree, num_clients: int, seed: int) -> dict:
+  """The round-0 federated state (see module docstring); copies `global_lora`, since rounds
+  donate (consume) the state they are given."""
+  global_lora = jax.tree.map(jnp.array, global_lora)
+  one = algorithm.init_client_state(global_lora)
+  return {
+      "round": jnp.zeros((), jnp.int32),
+      "rng": jax.random.PRNGKey(seed),
+      "global_lora": global_lora,
+      "server_state": algorithm.init_server_state(global_lora),
+      "client_states": jax.tree.map(lambda x: jnp.broadcast_to(x, (num_clients,) + x.shape), one),
+  }
+
+
+class FederatedRound:
+  """Compiles and runs rounds: `state, base, metrics = fr(state, base, batches, ids, counts)`.
+
+  Args:
+    graphdef: the model graph from `models.split_lora`.
+    algorithm: FedAvg or a variant.
+    training: local training settings (K = training.local_steps).
+    num_clients: N, all clients of the federation.
+    sharding: shard the client axis over this mesh (None: default device placement).
+  """
+
+  def __init__(self, graphdef, algorithm: Algorithm, training: LocalTraining, num_clients: int,
+               sharding: ClientSharding | None = None):
+    self.graphdef = graphdef
+    self.algorithm = algorithm
+    self.training = training
+    self.num_clients = num_clients
+    self.sharding = sharding
+    self._optimizer = training.make_optimizer()
+    self._jitted: dict[int, Any] = {}
+
+  # --- one client ------------------------------------------------------------------------------
+  def client_train(self, base, global_lora, server_state, client_state, batches_k, key):
+    """K local steps of one client. batches_k leaves: [K, B, S]. Returns (lora, state, losses[K])."""
+    alg, tr = self.algorithm, self.training
+    start = alg.client_start(global_lora, client_state)
+    trainable = part_mask(start, alg.trainable_parts)
+
+    def step(carry, xs):
+      lora, opt_state = carry
+      batch, i = xs
+
+      def objective(l):
+        loss, _ = lm_loss(self.graphdef, base, l, batch, max_target_tokens=tr.max_target_tokens,
+                          logits_chunk=tr.logits_chunk, dropout_rng=jax.random.fold_in(key, i))
+        return loss + alg.penalty(l, start), loss
+
+      grads, loss = jax.grad(objective, has_aux=True)(lora)
+      grads = alg.correct_grads(grads, client_state, server_state)
+      updates, opt_state = self._optimizer.update(grads, opt_state, lora)
+      updates = jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, trainable)
+      return (optax.apply_updates(lora, updates), opt_state), loss
+
+    steps = jnp.arange(tr.local_steps)
+    (local, _), losses = jax.lax.scan(step, (start, self._optimizer.init(start)),
+                                      (batches_k, steps))
+    new_state = alg.client_final(client_state, server_state, start, local, tr.local_steps)
+    return local, new_state, losses
+
+  # --- the round -------------------------------------------------------------------------------
+  def _round(self, state, base, batches, client_ids, num_samples):
+    alg = self.algorithm
+    g, ss = state["global_lora"], state["server_state"]
+    old_cs = jax.tree.map(lambda x: x[client_ids], state["client_states"])
+    round_key = jax.random.fold_in(state["rng"], state["round"])
+    keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(client_ids)
+    local_c, new_cs, losses_ck = jax.vmap(
+        self.client_train, in_axes=(None, None, None, 0, 0, 0))(base, g, ss, old_cs, batches, keys)
+
+    valid = all_finite_per_client(local_c) & jnp.all(jnp.isfinite(losses_ck), axis=1)
+    weights = client_weights(num_samples, valid, uniform=self.training.uniform_weights)
+
+    def keep_valid(new, old):  # excluded clients contribute their old value, never NaN * 0
+      v = valid.reshape((-1,) + (1,) * (new.ndim - 1))
+      return jnp.where(v, new, old)
+
+    local_c = jax.tree.map(lambda l, gl: keep_valid(l, jnp.broadcast_to(gl, l.shape)), local_c, g)
+    new_cs = jax.tree.map(keep_valid, new_cs, old_cs)
+    new_g, new_ss, new_base = alg.server_update(ServerInputs(
+        global_lora=g, server_state=ss, local_c=local_c, weights_c=weights, valid_c=valid,
+        old_client_state_c=old_cs, new_client_state_c=new_cs, base=base,
+        num_clients=self.num_clients))
+    any_valid = jnp.any(valid)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(any_valid, a, b), new, old)
+    new_state = {
+        "round": state["round"] + 1,
+        "rng": state["rng"],
+        "global_lora": keep(new_g, g),
+        "server_state": keep(new_ss, ss),
+        "client_states": jax.tree.map(lambda a, u: a.at[client_ids].set(u),
+                                      state["client_states"], new_cs),
+    }
+    metrics = {"loss": losses_ck, "valid": valid, "weights": weights}
+    if alg.updates_base:
+      return new_state, keep(new_base, base), metrics
+    return new_state, metrics
+
+  def _compiled(self, num_round_clients: int):
+    if num_round_clients in self._jitted:
+      return self._jitted[num_round_clients]
+    kw: dict[str, Any] = {}
+    if self.sharding is not None:
+      sh = self.sharding
+      sh.check_clients(num_round_clients)
+      rep, by_c = sh.replicated, sh.by_client
+      state_sh = self.state_shardings()
+      metrics_sh = {"loss": by_c, "valid": by_c, "weights": by_c}
+      kw["in_shardings"] = (state_sh, rep, by_c, rep, rep)
+      kw["out_shardings"] = ((state_sh, rep, metrics_sh) if self.algorithm.updates_base
+                             else (state_sh, metrics_sh))
+    donate = (0, 1) if self.algorithm.updates_base else (0,)
+    fn = jax.jit(self._round, donate_argnums=donate, **kw)
+    self._jitted[num_round_clients] = fn
+    return fn
+
+  def state_shardings(self):
+    """Sharding tree prefix for the state dict (client states split by client when they divide)."""
+    sh = self.sharding
+    assert sh is not None
+    return {"round": sh.replicated, "rng": sh.replicated, "global_lora": sh.replicated,
+            "server_state": sh.replicated, "client_states": sh.leading(self.num_clients)}
+
+  def place(self, state: dict, base: PyTree) -> tuple[dict, PyTree]:
+    """Puts state and base on the mesh (a no-op without sharding)."""
+    if self.sharding is None:
+      return state, base
+    sh = self.sharding
+    placed = {k: sh.put(v, s) for k, v, s in
+              ((k, state[k], self.state_shardings()[k]) for k in state)}
+    return placed, sh.put(base, sh.replicated)
+
+  def __call__(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids, num_samples):
+    """Runs one round.
+
+    Args:
+      batches: `input_ids`, `attention_mask`, `loss_mask`, each [C, K, B, S].
+      client_ids: [C] ids of this round's clients (distinct, in [0, N)).
+      num_samples: [C] each client's training-set size (FedAvg weights).
+    Returns:
+      (state, metrics) -- or (state, base, metrics) when the algorithm updates the base --
+      with metrics `loss` [C, K], `valid` [C], `weights` [C].
+    """
+    client_ids = np.asarray(client_ids, np.int32)
+    num_samples = np.asarray(num_samples)
+    missing = [k for k in BATCH_KEYS if k not in batches]
+    if missing:
+      raise ValueError(f"batches lack {missing}")
+    c = len(client_ids)
+    if c == 0:
+      raise ValueError("a round needs at least one participating client")
+    if len(set(client_ids.tolist())) != c or client_ids.min() < 0 or client_ids.max() >= self.num_clients:
+      raise ValueError(f"client ids must be distinct and in [0, {self.num_clients}): {client_ids}")
+    shapes = {k: tuple(np.shape(batches[k])) for k in BATCH_KEYS}
+    for k, s in shapes.items():
+      if len(s) != 4 or s[0] != c or s[1] != self.training.local_steps or s != shapes["input_ids"]:
+        raise ValueError(f"batch {k!r} has shape {s}; expected [clients={c}, local_steps="
+                         f"{self.training.local_steps}, batch, seq] like input_ids "
+                         f"{shapes['input_ids']}")
+    if num_samples.shape != (c,):
+      raise ValueError(f"num_samples has shape {num_samples.shape}, expected ({c},)")
+    batches = {k: batches[k] for k in BATCH_KEYS}
+    if self.sharding is not None:
+      batches = self.sharding.put(batches, self.sharding.by_client)
+    return self._compiled(c)(state, base, batches, client_ids, num_samples.astype(np.float32))
+
+  def lower(self, state, base, batches, client_ids, num_samples):
+    """The lowered round (for memory analysis and benchmarks)."""
+    batches = {k: batches[k] for k in BATCH_KEYS}
+    return self._compiled(len(client_ids)).lower(
+        state, base, batches, np.asarray(client_ids, np.int32),
+        np.asarray(num_samples, np.float32))
+
+
