@@ -1,0 +1,131 @@
+"""Signed statements: client attestations, registrations, and their canonical messages.
+
+Every signed message starts with a distinct domain tag, then fixed-layout fields (u64 big-endian
+integers, u64 length-prefixed strings, raw 32-byte hashes), so no two statements of different
+kinds or contents share a byte encoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import struct
+from typing import Any, Mapping
+
+from fedlora_jax.ledger.bls import Backend, resolve_backend
+from fedlora_jax.ledger.identity import Identity, identity_id
+
+ATTESTATION_TAG = b"fedlora-jax/ledger/attestation/v1\x00"
+SERVER_TAG = b"fedlora-jax/ledger/server-block/v1\x00"
+HASH_LEN = 32
+
+
+def _u64(n: int) -> bytes:
+  if type(n) is not int or not 0 <= n < 2**64:
+    raise ValueError(f"expected an unsigned 64-bit integer, got {n!r}")
+  return struct.pack(">Q", n)
+
+
+def _lp(text: str) -> bytes:
+  data = text.encode("utf-8")
+  return _u64(len(data)) + data
+
+
+def _hash32(value: str, what: str) -> bytes:
+  try:
+    raw = bytes.fromhex(value)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{what} is not hex") from e
+  if len(raw) != HASH_LEN or raw.hex() != value:
+    raise ValueError(f"{what} must be {HASH_LEN} bytes of lowercase hex")
+  return raw
+
+
+def attestation_message(
+    ledger_id: str, round: int, prev_hash: str, client_id: str, update_digest: str,
+    num_samples: int,
+) -> bytes:
+  """The bytes a client signs for one round (all hashes as lowercase hex strings)."""
+  return b"".join([
+      ATTESTATION_TAG, _lp(ledger_id), _u64(round), _hash32(prev_hash, "prev_hash"),
+      _hash32(client_id, "client_id"), _hash32(update_digest, "update_digest"),
+      _u64(num_samples),
+  ])
+
+
+def server_message(ledger_id: str, index: int, body_hash: bytes) -> bytes:
+  """The bytes the server signs for block `index`: the hash of the block body."""
+  return SERVER_TAG + _lp(ledger_id) + _u64(index) + body_hash
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundContext:
+  """What a client must bind its attestation to: the ledger, the round, the current head."""
+
+  ledger_id: str
+  round: int
+  prev_hash: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Attestation:
+  """A client's signed claim: 'for this round and head, my update has this digest and count'."""
+
+  ledger_id: str
+  round: int
+  prev_hash: str
+  client_id: str
+  update_digest: str
+  num_samples: int
+  signature: bytes
+
+  @classmethod
+  def create(
+      cls, identity: Identity, context: RoundContext, update_digest: bytes, num_samples: int,
+      backend: Backend | str | None = None,
+  ) -> Attestation:
+    """Signs an attestation with `identity`'s secret key (numpy integer counts accepted)."""
+    fields = dict(
+        ledger_id=context.ledger_id, round=operator.index(context.round),
+        prev_hash=context.prev_hash, client_id=identity.id, update_digest=update_digest.hex(),
+        num_samples=operator.index(num_samples),
+    )
+    return cls(**fields, signature=identity.sign(attestation_message(**fields), backend))
+
+  def message(self) -> bytes:
+    """The signed bytes; raises ValueError when a field is malformed."""
+    return attestation_message(
+        self.ledger_id, self.round, self.prev_hash, self.client_id, self.update_digest,
+        self.num_samples,
+    )
+
+  def to_dict(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self), "signature": self.signature.hex()}
+
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]) -> Attestation:
+    return cls(**{**data, "signature": bytes.fromhex(data["signature"])})
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+  """A public key with its proof of possession, as recorded in genesis/registration blocks."""
+
+  name: str
+  pk: bytes
+  pop: bytes
+
+  @property
+  def id(self) -> str:
+    return identity_id(self.pk)
+
+  @classmethod
+  def of(cls, identity: Identity, backend: Backend | str | None = None) -> Registration:
+    """A registration for an identity that holds its secret key."""
+    return cls(identity.name, identity.pk, identity.pop_prove(backend))
+
+  def verify(self, backend: Backend | str | None = None) -> bool:
+    return resolve_backend(backend).pop_verify(self.pk, self.pop)
+
+  def to_dict(self) -> dict[str, str]:
+    return {"name": self.name, "id": self.id, "pk": self.pk.hex(), "pop": self.pop.hex()}

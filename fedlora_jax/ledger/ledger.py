@@ -1,0 +1,341 @@
+"""The server's ledger: create/open, register clients, verify a round, append its block.
+
+Single writer: one `Ledger` object appends to a file at a time. Every write is one line written
+with a single `write`, flushed and fsync'ed; a torn trailing line left by a crash is reported on
+open (`torn_tail`) and cut off before the next append.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import operator
+import os
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+from fedlora_jax.ledger import block as blk
+from fedlora_jax.ledger.attestation import (
+    Attestation, Registration, RoundContext, server_message,
+)
+from fedlora_jax.ledger.bls import Backend, resolve_backend
+from fedlora_jax.ledger.chain import (
+    ChainState, apply_block, parse_line, registration_problem, replay_chain,
+)
+from fedlora_jax.ledger.errors import LedgerError, RegistrationError
+from fedlora_jax.ledger.identity import Identity
+
+log = logging.getLogger(__name__)
+
+
+class Rejection(NamedTuple):
+  """A submission excluded from a round: claimed client id, reason (`REJECT_REASONS`), detail."""
+
+  client_id: str
+  reason: str
+  detail: str
+
+
+class RoundVerdict(NamedTuple):
+  """Outcome of `Ledger.verify_round`; unpacks as `accepted, rejected = verdict`."""
+
+  accepted: list[Attestation]
+  rejected: list[Rejection]
+
+
+def _as_registration(client: Identity | Registration, backend: Backend) -> Registration:
+  if isinstance(client, Registration):
+    return client
+  if not client.has_secret:
+    raise RegistrationError(client.name, "an Identity without its secret key cannot prove "
+                            "possession; pass a Registration (pk + PoP) instead")
+  return Registration.of(client, backend)
+
+
+def _check_registrations(regs: Sequence[Registration], taken: set[str], names: set[str],
+                         backend: Backend) -> None:
+  """Raises RegistrationError for the first refused registration (PoP, duplicate, name)."""
+  for reg in regs:
+    problem = registration_problem(reg, taken, names, backend)
+    if problem is not None:
+      raise RegistrationError(reg.name, problem)
+    taken.add(reg.id)
+    names.add(reg.name)
+
+
+class Ledger:
+  """An open ledger file with its verified state. Appending needs the server's secret key."""
+
+  def __init__(self, path: Path, state: ChainState, server: Identity | None, backend: Backend,
+               size: int, torn_tail: bytes) -> None:
+    self.path = path
+    self.backend = backend
+    self.torn_tail = torn_tail
+    self._state = state
+    self._server = server
+    self._size = size  # bytes of the verified prefix
+    self._verified: tuple[int, str, set[Attestation]] | None = None
+
+  # Construction.
+
+  @classmethod
+  def create(cls, path: str | os.PathLike[str], ledger_id: str, server_identity: Identity,
+             clients: Sequence[Identity | Registration] = (),
+             backend: Backend | str | None = None) -> Ledger:
+    """Writes a new ledger whose genesis block registers the server and `clients`.
+
+    Raises RegistrationError naming the first client whose registration is refused (bad PoP,
+    duplicate key or name) and LedgerError when `path` exists.
+    """
+    backend = resolve_backend(backend)
+    if not isinstance(ledger_id, str) or not ledger_id:
+      raise LedgerError("ledger_id must be a non-empty string")
+    server_reg = _as_registration(server_identity, backend)
+    regs = [_as_registration(c, backend) for c in clients]
+    _check_registrations(regs, {server_reg.id}, {server_reg.name}, backend)
+    block = {
+        "index": 0, "kind": "genesis", "version": blk.FORMAT_VERSION, "ledger_id": ledger_id,
+        "prev_hash": blk.GENESIS_PREV_HASH, "server": server_reg.to_dict(),
+        "registrations": [r.to_dict() for r in regs],
+    }
+    line = _seal(block, ledger_id, server_identity, backend)
+    path = Path(path)
+    try:
+      blk.create_file(path, line)
+    except FileExistsError as e:
+      raise LedgerError(f"ledger {path} already exists") from e
+    state = replay_chain([line[:-1]], backend, lambda i: False)  # PoPs checked above
+    return cls(path, state, server_identity, backend, len(line), b"")
+
+  @classmethod
+  def open(cls, path: str | os.PathLike[str], server_identity: Identity | None = None,
+           backend: Backend | str | None = None, full: bool = True) -> Ledger:
+    """Opens and re-verifies a ledger (raises BlockError at the first bad block).
+
+    With `full=False` hash links and structure are checked everywhere but signatures and PoPs
+    only in the last block. A torn trailing line (crash mid-append) is ignored and reported.
+    """
+    backend = resolve_backend(backend)
+    path = Path(path)
+    if not path.is_file():
+      raise LedgerError(f"no ledger file at {path}")
+    lines, torn = blk.read_lines(path)
+    last = len(lines) - 1
+    state = replay_chain(lines, backend, (lambda i: True) if full else (lambda i: i == last))
+    if torn:
+      log.warning("ledger %s: ignoring a torn trailing line of %d bytes after block %d",
+                  path, len(torn), last)
+    if server_identity is not None and server_identity.pk != state.server.pk:
+      raise LedgerError(f"{server_identity.name!r} is not this ledger's server")
+    size = sum(len(line) + 1 for line in lines)
+    return cls(path, state, server_identity, backend, size, torn)
+
+  # Read-only views.
+
+  @property
+  def ledger_id(self) -> str:
+    return self._state.ledger_id
+
+  @property
+  def server(self) -> Identity:
+    return self._state.server
+
+  @property
+  def clients(self) -> dict[str, Identity]:
+    """Registered clients by id (public identities)."""
+    return dict(self._state.clients)
+
+  @property
+  def head_hash(self) -> str:
+    return self._state.head_hash
+
+  @property
+  def last_round(self) -> int | None:
+    return self._state.last_round
+
+  @property
+  def blocks(self) -> list[dict[str, Any]]:
+    """Copies of the verified blocks, oldest first."""
+    return copy.deepcopy(self._state.blocks)
+
+  def round_context(self, round: int) -> RoundContext:
+    """What clients bind their attestations for `round` to."""
+    return RoundContext(self.ledger_id, _as_round(round), self.head_hash)
+
+  # Writing.
+
+  def register(self, clients: Sequence[Identity | Registration]) -> dict[str, Any]:
+    """Appends a registration block; raises RegistrationError naming a refused client."""
+    regs = [_as_registration(c, self.backend) for c in clients]
+    _check_registrations(regs, set(self._state.clients), self._state.names(), self.backend)
+    return self._append({
+        "index": len(self._state.blocks), "kind": "register", "prev_hash": self.head_hash,
+        "registrations": [r.to_dict() for r in regs],
+    })
+
+  def verify_round(self, round: int,
+                   submissions: Sequence[tuple[Attestation, bytes]]) -> RoundVerdict:
+    """Checks each (attestation, digest of the update actually received) for `round`.
+
+    Rejections, in the order checked: 'unregistered' (unknown client id), 'replay' (another
+    ledger, another round, or a previous block as prev_hash), 'digest_mismatch' (the update is
+    not the one signed), 'bad_signature' (forged, malformed, or signed by another key), and
+    'duplicate_client' (a later valid submission of an already accepted client).
+
+    Signatures: one AggregateVerify over the first submission of every client (fast path).
+    Only when it fails is each of them verified on its own to find the culprits; repeated
+    submissions of a client are always verified one by one.
+    """
+    round = self._check_next_round(round)
+    rejected: list[Rejection] = []
+    candidates: list[Attestation] = []
+    for att, actual_digest in submissions:
+      problem = self._precheck(att, round, actual_digest)
+      if problem is None:
+        candidates.append(att)
+      else:
+        rejected.append(Rejection(str(att.client_id)[:128], *problem))
+    firsts: dict[str, Attestation] = {}
+    for att in candidates:
+      firsts.setdefault(att.client_id, att)
+    valid = self._verify_signatures(list(firsts.values()))
+    valid |= {a for a in candidates if a not in firsts.values() and self._verify_one(a)}
+    accepted: list[Attestation] = []
+    for att in candidates:
+      if att not in valid:
+        rejected.append(Rejection(att.client_id, "bad_signature",
+                                  "signature does not verify under the client's key"))
+      elif any(a.client_id == att.client_id for a in accepted):
+        rejected.append(Rejection(att.client_id, "duplicate_client",
+                                  "client already has an accepted attestation this round"))
+      else:
+        accepted.append(att)
+    self._verified = (round, self.head_hash, set(accepted))
+    return RoundVerdict(accepted, rejected)
+
+  def append_round(self, round: int, accepted: Sequence[Attestation],
+                   rejected: Sequence[Rejection], global_digest: bytes,
+                   algorithm: str) -> dict[str, Any]:
+    """Appends the block of `round` (accepted must come from `verify_round` of this round).
+
+    The server signs the block body, which includes `global_digest`; a round with no accepted
+    client is recorded too (aggregate signature null).
+    """
+    round = self._check_next_round(round)
+    round_, head, verified = self._verified or (None, None, set())
+    if round_ != round or head != self.head_hash or not set(accepted) <= verified:
+      raise LedgerError(f"round {round}: accepted attestations were not verified by "
+                        "verify_round for this round and head")
+    if len({a.client_id for a in accepted}) != len(accepted):
+      raise LedgerError(f"round {round}: a client appears twice among the accepted")
+    for rej in rejected:
+      if not isinstance(rej, Rejection) or rej.reason not in blk.REJECT_REASONS:
+        raise LedgerError(f"round {round}: malformed rejection {rej!r}")
+    if not isinstance(global_digest, bytes) or len(global_digest) != 32:
+      raise LedgerError(f"round {round}: global digest must be 32 bytes")
+    if not isinstance(algorithm, str) or not algorithm:
+      raise LedgerError(f"round {round}: algorithm name must be a non-empty string")
+    clients = self._state.clients
+    aggregate = self.backend.aggregate([a.signature for a in accepted]) if accepted else None
+    block = self._append({
+        "index": len(self._state.blocks), "kind": "round", "round": round,
+        "prev_hash": self.head_hash, "algorithm": algorithm,
+        "participants": [
+            {"client_id": a.client_id, "name": clients[a.client_id].name,
+             "update_digest": a.update_digest, "num_samples": a.num_samples}
+            for a in accepted
+        ],
+        "aggregate_signature": aggregate.hex() if aggregate is not None else None,
+        "global_digest": global_digest.hex(),
+        "rejected": [r._asdict() for r in rejected],
+    })
+    self._verified = None
+    return block
+
+  # Internals.
+
+  def _check_next_round(self, round: int) -> int:
+    round = _as_round(round)
+    if self.last_round is not None and round <= self.last_round:
+      raise LedgerError(f"round {round} is not after the last recorded round {self.last_round}")
+    return round
+
+  def _precheck(self, att: Attestation, round: int, actual: bytes) -> tuple[str, str] | None:
+    if not isinstance(att, Attestation):
+      raise TypeError(f"expected an Attestation, got {type(att).__name__}")
+    if not isinstance(att.client_id, str) or att.client_id not in self._state.clients:
+      return "unregistered", "client id is not registered in this ledger"
+    if att.ledger_id != self.ledger_id:
+      return "replay", f"attestation for ledger {att.ledger_id!r}"
+    if att.round != round:
+      return "replay", f"attestation for round {att.round!r}"
+    if att.prev_hash != self.head_hash:
+      return "replay", "attestation bound to an older block"
+    if not isinstance(actual, bytes) or att.update_digest != actual.hex():
+      return "digest_mismatch", "received update does not match the signed digest"
+    try:
+      att.message()
+    except ValueError as e:
+      return "bad_signature", f"malformed attestation: {e}"
+    return None
+
+  def _verify_one(self, att: Attestation) -> bool:
+    pk = self._state.clients[att.client_id].pk
+    return self.backend.verify(pk, att.message(), att.signature)
+
+  def _verify_signatures(self, atts: list[Attestation]) -> set[Attestation]:
+    if not atts:
+      return set()
+    pks = [self._state.clients[a.client_id].pk for a in atts]
+    try:
+      aggregate = self.backend.aggregate([a.signature for a in atts])
+    except ValueError:
+      aggregate = None
+    if aggregate is not None and self.backend.aggregate_verify(
+        pks, [a.message() for a in atts], aggregate):
+      return set(atts)
+    log.info("aggregate verification failed; verifying %d attestations one by one", len(atts))
+    return {a for a in atts if self._verify_one(a)}
+
+  def _append(self, block: dict[str, Any]) -> dict[str, Any]:
+    if self._server is None or not self._server.has_secret:
+      raise LedgerError("appending needs the server identity with its secret key")
+    line = _seal(block, self.ledger_id, self._server, self.backend)
+    new_state = apply_block(_copy_state(self._state), block["index"], parse_line(
+        block["index"], line[:-1]), self.backend, check_sigs=False)
+    on_disk = self.path.stat().st_size
+    if on_disk != self._size + len(self.torn_tail):
+      raise LedgerError(f"ledger {self.path} changed on disk since it was opened")
+    if self.torn_tail:
+      os.truncate(self.path, self._size)
+      log.warning("ledger %s: cut a torn trailing line of %d bytes", self.path,
+                  len(self.torn_tail))
+      self.torn_tail = b""
+    blk.append_line(self.path, line)
+    self._size += len(line)
+    self._state = new_state
+    return copy.deepcopy(new_state.blocks[-1])
+
+
+def _seal(block: dict[str, Any], ledger_id: str, server: Identity, backend: Backend) -> bytes:
+  """Adds the server signature over the body and the block hash; returns the encoded line."""
+  message = server_message(ledger_id, block["index"], blk.body_hash(block))
+  block["server_signature"] = server.sign(message, backend).hex()
+  block["block_hash"] = blk.block_hash(block)
+  return blk.encode_line(block)
+
+
+def _as_round(round: int) -> int:
+  """Rounds are non-negative integers (numpy integers accepted, bools not)."""
+  try:
+    value = operator.index(round)
+  except TypeError:
+    value = -1
+  if isinstance(round, bool) or value < 0:
+    raise LedgerError(f"round must be a non-negative integer, got {round!r}")
+  return value
+
+
+def _copy_state(state: ChainState) -> ChainState:
+  return ChainState(state.ledger_id, state.server, dict(state.clients), state.head_hash,
+                    state.last_round, list(state.blocks))

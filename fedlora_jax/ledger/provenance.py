@@ -1,0 +1,48 @@
+"""Provenance: which round produced an adapter, and who contributed to it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from fedlora_jax.ledger.bls import Backend
+from fedlora_jax.ledger.ledger import Ledger
+
+
+@dataclasses.dataclass(frozen=True)
+class Contributor:
+  name: str
+  client_id: str
+  update_digest: str
+  num_samples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+  """The first round block whose global digest is the adapter's, with its contributors."""
+
+  block_index: int
+  round: int
+  algorithm: str
+  global_digest: str
+  block_hash: str
+  contributors: tuple[Contributor, ...]
+
+
+def find_provenance(ledger_path: str | os.PathLike[str], adapter_digest: bytes | str,
+                    backend: Backend | str | None = None) -> Provenance | None:
+  """Verifies the ledger, then finds the round that first recorded `adapter_digest`.
+
+  Later rounds without valid clients repeat an unchanged digest; the first block is the one
+  whose participants produced it. Returns None when no round recorded the digest.
+  """
+  digest = adapter_digest.hex() if isinstance(adapter_digest, bytes) else adapter_digest.lower()
+  for block in Ledger.open(ledger_path, backend=backend).blocks:
+    if block["kind"] == "round" and block["global_digest"] == digest:
+      contributors = tuple(
+          Contributor(p["name"], p["client_id"], p["update_digest"], p["num_samples"])
+          for p in block["participants"]
+      )
+      return Provenance(block["index"], block["round"], block["algorithm"],
+                        block["global_digest"], block["block_hash"], contributors)
+  return None
