@@ -178,3 +178,26 @@ def test_base_params_are_not_replicated_per_client():
   per_client = (sizes[8] - sizes[2]) / 6
   # A per-client copy of the base would add >= base_bytes per client.
   assert per_client < 0.2 * base_bytes, (per_client, base_bytes)
+
+
+def test_two_phase_round_equals_fused_and_rejected_client_is_excluded(tiny):
+  graphdef, base, lora = tiny
+  alg = F.make_algorithm("fedavg")
+  tr = F.LocalTraining(local_steps=1, learning_rate=1e-2)
+  fr = F.FederatedRound(graphdef, alg, tr, num_clients=3)
+  batches = client_batches(3, 1, seed=3)
+  fused, _ = fr(F.init_state(alg, lora, 3, 0), base, batches, [0, 1, 2], COUNTS)
+  state = F.init_state(alg, lora, 3, 0)
+  trained = fr.train(state, base, batches, [0, 1, 2])
+  local_c = trained[0]
+  two, metrics = fr.aggregate(state, base, trained, [0, 1, 2], COUNTS, [True, True, True])
+  for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(two)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
+  # Rejecting client 2 (e.g. a bad attestation): the global is the mean of clients 0 and 1 only.
+  state = F.init_state(alg, lora, 3, 0)
+  trained = fr.train(state, base, batches, [0, 1, 2])
+  rej, metrics = fr.aggregate(state, base, trained, [0, 1, 2], COUNTS, [True, True, False])
+  np.testing.assert_array_equal(np.asarray(metrics["valid"]), [True, True, False])
+  expected = jax.tree.map(lambda x: (10 * x[0] + 30 * x[1]) / 40, local_c)
+  for a, b in zip(jax.tree.leaves(rej["global_lora"]), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

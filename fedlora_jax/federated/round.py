@@ -124,16 +124,22 @@ class FederatedRound:
     return local, new_state, losses
 
   # --- the round -------------------------------------------------------------------------------
-  def _round(self, state, base, batches, client_ids, num_samples):
-    alg = self.algorithm
-    g, ss = state["global_lora"], state["server_state"]
+  def _train(self, state, base, batches, client_ids):
+    """All sampled clients' local training: (local_c, new client states, losses [C, K])."""
     old_cs = jax.tree.map(lambda x: x[client_ids], state["client_states"])
     round_key = jax.random.fold_in(state["rng"], state["round"])
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(client_ids)
-    local_c, new_cs, losses_ck = jax.vmap(
-        self.client_train, in_axes=(None, None, None, 0, 0, 0))(base, g, ss, old_cs, batches, keys)
+    return jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0))(
+        base, state["global_lora"], state["server_state"], old_cs, batches, keys)
 
-    valid = all_finite_per_client(local_c) & jnp.all(jnp.isfinite(losses_ck), axis=1)
+  def _aggregate(self, state, base, trained, client_ids, num_samples, accept_c):
+    """Server step over the clients that trained finitely and were accepted (`accept_c`)."""
+    alg = self.algorithm
+    local_c, new_cs, losses_ck = trained
+    g, ss = state["global_lora"], state["server_state"]
+    old_cs = jax.tree.map(lambda x: x[client_ids], state["client_states"])
+    finite = all_finite_per_client(local_c) & jnp.all(jnp.isfinite(losses_ck), axis=1)
+    valid = finite & accept_c
     weights = client_weights(num_samples, valid, uniform=self.training.uniform_weights)
 
     def keep_valid(new, old):  # excluded clients contribute their old value, never NaN * 0
@@ -156,28 +162,41 @@ class FederatedRound:
         "client_states": jax.tree.map(lambda a, u: a.at[client_ids].set(u),
                                       state["client_states"], new_cs),
     }
-    metrics = {"loss": losses_ck, "valid": valid, "weights": weights}
+    metrics = {"loss": losses_ck, "valid": valid, "finite": finite, "weights": weights}
     if alg.updates_base:
       return new_state, keep(new_base, base), metrics
     return new_state, metrics
 
-  def _compiled(self, num_round_clients: int):
-    if num_round_clients in self._jitted:
-      return self._jitted[num_round_clients]
+  def _round(self, state, base, batches, client_ids, num_samples):
+    trained = self._train(state, base, batches, client_ids)
+    accept = jnp.ones(client_ids.shape, bool)
+    return self._aggregate(state, base, trained, client_ids, num_samples, accept)
+
+  def _compiled(self, kind: str, num_round_clients: int):
+    """Jitted `kind` in {"round", "train", "aggregate"} for C clients, with shardings if any."""
+    key = (kind, num_round_clients)
+    if key in self._jitted:
+      return self._jitted[key]
+    updates_base = self.algorithm.updates_base
     kw: dict[str, Any] = {}
     if self.sharding is not None:
       sh = self.sharding
       sh.check_clients(num_round_clients)
       rep, by_c = sh.replicated, sh.by_client
       state_sh = self.state_shardings()
-      metrics_sh = {"loss": by_c, "valid": by_c, "weights": by_c}
-      kw["in_shardings"] = (state_sh, rep, by_c, rep, rep)
-      kw["out_shardings"] = ((state_sh, rep, metrics_sh) if self.algorithm.updates_base
-                             else (state_sh, metrics_sh))
-    donate = (0, 1) if self.algorithm.updates_base else (0,)
-    fn = jax.jit(self._round, donate_argnums=donate, **kw)
-    self._jitted[num_round_clients] = fn
-    return fn
+      metrics_sh = {"loss": by_c, "valid": by_c, "finite": by_c, "weights": by_c}
+      out_sh = (state_sh, rep, metrics_sh) if updates_base else (state_sh, metrics_sh)
+      kw = {
+          "round": dict(in_shardings=(state_sh, rep, by_c, rep, rep), out_shardings=out_sh),
+          "train": dict(in_shardings=(state_sh, rep, by_c, rep), out_shardings=by_c),
+          "aggregate": dict(in_shardings=(state_sh, rep, by_c, rep, rep, rep),
+                            out_shardings=out_sh),
+      }[kind]
+    fn = {"round": self._round, "train": self._train, "aggregate": self._aggregate}[kind]
+    donate = () if kind == "train" else ((0, 1) if updates_base else (0,))
+    jitted = jax.jit(fn, donate_argnums=donate, **kw)
+    self._jitted[key] = jitted
+    return jitted
 
   def state_shardings(self):
     """Sharding tree prefix for the state dict (client states split by client when they divide)."""
@@ -191,30 +210,19 @@ class FederatedRound:
     if self.sharding is None:
       return state, base
     sh = self.sharding
-    placed = {k: sh.put(v, s) for k, v, s in
-              ((k, state[k], self.state_shardings()[k]) for k in state)}
-    return placed, sh.put(base, sh.replicated)
+    shardings = self.state_shardings()
+    return {k: sh.put(v, shardings[k]) for k, v in state.items()}, sh.put(base, sh.replicated)
 
-  def __call__(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids, num_samples):
-    """Runs one round.
-
-    Args:
-      batches: `input_ids`, `attention_mask`, `loss_mask`, each [C, K, B, S].
-      client_ids: [C] ids of this round's clients (distinct, in [0, N)).
-      num_samples: [C] each client's training-set size (FedAvg weights).
-    Returns:
-      (state, metrics) -- or (state, base, metrics) when the algorithm updates the base --
-      with metrics `loss` [C, K], `valid` [C], `weights` [C].
-    """
+  def _check(self, batches, client_ids, num_samples=None):
     client_ids = np.asarray(client_ids, np.int32)
-    num_samples = np.asarray(num_samples)
     missing = [k for k in BATCH_KEYS if k not in batches]
     if missing:
       raise ValueError(f"batches lack {missing}")
     c = len(client_ids)
     if c == 0:
       raise ValueError("a round needs at least one participating client")
-    if len(set(client_ids.tolist())) != c or client_ids.min() < 0 or client_ids.max() >= self.num_clients:
+    if (len(set(client_ids.tolist())) != c or client_ids.min() < 0
+        or client_ids.max() >= self.num_clients):
       raise ValueError(f"client ids must be distinct and in [0, {self.num_clients}): {client_ids}")
     shapes = {k: tuple(np.shape(batches[k])) for k in BATCH_KEYS}
     for k, s in shapes.items():
@@ -222,18 +230,51 @@ class FederatedRound:
         raise ValueError(f"batch {k!r} has shape {s}; expected [clients={c}, local_steps="
                          f"{self.training.local_steps}, batch, seq] like input_ids "
                          f"{shapes['input_ids']}")
-    if num_samples.shape != (c,):
-      raise ValueError(f"num_samples has shape {num_samples.shape}, expected ({c},)")
+    if num_samples is not None and np.shape(num_samples) != (c,):
+      raise ValueError(f"num_samples has shape {np.shape(num_samples)}, expected ({c},)")
     batches = {k: batches[k] for k in BATCH_KEYS}
     if self.sharding is not None:
       batches = self.sharding.put(batches, self.sharding.by_client)
-    return self._compiled(c)(state, base, batches, client_ids, num_samples.astype(np.float32))
+    return batches, client_ids
+
+  def __call__(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids, num_samples):
+    """Runs one round (training and aggregation in one compiled program).
+
+    Args:
+      batches: `input_ids`, `attention_mask`, `loss_mask`, each [C, K, B, S].
+      client_ids: [C] ids of this round's clients (distinct, in [0, N)).
+      num_samples: [C] each client's training-set size (FedAvg weights).
+    Returns:
+      (state, metrics) -- or (state, base, metrics) when the algorithm updates the base --
+      with metrics `loss` [C, K], `valid` [C], `finite` [C], `weights` [C]. The input state (and
+      base, for FedEx-LoRA) is donated.
+    """
+    batches, client_ids = self._check(batches, client_ids, num_samples)
+    return self._compiled("round", len(client_ids))(
+        state, base, batches, client_ids, np.asarray(num_samples, np.float32))
+
+  def train(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids):
+    """Phase 1 of an attested round: local training only -> (local_c, client_states_c, loss_ck).
+
+    The host can then digest each client's `local_c` update and verify its attestation before
+    `aggregate` excludes the rejected ones.
+    """
+    batches, client_ids = self._check(batches, client_ids)
+    return self._compiled("train", len(client_ids))(state, base, batches, client_ids)
+
+  def aggregate(self, state: dict, base: PyTree, trained, client_ids, num_samples, accept):
+    """Phase 2: the server step over accepted ([C] bool) clients; returns like `__call__`."""
+    client_ids = np.asarray(client_ids, np.int32)
+    accept = np.asarray(accept, bool)
+    if accept.shape != client_ids.shape or np.shape(num_samples) != client_ids.shape:
+      raise ValueError(f"accept {accept.shape} and num_samples {np.shape(num_samples)} must "
+                       f"match client_ids {client_ids.shape}")
+    return self._compiled("aggregate", len(client_ids))(
+        state, base, trained, client_ids, np.asarray(num_samples, np.float32), accept)
 
   def lower(self, state, base, batches, client_ids, num_samples):
-    """The lowered round (for memory analysis and benchmarks)."""
+    """The lowered fused round (for memory analysis and benchmarks)."""
     batches = {k: batches[k] for k in BATCH_KEYS}
-    return self._compiled(len(client_ids)).lower(
+    return self._compiled("round", len(client_ids)).lower(
         state, base, batches, np.asarray(client_ids, np.int32),
         np.asarray(num_samples, np.float32))
-
-
