@@ -4,7 +4,7 @@ from fedlora_jax.models.config import ConfigError, ModelConfig, PRESETS, RopeSca
 from fedlora_jax.models.functional import (hidden_states, last_logits, lm_loss, logits, merge,
                                            split_lora)
 from fedlora_jax.models.hf_io import (CheckpointError, export_peft_adapter, load_hf_checkpoint,
-                                      load_peft_adapter, save_hf_checkpoint)
+                                      load_peft_adapter, peft_tensors, save_hf_checkpoint)
 from fedlora_jax.models.lora import LoRAConfig, LoRAParam, add_lora, lora_pairs, merge_lora
 from fedlora_jax.models.transformer import CausalLM
 
@@ -12,5 +12,5 @@ __all__ = [
     "CausalLM", "CheckpointError", "ConfigError", "LoRAConfig", "LoRAParam", "ModelConfig",
     "PRESETS", "RopeScaling", "add_lora", "export_peft_adapter", "hidden_states", "last_logits",
     "lm_loss", "load_hf_checkpoint", "load_peft_adapter", "logits", "lora_pairs", "merge",
-    "merge_lora", "preset", "save_hf_checkpoint", "split_lora",
+    "merge_lora", "peft_tensors", "preset", "save_hf_checkpoint", "split_lora",
 ]

@@ -134,6 +134,18 @@ def peft_target_modules(model: CausalLM) -> list[str] | str:
   return "^(" + "|".join(re.escape(p.replace("/", ".")) for p, on in adapted if on) + ")$"
 
 
+def peft_tensors(lora: dict) -> dict[str, np.ndarray]:
+  """The {PEFT tensor name: float32 array} dict of an adapter (what `export_peft_adapter` writes;
+  its ledger digest equals the digest of the exported file)."""
+  tensors: dict[str, np.ndarray] = {}
+  for path, pair in lora_pairs(lora):
+    if pair["lora_A"].ndim != 2:
+      raise ValueError(f"adapter {hf_name(path)} has a client axis; export one client's LoRA")
+    for part in ("lora_A", "lora_B"):
+      tensors[f"{PEFT_PREFIX}{hf_name(path)}.{part}.weight"] = np.asarray(pair[part], np.float32)
+  return tensors
+
+
 def export_peft_adapter(lora: dict, model: CausalLM, lora_config: LoRAConfig,
                         out_dir: str | os.PathLike, *, base_model_name_or_path: str = "") -> str:
   """Writes `adapter_model.safetensors` + `adapter_config.json` that HF PEFT loads unchanged.
@@ -145,14 +157,8 @@ def export_peft_adapter(lora: dict, model: CausalLM, lora_config: LoRAConfig,
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  tensors: dict[str, np.ndarray] = {}
-  for path, pair in lora_pairs(lora):
-    if pair["lora_A"].ndim != 2:
-      raise ValueError(f"adapter {hf_name(path)} has a client axis; export one client's LoRA")
-    for part in ("lora_A", "lora_B"):
-      tensors[f"{PEFT_PREFIX}{hf_name(path)}.{part}.weight"] = np.asarray(pair[part], np.float32)
   adapter_path = os.path.join(out_dir, "adapter_model.safetensors")
-  save_file(tensors, adapter_path, metadata={"format": "pt"})
+  save_file(peft_tensors(lora), adapter_path, metadata={"format": "pt"})
   peft_config = {
       "peft_type": "LORA",
       "task_type": "CAUSAL_LM",

@@ -1,0 +1,95 @@
+"""The CPU demo: six hospitals on the embedded ICD-10-CM benchmark, a tiny pretrained Qwen3-architecture
+base, LoRA on all projections, FedAvg, the BLS identity ledger on.
+
+    python scripts/train.py --config=configs/default.py --config.workdir=runs/default
+
+Every field can be overridden on the command line (``--config.fed.rounds=20``); unknown keys are
+an error. Variants (``configs/fedprox.py``, ``configs/qwen3_8b.py``, ...) import this file and
+change a few fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.workdir = "runs/default"
+  c.cache_dir = "~/.cache/fedlora_jax"  # benchmark, tokenizer and pretrained tiny base
+  c.resume = True  # continue from the workdir's latest checkpoint if there is one
+
+  c.model = ml_collections.ConfigDict()
+  c.model.hf_path = ""  # local HF model directory; empty: the tiny base pretrained below
+  c.model.preset = "qwen3-tiny"  # architecture of the tiny base (vocab set by its tokenizer)
+  c.model.hidden_size = 128
+  c.model.intermediate_size = 384
+  c.model.num_hidden_layers = 2
+  c.model.num_attention_heads = 4
+  c.model.num_key_value_heads = 2
+  c.model.head_dim = 32
+  c.model.param_dtype = "float32"
+  c.model.dtype = "float32"
+  c.model.remat = False
+
+  c.pretrain = ml_collections.ConfigDict()  # only for the tiny base (model.hf_path empty)
+  c.pretrain.steps = 300
+  c.pretrain.batch_size = 16
+  c.pretrain.seq_len = 64
+  c.pretrain.learning_rate = 3e-3
+
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 8
+  c.lora.alpha = 16.0
+  c.lora.target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                           "down_proj")
+  c.lora.target_regex = ""  # when set, replaces target_modules (full match on module paths)
+  c.lora.use_rslora = False
+  c.lora.dropout = 0.0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "icd10"  # "icd10" (embedded) or "files" (MedQA / MedMCQA / PubMedQA paths)
+  c.data.level = "chapter"  # icd10: "chapter" (easier) or "block" (harder)
+  c.data.tokenizer_vocab = 4096  # icd10 with the tiny base: BPE trained on ICD text
+  c.data.max_len = 128
+  c.data.medqa = ""  # files: local JSON/JSONL/parquet paths; empty ones are skipped
+  c.data.medmcqa = ""
+  c.data.pubmedqa = ""
+  c.data.partition = "natural"  # files: natural (one client per source), dirichlet, iid, quantity
+  c.data.num_clients = 4  # files with dirichlet / iid / quantity partitions
+  c.data.dirichlet_alpha = 0.3
+  c.data.test_fraction = 0.2  # files: held-out share of each client's data
+
+  c.fed = ml_collections.ConfigDict()
+  c.fed.algorithm = "fedavg"  # fedavg fedprox fedavgm fedadam fedyogi fedadagrad scaffold
+  #                             ffa_lora fedsa_lora fedex_lora local (single-client baseline)
+  c.fed.centralized = False  # pool every client's data into one client (the centralized baseline)
+  c.fed.rounds = 15
+  c.fed.clients_per_round = 0  # 0: all clients every round
+  c.fed.local_steps = 8
+  c.fed.batch_size = 8
+  c.fed.local_optimizer = "adamw"
+  c.fed.local_lr = 3e-3
+  c.fed.weight_decay = 0.0
+  c.fed.grad_clip_norm = 1.0
+  c.fed.uniform_weights = False
+  c.fed.server_lr = 1.0
+  c.fed.server_momentum = 0.9
+  c.fed.server_b1 = 0.9
+  c.fed.server_b2 = 0.99
+  c.fed.server_eps = 1e-3
+  c.fed.fedprox_mu = 0.01
+  c.fed.num_devices = 0  # 0: all local devices (the client axis is sharded over them)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 1  # rounds
+  c.eval.batch_size = 150
+  c.eval.max_test_per_client = 0  # 0: the whole test set
+
+  c.ledger = ml_collections.ConfigDict()
+  c.ledger.enabled = True
+  c.ledger.backend = "auto"  # auto (compiled arkworks when installed), arkworks, py_ecc
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 1
+  c.checkpoint.keep = 2
+  return c

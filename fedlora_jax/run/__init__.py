@@ -1,0 +1,1 @@
+"""Run orchestration: setup from a config, the training loop, checkpoints, reports."""

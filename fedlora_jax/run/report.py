@@ -1,0 +1,85 @@
+"""report.md with PNG plots: per-client accuracy over rounds, worst-client and harmonic-mean
+curves, and the model x client-test-set heatmap."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fedlora_jax.run.workdir import MetricsLog  # noqa: E402
+
+
+def _plot_curves(records: list[dict[str, Any]], path: str) -> None:
+  evals = [r for r in records if "accuracy" in r]
+  rounds = [r["round"] for r in evals]
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+  for name in evals[0]["accuracy"]:
+    ax1.plot(rounds, [r["accuracy"][name] for r in evals], marker=".", label=name)
+  ax1.set(title="Per-client test accuracy", xlabel="round", ylabel="accuracy")
+  ax1.legend(fontsize=8)
+  for key, label in (("mean", "mean"), ("min", "worst client"), ("harmonic_mean", "harmonic mean")):
+    ax2.plot(rounds, [r["summary"][key] for r in evals], marker=".", label=label)
+  ax2.set(title="Fairness over rounds", xlabel="round", ylabel="accuracy")
+  ax2.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _plot_heatmap(summary: dict[str, Any], path: str) -> None:
+  m = np.asarray(summary["matrix"])
+  cols = list(summary["accuracy"])
+  fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2, 0.6 * len(m) + 1.8))
+  im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+  ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+  ax.set_yticks(range(len(m)), summary["matrix_rows"])
+  for i in range(m.shape[0]):
+    for j in range(m.shape[1]):
+      ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center",
+              color="white" if m[i, j] < 0.6 else "black", fontsize=8)
+  ax.set(title="Accuracy: model (row) x client test set (column)")
+  fig.colorbar(im, ax=ax, fraction=0.03)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_report(workdir: str, summary: dict[str, Any]) -> str:
+  records = MetricsLog.read(os.path.join(workdir, "metrics.jsonl"))
+  if any("accuracy" in r for r in records):
+    _plot_curves(records, os.path.join(workdir, "accuracy_curves.png"))
+  _plot_heatmap(summary, os.path.join(workdir, "client_test_heatmap.png"))
+  f = summary["fairness"]
+  lines = [
+      f"# fedlora-jax run: {summary['algorithm']}" + (" (centralized)" if summary["centralized"]
+                                                     else ""),
+      "",
+      f"{summary['rounds']} rounds. Final accuracy per client on its own test set: mean "
+      f"{f['mean']:.3f}, worst client {f['min']:.3f}, harmonic mean {f['harmonic_mean']:.3f}, "
+      f"std {f['std']:.3f}.",
+      "",
+      "| client | train | test | dominant label (share) | own test acc | acc over all tests |",
+      "|---|---|---|---|---|---|",
+  ]
+  for c in summary["clients"]:
+    n = c["client"]
+    lines.append(f"| {n} | {c['train']} | {c['test']} | {c['dominant']} ({c['dominant_share']}) "
+                 f"| {summary['accuracy'][n]:.3f} | {summary['accuracy_all_tests'][n]:.3f} |")
+  lines += ["", "![accuracy curves](accuracy_curves.png)", "",
+            "![client x test set](client_test_heatmap.png)", ""]
+  if "ledger" in summary:
+    lg = summary["ledger"]
+    lines += [f"Ledger: `{os.path.basename(lg['path'])}`, {lg['blocks']} blocks, "
+              f"{'valid' if lg['valid'] else 'INVALID'}; the exported adapter (digest "
+              f"`{lg['adapter_digest'][:16]}…`) is recorded in block {lg['adapter_block']}.", ""]
+  lines += [f"Adapter (PEFT format): `{os.path.relpath(summary['adapter'], workdir)}`", ""]
+  path = os.path.join(workdir, "report.md")
+  with open(path, "w") as fh:
+    fh.write("\n".join(lines))
+  return path

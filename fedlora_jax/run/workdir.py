@@ -1,0 +1,93 @@
+"""The run directory: resolved config, per-round metrics, and the checks that protect it.
+
+A workdir holds config.json, metrics.jsonl, checkpoints/, ledger.jsonl, keys/, adapter/,
+report.md and plots. Starting a run never overwrites another run's files: a workdir whose
+config.json differs in anything but the fields a resume may change is refused, naming the fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+# Fields a resumed run may change (more rounds, other bookkeeping); everything else must match.
+RESUMABLE_FIELDS = ("workdir", "resume", "fed.rounds", "eval.every", "eval.batch_size",
+                    "checkpoint.every", "checkpoint.keep", "cache_dir")
+
+
+class WorkdirError(ValueError):
+  """A workdir that cannot be used for this run (another run's files, incompatible config)."""
+
+
+def flat_config(cfg: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  d = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(flat_config(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  keys = sorted(set(saved) | set(current))
+  return [k for k in keys if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k)]
+
+
+def check_or_write_config(workdir: str, cfg: ml_collections.ConfigDict, *, has_checkpoint: bool,
+                          resume: bool) -> None:
+  """Refuses an incompatible workdir; writes config.json for a fresh run (only after checks)."""
+  path = os.path.join(workdir, "config.json")
+  current = flat_config(cfg)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    diff = config_differences(saved, current)
+    if diff:
+      raise WorkdirError(
+          f"{workdir} holds a run with a different config ({', '.join(diff[:10])}); "
+          "use a new --config.workdir or the same config")
+    if has_checkpoint and not resume:
+      raise WorkdirError(f"{workdir} has checkpoints and config.resume=False: refusing to "
+                         "overwrite them; use a new --config.workdir")
+  else:
+    leftovers = [n for n in ("metrics.jsonl", "ledger.jsonl", "checkpoints")
+                 if os.path.exists(os.path.join(workdir, n))]
+    if leftovers:
+      raise WorkdirError(f"{workdir} has {leftovers} but no config.json; not overwriting them")
+  os.makedirs(workdir, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(current, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+class MetricsLog:
+  """metrics.jsonl: one JSON record per round; on resume, records past the checkpoint go."""
+
+  def __init__(self, path: str, keep_until_round: int):
+    self.path = path
+    records = self.read(path) if os.path.exists(path) else []
+    kept = [r for r in records if r["round"] <= keep_until_round]
+    if len(kept) != len(records) or not os.path.exists(path):
+      tmp = path + ".tmp"
+      with open(tmp, "w") as f:
+        for r in kept:
+          f.write(json.dumps(r) + "\n")
+      os.replace(tmp, path)
+
+  @staticmethod
+  def read(path: str) -> list[dict[str, Any]]:
+    with open(path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+
+  def append(self, record: dict[str, Any]) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
