@@ -234,6 +234,7 @@ class FederatedRound:
       raise ValueError(f"num_samples has shape {np.shape(num_samples)}, expected ({c},)")
     batches = {k: batches[k] for k in BATCH_KEYS}
     if self.sharding is not None:
+      self.sharding.check_clients(c)  # before `put`, which fails less clearly
       batches = self.sharding.put(batches, self.sharding.by_client)
     return batches, client_ids
 

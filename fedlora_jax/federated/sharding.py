@@ -53,11 +53,14 @@ class ClientSharding:
                        f"use a multiple of {self.num_shards}")
 
   def put(self, tree: Any, sharding: NamedSharding) -> Any:
-    """Places host or device arrays with `sharding` (process-local shards only)."""
+    """Places host or device arrays with `sharding` (copies only this process's shards; a global
+    array spanning other processes is resharded on device instead)."""
     def one(x):
       x = np.asarray(x) if not isinstance(x, jax.Array) else x
       if isinstance(x, jax.Array) and x.sharding == sharding:
         return x
+      if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.device_put(x, sharding)  # a global array (multi-process): reshard in place
       host = np.asarray(x)
       return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
     return jax.tree.map(one, tree)

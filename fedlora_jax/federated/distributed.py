@@ -1,0 +1,91 @@
+"""Multi-host runs: start `jax.distributed` and build the global `clients` mesh.
+
+Every process runs the same program. After `initialize`, `jax.devices()` lists the devices of all
+processes and `global_mesh()` spans them; `FederatedRound(..., sharding=ClientSharding(mesh))` then
+shards the client axis over every host's devices. Each process builds the same host-side inputs
+(same seed: batches, client ids, counts) and `ClientSharding.put` copies only the shards its own
+devices hold, so no process ever needs the other processes' data on device.
+
+    from fedlora_jax.federated import distributed
+    distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=rank)  # before any JAX op
+    sharding = ClientSharding(distributed.global_mesh())
+
+On CPU, collectives across processes need `jax.config.update("jax_cpu_collectives_implementation",
+"gloo")` before `initialize`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+from jax.sharding import Mesh
+
+from fedlora_jax.federated.sharding import make_mesh
+
+
+def initialize(coordinator_address: str, num_processes: int, process_id: int,
+               local_device_ids: int | Sequence[int] | None = None, *,
+               initialization_timeout: int = 300) -> None:
+  """Joins this process to a `jax.distributed` job (call once, before any JAX computation).
+
+  Args:
+    coordinator_address: "host:port" of process 0's coordinator service, reachable by all.
+    num_processes: how many processes take part.
+    process_id: this process's rank, in [0, num_processes).
+    local_device_ids: the local devices this process uses (default: all visible).
+    initialization_timeout: seconds to wait for all processes to connect.
+  Raises:
+    ValueError: malformed arguments.
+    RuntimeError: already initialised, JAX already started computing, or the processes could
+      not connect (the message names the coordinator and this process's rank).
+  """
+  host, sep, port = str(coordinator_address).rpartition(":")
+  if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ValueError(f"coordinator_address must be 'host:port', got {coordinator_address!r}")
+  if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+    raise ValueError(f"num_processes must be a positive int, got {num_processes!r}")
+  if (isinstance(process_id, bool) or not isinstance(process_id, int)
+      or not 0 <= process_id < num_processes):
+    raise ValueError(f"process_id must be an int in [0, {num_processes}), got {process_id!r}")
+  if jax.distributed.is_initialized():
+    raise RuntimeError("jax.distributed is already initialized in this process")
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               local_device_ids=local_device_ids,
+                               initialization_timeout=initialization_timeout)
+  except Exception as e:  # JaxRuntimeError / RuntimeError from the coordination service
+    raise RuntimeError(
+        f"jax.distributed.initialize failed for process {process_id} of {num_processes} with "
+        f"coordinator {coordinator_address!r} (it must be called before any JAX computation, "
+        f"and every process must reach the coordinator within {initialization_timeout} s): "
+        f"{type(e).__name__}: {e}") from e
+
+
+def global_mesh(num_devices: int | None = None) -> Mesh:
+  """The 1-D `clients` mesh over the devices of all processes (all of them by default).
+
+  Raises ValueError when `num_devices` does not use whole processes: every process must own the
+  same number of mesh devices, or some would hold no clients while the others wait on them.
+  """
+  total, local = jax.device_count(), jax.local_device_count()
+  n = total if num_devices is None else num_devices
+  if not 0 < n <= total:
+    raise ValueError(f"num_devices={n}, but the job has {total} devices")
+  mesh = make_mesh(n)
+  per_process: dict[int, int] = {}
+  for d in mesh.devices.flat:
+    per_process[d.process_index] = per_process.get(d.process_index, 0) + 1
+  if len(set(per_process.values())) != 1 or (
+      jax.process_count() > 1 and len(per_process) != jax.process_count()):
+    raise ValueError(f"a mesh of {n} devices spreads unevenly over the {jax.process_count()} "
+                     f"processes ({local} local devices each): devices per process "
+                     f"{per_process}; use a multiple of {local}")
+  return mesh
+
+
+def shutdown() -> None:
+  """Leaves the distributed job (a no-op when not initialised)."""
+  if jax.distributed.is_initialized():
+    jax.distributed.shutdown()

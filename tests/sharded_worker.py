@@ -1,0 +1,182 @@
+"""Subprocess workers for the multi-device tests (JAX's device count is fixed at start-up).
+
+    python -m tests.sharded_worker sharded OUT_DIR
+        with XLA_FLAGS=--xla_force_host_platform_device_count=8: two rounds of 8 clients, sharded
+        over a `clients` mesh of 8 devices and unsharded, for FedAvg and SCAFFOLD;
+        writes OUT_DIR/results.npz (leaves of both runs) and OUT_DIR/report.json (shardings).
+    python -m tests.sharded_worker process COORDINATOR NUM_PROCESSES PROCESS_ID OUT_DIR
+        one process of a `jax.distributed` run (gloo CPU collectives): one FedAvg round of
+        MP_CLIENTS clients on the global mesh; writes OUT_DIR/process_{id}.npz.
+
+The parent test sets XLA_FLAGS and JAX_PLATFORMS before this module imports JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+K = 2  # local steps
+SHARDED_CLIENTS = 8
+SHARDED_ALGORITHMS = ("fedavg", "scaffold")
+MP_CLIENTS = 4
+MP_COUNTS = np.array([5, 10, 20, 40])
+
+
+def _configure_jax():
+  import jax  # pylint: disable=import-outside-toplevel
+  # Same numerics as tests/conftest.py.
+  jax.config.update("jax_default_matmul_precision", "highest")
+  jax.config.update("jax_threefry_partitionable", True)
+  return jax
+
+
+def flat_leaves(prefix: str, tree) -> dict[str, np.ndarray]:
+  """{"prefix/<key path>": leaf as numpy} (process-local leaves only)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {f"{prefix}/{jax.tree_util.keystr(p)}": np.asarray(x) for p, x in flat}
+
+
+def _describe(x) -> dict:
+  """What the test asserts about an output array's placement."""
+  shards = x.addressable_shards
+  return {
+      "shape": list(x.shape),
+      "spec": str(x.sharding.spec),
+      "fully_replicated": bool(x.sharding.is_fully_replicated),
+      "num_devices": len({s.device.id for s in shards}),
+      "shard_shapes": sorted(list(t) for t in {tuple(s.data.shape) for s in shards}),
+      # [start, stop) of axis 0 held by each device
+      "rows": sorted(list(s.index[0].indices(x.shape[0])[:2]) for s in shards) if x.ndim else [],
+  }
+
+
+def fed_round_inputs(num_clients: int, rnd: int):
+  """(batches, client_ids, counts) of round `rnd`: all clients, in a round-dependent order."""
+  from tests.fed_fixtures import client_batches  # pylint: disable=import-outside-toplevel
+  ids = np.arange(num_clients) if rnd == 0 else np.random.default_rng(rnd).permutation(num_clients)
+  counts = np.arange(1, num_clients + 1, dtype=np.float32)[ids] * 10
+  return client_batches(num_clients, K, seed=rnd), ids, counts
+
+
+def run_sharded(out_dir: str) -> None:
+  jax = _configure_jax()
+  from fedlora_jax import federated as F  # pylint: disable=import-outside-toplevel
+  from tests.fed_fixtures import client_batches, tiny_model  # pylint: disable=import-outside-toplevel
+
+  n = SHARDED_CLIENTS
+  assert jax.device_count() == n, jax.devices()
+  graphdef, base, lora = tiny_model()
+  sharding = F.ClientSharding(F.make_mesh(n))
+  tr = F.LocalTraining(local_steps=K, optimizer="sgd", learning_rate=1e-2)
+  results: dict[str, np.ndarray] = {}
+  report: dict = {"device_count": jax.device_count()}
+  for name in SHARDED_ALGORITHMS:
+    alg = F.make_algorithm(name, local_lr=1e-2)
+    for mode in ("single", "sharded"):
+      fr = F.FederatedRound(graphdef, alg, tr, num_clients=n,
+                            sharding=sharding if mode == "sharded" else None)
+      state, base_m = fr.place(F.init_state(alg, lora, n, seed=0), base)
+      metrics = []
+      for rnd in range(2):
+        batches, ids, counts = fed_round_inputs(n, rnd)
+        state, m = fr(state, base_m, batches, ids, counts)
+        metrics.append(m)
+      tag = f"{name}/{mode}"
+      results.update(flat_leaves(f"{tag}/global_lora", state["global_lora"]))
+      results.update(flat_leaves(f"{tag}/server_state", state["server_state"]))
+      results.update(flat_leaves(f"{tag}/client_states", state["client_states"]))
+      for rnd, m in enumerate(metrics):
+        results.update(flat_leaves(f"{tag}/metrics{rnd}", m))
+      if mode != "sharded":
+        continue
+      report[name] = {
+          "global_lora": [_describe(x) for x in jax.tree.leaves(state["global_lora"])],
+          "client_states": [_describe(x) for x in jax.tree.leaves(state["client_states"])],
+          "metrics": {k: _describe(v) for k, v in metrics[-1].items()},
+      }
+      if name == "fedavg":
+        report["base"] = [_describe(x) for x in jax.tree.leaves(base_m)]
+        report["base_bytes"] = int(sum(x.nbytes for x in jax.tree.leaves(base)))
+        # The compiled round takes the base replicated (whole on every device) ...
+        batches, ids, counts = fed_round_inputs(n, 0)
+        compiled = fr.lower(state, base_m, batches, ids, counts).compile()
+        in_base = jax.tree.leaves(compiled.input_shardings[0][1])
+        report["compiled_base_replicated"] = [bool(s.is_fully_replicated) for s in in_base]
+        # ... and each device's arguments hold it once (base + small LoRA state and batches).
+        mem = compiled.memory_analysis()
+        report["per_device_argument_bytes"] = int(mem.argument_size_in_bytes)
+        # A round whose client count does not divide the devices is refused up front.
+        bad_batches = client_batches(6, K)
+        try:
+          fr(state, base_m, bad_batches, np.arange(6), np.ones(6))
+          report["indivisible_error"] = None
+        except Exception as e:  # pylint: disable=broad-except
+          report["indivisible_error"] = [type(e).__name__, str(e)]
+  np.savez(os.path.join(out_dir, "results.npz"), **results)
+  with open(os.path.join(out_dir, "report.json"), "w") as f:
+    json.dump(report, f)
+
+
+def mp_round(F, graphdef, base, lora, sharding):
+  """One FedAvg round of MP_CLIENTS clients (shared by the processes and the reference)."""
+  alg = F.make_algorithm("fedavg")
+  # Plain SGD: Adam's first step, ~lr * sign(grad), would turn fp noise in tiny grads into big
+  # differences between the 4-device and the 1-device program.
+  tr = F.LocalTraining(local_steps=K, optimizer="sgd", learning_rate=5e-2)
+  fr = F.FederatedRound(graphdef, alg, tr, num_clients=MP_CLIENTS, sharding=sharding)
+  state, base = fr.place(F.init_state(alg, lora, MP_CLIENTS, seed=0), base)
+  from tests.fed_fixtures import client_batches  # pylint: disable=import-outside-toplevel
+  batches = client_batches(MP_CLIENTS, K, seed=7)
+  state, metrics = fr(state, base, batches, np.arange(MP_CLIENTS), MP_COUNTS)
+  return state, metrics
+
+
+def run_process(coordinator: str, num_processes: int, process_id: int, out_dir: str) -> None:
+  jax = _configure_jax()
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  from fedlora_jax.federated import distributed  # pylint: disable=import-outside-toplevel
+  distributed.initialize(coordinator, num_processes, process_id)
+  from fedlora_jax import federated as F  # pylint: disable=import-outside-toplevel
+  from tests.fed_fixtures import tiny_model  # pylint: disable=import-outside-toplevel
+
+  mesh = distributed.global_mesh()
+  graphdef, base, lora = tiny_model()
+  state, metrics = mp_round(F, graphdef, base, lora, F.ClientSharding(mesh))
+  out = {"process_index": np.array(jax.process_index()),
+         "process_count": np.array(jax.process_count()),
+         "device_count": np.array(jax.device_count()),
+         "local_device_count": np.array(jax.local_device_count())}
+  # The global adapter is replicated: every process holds all of it.
+  out.update(flat_leaves("global_lora", jax.tree.map(lambda x: x.addressable_data(0),
+                                                  state["global_lora"])))
+  # The losses are split by client: this process holds the rows of its own devices' clients.
+  loss = metrics["loss"]
+  rows = sorted(s.index[0].indices(MP_CLIENTS)[0] for s in loss.addressable_shards)
+  out["loss_rows"] = np.array(rows)
+  out["loss_local"] = np.concatenate(
+      [np.asarray(s.data) for s in sorted(loss.addressable_shards,
+                                          key=lambda s: s.index[0].indices(MP_CLIENTS)[0])])
+  # `put` of a global array that this process only partly holds (a reshard, not a host copy).
+  sh = F.ClientSharding(mesh)
+  loss_all = sh.put(loss, sh.replicated)
+  out["loss_all"] = np.asarray(loss_all.addressable_data(0))
+  np.savez(os.path.join(out_dir, f"process_{process_id}.npz"), **out)
+  distributed.shutdown()
+
+
+def main(argv: list[str]) -> None:
+  if argv[1] == "sharded":
+    run_sharded(argv[2])
+  elif argv[1] == "process":
+    run_process(argv[2], int(argv[3]), int(argv[4]), argv[5])
+  else:
+    raise SystemExit(f"unknown mode {argv[1]!r}; see the module docstring")
+
+
+if __name__ == "__main__":
+  main(sys.argv)
