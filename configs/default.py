@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.pretrain.batch_size = 16
   c.pretrain.seq_len = 64
   c.pretrain.learning_rate = 3e-3
+  c.pretrain.format_documents = 4000  # lettered questions with random answers (no labels)
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 8

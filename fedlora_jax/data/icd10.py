@@ -202,20 +202,21 @@ def _block_names() -> dict[str, str]:
   return {b: _strip_range(_icd().get_description(b)) for b in set(_code_table().blocks)}
 
 
-def _titles() -> list[str]:
+def icd10_titles() -> list[str]:
+  """Every chapter title, then every distinct block title."""
   return list(chapter_names().values()) + sorted(set(_block_names().values()))
 
 
 def icd10_corpus() -> list[str]:
   """Unlabelled public text: every billable description, chapter and block title (nothing pairs a
   description with its chapter)."""
-  return list(_code_table().descriptions) + _titles()
+  return list(_code_table().descriptions) + icd10_titles()
 
 
 def icd10_prompt_vocabulary() -> list[str]:
   """The text every prompt repeats: the question stems, and the chapter and block titles."""
   stems = [QUESTION_TEMPLATE.format(what=w, description="").rstrip("?") for w in LEVELS]
-  return stems + _titles()
+  return stems + icd10_titles()
 
 
 # ------------------------------------------------------------------------------------ building

@@ -63,6 +63,24 @@ def _held_out_descriptions(bench: D.ICD10Benchmark) -> set[str]:
   return out
 
 
+def _format_documents(texts: list[str], titles: list[str], n: int, seed: int) -> list[str]:
+  """Multiple-choice-shaped text with random options and a random answer letter.
+
+  A real LLM has seen countless lettered questions; these teach the tiny base the format (and the
+  letter tokens) while carrying no label: options and answers are drawn independently of the text.
+  """
+  rng = np.random.default_rng([seed, 11])
+  docs = []
+  for _ in range(n):
+    desc = texts[rng.integers(len(texts))]
+    options = tuple(titles[i] for i in rng.choice(len(titles), 4, replace=False))
+    answer = int(rng.integers(4))
+    record = D.MCQRecord(f"Which ICD-10-CM chapter classifies the diagnosis: {desc}?", options,
+                         answer, "format", "")
+    docs.append(D.format_prompt(record) + D.answer_text(answer))
+  return docs
+
+
 def base_model_dir(cfg) -> str:
   """The local HF directory of the base: `model.hf_path`, or the cached tiny pretrained base."""
   if cfg.model.hf_path:
@@ -85,6 +103,7 @@ def base_model_dir(cfg) -> str:
                        param_dtype="float32", dtype="float32", eos_token_id=1)
   held_out = _held_out_descriptions(_icd_benchmark(cfg))
   texts = [t for t in D.icd10_corpus() if t not in held_out]
+  texts += _format_documents(texts, D.icd10_titles(), cfg.pretrain.format_documents, cfg.seed)
   return pretrain_base(arch, tokenizer, texts, steps=cfg.pretrain.steps,
                        batch_size=cfg.pretrain.batch_size, seq_len=cfg.pretrain.seq_len,
                        learning_rate=cfg.pretrain.learning_rate, seed=cfg.seed,

@@ -1,0 +1,108 @@
+"""End to end: a short default run writes every artifact; the ledger verifies and knows the
+exported adapter; the adapter loads in HF PEFT with the JAX model's logits; bad starts fail
+cleanly without touching the run directory."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from fedlora_jax import ledger as L
+from fedlora_jax import models
+from fedlora_jax.run import experiment, setup
+from fedlora_jax.run.workdir import WorkdirError
+from tests.run_fixtures import tiny_config
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache_dir):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  cfg = tiny_config(workdir, cache_dir)
+  summary = experiment.run(cfg)
+  return cfg, workdir, summary
+
+
+def test_run_writes_every_artifact(finished_run):
+  cfg, workdir, summary = finished_run
+  for name in ("config.json", "metrics.jsonl", "ledger.jsonl", "summary.json", "report.md",
+               "accuracy_curves.png", "client_test_heatmap.png",
+               "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+               "checkpoints/2", "keys/server.key", "keys/clinic.key"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert oct(os.stat(os.path.join(workdir, "keys/clinic.key")).st_mode & 0o777) == "0o600"
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["round"] for r in records] == [1, 2]
+  assert all(len(r["clients"]) == 6 and r["ledger"]["accepted"] == 6 for r in records)
+  names = ["cardiology", "oncology", "trauma", "maternity", "general", "clinic"]
+  assert list(summary["accuracy"]) == names
+  acc = np.array(list(summary["accuracy"].values()))
+  assert summary["fairness"]["min"] == pytest.approx(acc.min())
+  assert summary["fairness"]["harmonic_mean"] == pytest.approx(len(acc) / np.sum(1 / acc))
+  # Own-test accuracies are multiples of 1/16 (16 test questions per client).
+  np.testing.assert_allclose(acc * 16, np.round(acc * 16), atol=1e-9)
+  # The ledger verifies, and the exported adapter is the global adapter of the last block.
+  assert L.verify_ledger(os.path.join(workdir, "ledger.jsonl")).ok
+  digest = L.adapter_file_digest(os.path.join(workdir, "adapter/adapter_model.safetensors"))
+  prov = L.find_provenance(os.path.join(workdir, "ledger.jsonl"), digest)
+  assert prov is not None and prov.round == 2 and len(prov.contributors) == 6
+  assert summary["ledger"]["adapter_block"] == prov.block_index
+  report = open(os.path.join(workdir, "report.md")).read()
+  assert "clinic" in report and "harmonic mean" in report
+
+
+@pytest.mark.torch
+def test_exported_adapter_loads_in_peft_with_same_logits(finished_run):
+  torch = pytest.importorskip("torch")
+  peft = pytest.importorskip("peft")
+  import transformers
+  cfg, workdir, _ = finished_run
+  base_dir = setup.base_model_dir(cfg)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+  peft_model = peft.PeftModel.from_pretrained(hf, os.path.join(workdir, "adapter")).eval()
+  model, _, _ = setup.load_model(cfg)
+  graphdef, base, lora_like = models.split_lora(model)
+  lora = models.load_peft_adapter(os.path.join(workdir, "adapter"), lora_like)
+  assert float(np.abs(jax.tree.leaves(lora)[1]).max()) > 0  # trained B, not the zero init
+  ids = np.random.default_rng(0).integers(2, model.cfg.vocab_size, (2, 12))
+  ours = np.asarray(models.logits(graphdef, base, lora, ids.astype(np.int32)))
+  with torch.no_grad():
+    theirs = peft_model(input_ids=torch.tensor(ids)).logits.numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_resume_of_a_finished_run_keeps_its_files_and_a_different_config_is_refused(
+    finished_run, cache_dir):
+  cfg, workdir, summary = finished_run
+  before = open(os.path.join(workdir, "metrics.jsonl")).read()
+  ledger_before = open(os.path.join(workdir, "ledger.jsonl")).read()
+  again = experiment.run(tiny_config(workdir, cache_dir))  # resumes at round 2: nothing to train
+  assert again["accuracy"] == summary["accuracy"]
+  assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
+  assert open(os.path.join(workdir, "ledger.jsonl")).read() == ledger_before
+  config_before = open(os.path.join(workdir, "config.json")).read()
+  with pytest.raises(WorkdirError, match="lora.rank"):
+    experiment.run(tiny_config(workdir, cache_dir, **{"lora.rank": 2}))
+  with pytest.raises(WorkdirError, match="config.resume=False"):
+    experiment.run(tiny_config(workdir, cache_dir, resume=False))
+  assert open(os.path.join(workdir, "config.json")).read() == config_before
+  assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
+
+
+def test_missing_model_path_and_malformed_data_file(tmp_path, cache_dir):
+  with pytest.raises(setup.SetupError, match="model.hf_path .*nope is not a directory"):
+    experiment.run(tiny_config(str(tmp_path / "a"), cache_dir,
+                               **{"model.hf_path": str(tmp_path / "nope")}))
+  bad = tmp_path / "medqa.jsonl"
+  bad.write_text('{"question": "q?", "options": {"A": "x", "B": "y"}, "answer_idx": "Z"}\n')
+  from fedlora_jax.data import DataError
+  with pytest.raises(DataError, match="medqa.jsonl"):
+    setup.load_client_data(tiny_config(str(tmp_path / "b"), cache_dir,
+                                       **{"data.source": "files", "data.medqa": str(bad)}),
+                           tokenizer=None)
