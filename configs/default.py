@@ -32,11 +32,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat = False
 
   c.pretrain = ml_collections.ConfigDict()  # only for the tiny base (model.hf_path empty)
-  c.pretrain.steps = 300
+  c.pretrain.steps = 400
   c.pretrain.batch_size = 16
-  c.pretrain.seq_len = 64
+  c.pretrain.seq_len = 128
   c.pretrain.learning_rate = 3e-3
-  c.pretrain.format_documents = 4000  # lettered questions with random answers (no labels)
+  c.pretrain.tabular_lines = 20000  # of the public tabular list (benchmark codes left out)
+  c.pretrain.public_questions = 12000  # lettered questions on codes no hospital holds
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 8

@@ -1,10 +1,11 @@
-"""Pretraining the tiny base of the CPU demo on unlabelled public text, cached as an HF checkpoint.
+"""Pretraining the tiny base of the CPU demo on public text, cached as an HF checkpoint.
 
-A real user adapts a pretrained LLM that already knows the domain's vocabulary. The CPU demo's
-base plays that part: a tiny Qwen3-architecture model trained as a causal LM on ICD-10-CM text
-(descriptions and titles, never paired with labels), saved as a Hugging Face model directory
-(config.json, model.safetensors, tokenizer.json) so that it loads through exactly the code path
-of a real local checkpoint. The directory is keyed by a hash of everything that determines it.
+A real user adapts a pretrained LLM that already knows the domain. The CPU demo's base plays
+that part: a tiny Qwen3-architecture model trained as a causal LM on public text (the run setup
+passes the ICD-10-CM tabular list minus every code the benchmark's hospitals hold, and
+lettered-question documents with random answers), saved as a Hugging Face model directory
+(config.json, model.safetensors, tokenizer.json) so that it loads through exactly the code path of
+a real local checkpoint. The directory is keyed by a hash of everything that determines it.
 """
 
 from __future__ import annotations

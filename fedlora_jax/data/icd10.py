@@ -24,7 +24,7 @@ import importlib.metadata
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -211,6 +211,36 @@ def icd10_corpus() -> list[str]:
   """Unlabelled public text: every billable description, chapter and block title (nothing pairs a
   description with its chapter)."""
   return list(_code_table().descriptions) + icd10_titles()
+
+
+def icd10_tabular_text(exclude_codes: Collection[str] = ()) -> list[str]:
+  """The tabular list as text lines "chapter title; block title: description", one per billable
+  code, leaving out the given codes and every code of their 7th-character groups (so no near copy
+  of an excluded description remains)."""
+  table = _code_table()
+  index = {code: i for i, code in enumerate(table.codes)}
+  excluded_groups = {table.groups[index[c]] for c in exclude_codes if c in index}
+  chapters, blocks = chapter_names(), _block_names()
+  return [f"{chapters[ch]}; {blocks[b]}: {d}"
+          for d, ch, b, g in zip(table.descriptions, table.chapters, table.blocks, table.groups)
+          if g not in excluded_groups]
+
+
+def public_questions(exclude_codes: Collection[str], n: int, *, level: str = "chapter",
+                     seed: int = 0) -> list[MCQRecord]:
+  """n questions about codes outside `exclude_codes` and their 7th-character groups.
+
+  Public instruction data for pretraining a base that already knows the question format, as a
+  real LLM does: it never shares a code group with the benchmark's hospitals.
+  """
+  table = _code_table()
+  index = {code: i for i, code in enumerate(table.codes)}
+  excluded_groups = {table.groups[index[c]] for c in exclude_codes if c in index}
+  pool = np.asarray([i for i, g in enumerate(table.groups) if g not in excluded_groups])
+  if n > len(pool):
+    raise ValueError(f"only {len(pool)} codes are outside the excluded groups, asked for {n}")
+  chosen = np.random.default_rng([seed, 12]).choice(pool, n, replace=False)
+  return [_make_record(table, int(i), level, seed) for i in chosen]
 
 
 def icd10_prompt_vocabulary() -> list[str]:

@@ -60,14 +60,17 @@ def _eval_loras(algorithm: F.Algorithm, state: dict) -> Any:
 
 
 def _per_client(matrix: np.ndarray, data: ClientData) -> tuple[list[float], list[float]]:
-  """(own-test accuracy per hospital, accuracy over all hospitals' tests per hospital)."""
+  """(own-test accuracy, accuracy over all hospitals' tests) per hospital.
+
+  `matrix` is [M, T]: M == T personal models (row i is hospital i's model), or M == 1 model
+  shared by every hospital (the global or centralized one).
+  """
   sizes = np.asarray([len(t) for t in data.test], np.float64)
-  overall = matrix @ sizes / sizes.sum()
-  if matrix.shape[0] == len(data.test_names) > 1 or (matrix.shape[0] == 1 == len(data.test)):
-    own = np.diag(matrix) if matrix.shape[0] > 1 else matrix[0]
-    across = overall if matrix.shape[0] > 1 else np.repeat(overall, len(data.test))
-  else:  # one model (global or centralized) for every hospital
-    own, across = matrix[0], np.repeat(overall[0], len(data.test))
+  overall_m = matrix @ sizes / sizes.sum()
+  if matrix.shape[0] == 1:
+    own, across = matrix[0], np.repeat(overall_m, matrix.shape[1])
+  else:
+    own, across = np.diag(matrix), overall_m
   return [float(a) for a in own], [float(a) for a in across]
 
 

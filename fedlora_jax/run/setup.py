@@ -54,31 +54,9 @@ def _icd_benchmark(cfg) -> D.ICD10Benchmark:
                                  cache_dir=expand(cfg.cache_dir))
 
 
-def _held_out_descriptions(bench: D.ICD10Benchmark) -> set[str]:
-  out = set()
-  for name in bench.client_names:
-    for split in ("val", "test"):
-      for r in bench.clients[name].split(split):
-        out.add(r.question.split("diagnosis: ", 1)[-1].rstrip("?"))
-  return out
-
-
-def _format_documents(texts: list[str], titles: list[str], n: int, seed: int) -> list[str]:
-  """Multiple-choice-shaped text with random options and a random answer letter.
-
-  A real LLM has seen countless lettered questions; these teach the tiny base the format (and the
-  letter tokens) while carrying no label: options and answers are drawn independently of the text.
-  """
-  rng = np.random.default_rng([seed, 11])
-  docs = []
-  for _ in range(n):
-    desc = texts[rng.integers(len(texts))]
-    options = tuple(titles[i] for i in rng.choice(len(titles), 4, replace=False))
-    answer = int(rng.integers(4))
-    record = D.MCQRecord(f"Which ICD-10-CM chapter classifies the diagnosis: {desc}?", options,
-                         answer, "format", "")
-    docs.append(D.format_prompt(record) + D.answer_text(answer))
-  return docs
+def _benchmark_codes(bench: D.ICD10Benchmark) -> set[str]:
+  return {r.id for name in bench.client_names for split in ("train", "val", "test")
+          for r in bench.clients[name].split(split)}
 
 
 def base_model_dir(cfg) -> str:
@@ -101,9 +79,18 @@ def base_model_dir(cfg) -> str:
                        num_key_value_heads=cfg.model.num_key_value_heads,
                        head_dim=cfg.model.head_dim, max_position_embeddings=512,
                        param_dtype="float32", dtype="float32", eos_token_id=1)
-  held_out = _held_out_descriptions(_icd_benchmark(cfg))
-  texts = [t for t in D.icd10_corpus() if t not in held_out]
-  texts += _format_documents(texts, D.icd10_titles(), cfg.pretrain.format_documents, cfg.seed)
+  # Public text only: the ICD-10-CM tabular list and lettered questions about codes that no
+  # hospital holds (a real LLM has read both kinds). Every benchmark code is left out with its
+  # 7th-character variants, so no train, val or test description is seen before federated
+  # training.
+  held = _benchmark_codes(_icd_benchmark(cfg))
+  rng = np.random.default_rng([cfg.seed, 13])
+  tabular = D.icd10_tabular_text(exclude_codes=held)
+  tabular = [tabular[i] for i in rng.permutation(len(tabular))[:cfg.pretrain.tabular_lines]]
+  questions = D.public_questions(held, cfg.pretrain.public_questions, level=cfg.data.level,
+                                 seed=cfg.seed)
+  texts = tabular + D.icd10_titles() + [D.format_prompt(q) + D.answer_text(q.answer)
+                                        for q in questions]
   return pretrain_base(arch, tokenizer, texts, steps=cfg.pretrain.steps,
                        batch_size=cfg.pretrain.batch_size, seq_len=cfg.pretrain.seq_len,
                        learning_rate=cfg.pretrain.learning_rate, seed=cfg.seed,
