@@ -38,8 +38,8 @@ def test_run_writes_every_artifact(finished_run):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert oct(os.stat(os.path.join(workdir, "keys/clinic.key")).st_mode & 0o777) == "0o600"
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert [r["round"] for r in records] == [1, 2]
-  assert all(len(r["clients"]) == 6 and r["ledger"]["accepted"] == 6 for r in records)
+  assert [r["round"] for r in records] == [0, 1, 2]  # round 0: the base before training
+  assert all(len(r["clients"]) == 6 and r["ledger"]["accepted"] == 6 for r in records[1:])
   names = ["cardiology", "oncology", "trauma", "maternity", "general", "clinic"]
   assert list(summary["accuracy"]) == names
   acc = np.array(list(summary["accuracy"].values()))

@@ -120,9 +120,22 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   if cfg.ledger.enabled:
     attested = AttestedRounds(workdir, data.train_names, ledger_id=_ledger_id(cfg),
                               seed=cfg.seed, backend=cfg.ledger.backend)
-  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), keep_until_round=start)
+  # Records past the checkpoint are dropped (they will be recomputed); a fresh start keeps none.
+  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"),
+                           keep_until_round=start if start else -1)
   logging.info("clients: %s", data.summary)
   matrix = None
+  if start == 0:  # the base model before any federated training, for reference
+    t0 = time.time()
+    before = accuracy_matrix(graphdef, base, _eval_loras(algorithm, state), data.test,
+                             cfg.eval.batch_size)
+    own, across = _per_client(before, data)
+    record0 = {"round": 0, "clients": [], "loss": [], "valid": [], "weights": [], "ledger": {},
+               "accuracy": dict(zip(data.test_names, own)), "summary": fairness_summary(own),
+               "accuracy_all_tests": dict(zip(data.test_names, across)),
+               "seconds": round(time.time() - t0, 3)}
+    metrics_log.append(record0)
+    _progress(record0, 0)
   for r in range(start, cfg.fed.rounds):
     t0 = time.time()
     ids = F.sample_clients(num_clients, per_round, seed=cfg.seed, round_idx=r)
@@ -194,8 +207,9 @@ def _round_batches(cfg, data: ClientData, ids, r):
 
 
 def _progress(record: dict[str, Any], per_round: int) -> None:
-  line = (f"round {record['round']:3d} | clients {per_round} | loss "
-          f"{float(np.mean(record['loss'])):.4f}")
+  line = f"round {record['round']:3d} | clients {per_round}"
+  if record["loss"]:
+    line += f" | loss {float(np.mean(record['loss'])):.4f}"
   if "summary" in record:
     s = record["summary"]
     line += (f" | acc mean {s['mean']:.3f} worst {s['min']:.3f} hmean "
