@@ -23,7 +23,7 @@ from fedlora_jax.run.attested import AttestedRounds
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import accuracy_matrix
 from fedlora_jax.run.setup import ClientData, expand, load_client_data, load_model, lora_config
-from fedlora_jax.run.workdir import MetricsLog, check_or_write_config, flat_config
+from fedlora_jax.run.workdir import MetricsLog, check_workdir, flat_config, write_config
 
 PERSONALISED = ("fedsa_lora", "local")
 
@@ -84,10 +84,11 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   workdir = expand(cfg.workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   has_ckpt = _has_checkpoint(ckpt_dir)
-  check_or_write_config(workdir, cfg, has_checkpoint=has_ckpt, resume=cfg.resume)
+  check_workdir(workdir, cfg, has_checkpoint=has_ckpt, resume=cfg.resume)
 
   model, tokenizer, base_dir = load_model(cfg)
   data = load_client_data(cfg, tokenizer)
+  write_config(workdir, cfg)  # only now: a start that fails on bad input leaves no trace
   graphdef, base, lora = models.split_lora(model)
   algorithm = _algorithm(cfg)
   num_clients = len(data.train)

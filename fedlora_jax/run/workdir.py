@@ -39,15 +39,14 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
   return [k for k in keys if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k)]
 
 
-def check_or_write_config(workdir: str, cfg: ml_collections.ConfigDict, *, has_checkpoint: bool,
-                          resume: bool) -> None:
-  """Refuses an incompatible workdir; writes config.json for a fresh run (only after checks)."""
+def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, *, has_checkpoint: bool,
+                  resume: bool) -> None:
+  """Refuses a workdir that holds another run, or checkpoints that would be overwritten."""
   path = os.path.join(workdir, "config.json")
-  current = flat_config(cfg)
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    diff = config_differences(saved, current)
+    diff = config_differences(saved, flat_config(cfg))
     if diff:
       raise WorkdirError(
           f"{workdir} holds a run with a different config ({', '.join(diff[:10])}); "
@@ -60,11 +59,15 @@ def check_or_write_config(workdir: str, cfg: ml_collections.ConfigDict, *, has_c
                  if os.path.exists(os.path.join(workdir, n))]
     if leftovers:
       raise WorkdirError(f"{workdir} has {leftovers} but no config.json; not overwriting them")
+
+
+def write_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
+  """config.json (the resolved config), written atomically once setup has succeeded."""
   os.makedirs(workdir, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(current, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(flat_config(cfg), f, indent=1, sort_keys=True)
+  os.replace(path + ".tmp", path)
 
 
 class MetricsLog:
