@@ -32,12 +32,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat = False
 
   c.pretrain = ml_collections.ConfigDict()  # only for the tiny base (model.hf_path empty)
-  c.pretrain.steps = 400
+  c.pretrain.steps = 600
   c.pretrain.batch_size = 16
   c.pretrain.seq_len = 128
   c.pretrain.learning_rate = 3e-3
-  c.pretrain.tabular_lines = 20000  # of the public tabular list (benchmark codes left out)
-  c.pretrain.public_questions = 12000  # lettered questions on codes no hospital holds
+  c.pretrain.tabular_lines = 5000  # of the public tabular list (benchmark codes left out)
+  c.pretrain.public_questions = 20000  # lettered questions on codes no hospital holds
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 8
@@ -65,12 +65,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.fed.algorithm = "fedavg"  # fedavg fedprox fedavgm fedadam fedyogi fedadagrad scaffold
   #                             ffa_lora fedsa_lora fedex_lora local (single-client baseline)
   c.fed.centralized = False  # pool every client's data into one client (the centralized baseline)
-  c.fed.rounds = 15
+  c.fed.rounds = 20
   c.fed.clients_per_round = 0  # 0: all clients every round
-  c.fed.local_steps = 8
+  c.fed.local_steps = 10
   c.fed.batch_size = 8
   c.fed.local_optimizer = "adamw"
-  c.fed.local_lr = 3e-3
+  c.fed.local_lr = 2e-3
   c.fed.weight_decay = 0.0
   c.fed.grad_clip_norm = 1.0
   c.fed.uniform_weights = False

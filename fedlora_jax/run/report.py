@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedlora_jax.run.workdir import MetricsLog  # noqa: E402
 
@@ -27,6 +28,8 @@ def _plot_curves(records: list[dict[str, Any]], path: str) -> None:
     ax2.plot(rounds, [r["summary"][key] for r in evals], marker=".", label=label)
   ax2.set(title="Fairness over rounds", xlabel="round", ylabel="accuracy")
   ax2.legend(fontsize=8)
+  for ax in (ax1, ax2):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
