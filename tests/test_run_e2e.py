@@ -106,3 +106,16 @@ def test_missing_model_path_and_malformed_data_file(tmp_path, cache_dir):
     setup.load_client_data(tiny_config(str(tmp_path / "b"), cache_dir,
                                        **{"data.source": "files", "data.medqa": str(bad)}),
                            tokenizer=None)
+
+
+def test_single_client_baseline_exports_each_hospitals_adapter(tmp_path, cache_dir):
+  workdir = str(tmp_path / "local")
+  summary = experiment.run(tiny_config(workdir, cache_dir, **{"fed.algorithm": "local",
+                                                              "fed.rounds": 1}))
+  m = np.asarray(summary["matrix"])
+  assert m.shape == (6, 6) and summary["matrix_rows"][5] == "clinic"
+  np.testing.assert_allclose(np.diag(m), list(summary["accuracy"].values()))
+  sizes = np.full(6, 16.0)
+  np.testing.assert_allclose(m @ sizes / sizes.sum(), list(summary["accuracy_all_tests"].values()))
+  for name in summary["accuracy"]:
+    assert os.path.exists(os.path.join(workdir, "adapters", name, "adapter_model.safetensors"))

@@ -24,16 +24,27 @@ def _predict_models(graphdef, base, lora_m, ids_bs, mask_bs, pos_b, option_ids):
 def accuracy_matrix(graphdef, base, lora_m, test_sets: list[TokenizedMCQ],
                     batch_size: int) -> np.ndarray:
   """[M, T] accuracy of adapter m on test set t; `lora_m` leaves carry a leading model axis."""
-  rows = []
-  for data in test_sets:
-    n = len(data)
-    preds = []
-    for start in range(0, n, batch_size):
-      idx = np.arange(start, start + batch_size)
-      idx[idx >= n] = start  # pad with a real row so every batch has one shape
-      preds.append(_predict_models(graphdef, base, lora_m, data.input_ids[idx],
-                                   data.attention_mask[idx], data.answer_pos[idx],
-                                   jnp.asarray(data.option_token_ids)))
-    pred_mn = np.concatenate([np.asarray(p) for p in preds], axis=1)[:, :n]
-    rows.append((pred_mn == data.labels[None]).mean(axis=1))
-  return np.stack(rows, axis=1)
+  return np.stack([_accuracies(graphdef, base, lora_m, data, batch_size) for data in test_sets],
+                  axis=1)
+
+
+def own_accuracies(graphdef, base, lora_m, test_sets: list[TokenizedMCQ],
+                   batch_size: int) -> np.ndarray:
+  """[T] accuracy of adapter t on test set t only (M == T personal adapters)."""
+  return np.asarray([
+      _accuracies(graphdef, base, jax.tree.map(lambda x: x[t:t + 1], lora_m), data,
+                  batch_size)[0] for t, data in enumerate(test_sets)])
+
+
+def _accuracies(graphdef, base, lora_m, data: TokenizedMCQ, batch_size: int) -> np.ndarray:
+  """[M] accuracy of each adapter on one test set."""
+  n = len(data)
+  preds = []
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    idx[idx >= n] = start  # pad with a real row so every batch has one shape
+    preds.append(_predict_models(graphdef, base, lora_m, data.input_ids[idx],
+                                 data.attention_mask[idx], data.answer_pos[idx],
+                                 jnp.asarray(data.option_token_ids)))
+  pred_mn = np.concatenate([np.asarray(p) for p in preds], axis=1)[:, :n]
+  return (pred_mn == data.labels[None]).mean(axis=1)

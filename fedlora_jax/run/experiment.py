@@ -21,7 +21,7 @@ from fedlora_jax.eval import fairness_summary
 from fedlora_jax.run import report
 from fedlora_jax.run.attested import AttestedRounds
 from fedlora_jax.run.checkpoint import Checkpointer
-from fedlora_jax.run.evaluation import accuracy_matrix
+from fedlora_jax.run.evaluation import accuracy_matrix, own_accuracies
 from fedlora_jax.run.setup import ClientData, expand, load_client_data, load_model, lora_config
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, flat_config, write_config
 
@@ -72,6 +72,13 @@ def _per_client(matrix: np.ndarray, data: ClientData) -> tuple[list[float], list
   else:
     own, across = np.diag(matrix), overall_m
   return [float(a) for a in own], [float(a) for a in across]
+
+
+def _own_accuracy(graphdef, base, algorithm, state, data: ClientData, batch_size: int):
+  loras = _eval_loras(algorithm, state)
+  if jax.tree.leaves(loras)[0].shape[0] == 1:
+    return [float(a) for a in accuracy_matrix(graphdef, base, loras, data.test, batch_size)[0]]
+  return [float(a) for a in own_accuracies(graphdef, base, loras, data.test, batch_size)]
 
 
 def _ledger_id(cfg) -> str:
@@ -128,12 +135,9 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   matrix = None
   if start == 0:  # the base model before any federated training, for reference
     t0 = time.time()
-    before = accuracy_matrix(graphdef, base, _eval_loras(algorithm, state), data.test,
-                             cfg.eval.batch_size)
-    own, across = _per_client(before, data)
+    own = _own_accuracy(graphdef, base, algorithm, state, data, cfg.eval.batch_size)
     record0 = {"round": 0, "clients": [], "loss": [], "valid": [], "weights": [], "ledger": {},
                "accuracy": dict(zip(data.test_names, own)), "summary": fairness_summary(own),
-               "accuracy_all_tests": dict(zip(data.test_names, across)),
                "seconds": round(time.time() - t0, 3)}
     metrics_log.append(record0)
     _progress(record0, 0)
@@ -180,12 +184,15 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         "ledger": ledger_info}
     last = r + 1 == cfg.fed.rounds
     timing["round_s"] = time.time() - t0
-    if (r + 1) % cfg.eval.every == 0 or last:
+    if last:  # the full model x test-set matrix
       matrix = accuracy_matrix(graphdef, base, _eval_loras(algorithm, state), data.test,
                                cfg.eval.batch_size)
       own, across = _per_client(matrix, data)
       record.update(accuracy=dict(zip(data.test_names, own)), summary=fairness_summary(own),
                     accuracy_all_tests=dict(zip(data.test_names, across)))
+    elif (r + 1) % cfg.eval.every == 0:  # each hospital's own test set only
+      own = _own_accuracy(graphdef, base, algorithm, state, data, cfg.eval.batch_size)
+      record.update(accuracy=dict(zip(data.test_names, own)), summary=fairness_summary(own))
     record["seconds"] = round(time.time() - t0, 3)
     record["timing"] = {k: round(v, 3) for k, v in timing.items()}
     trees = {"state": state, **({"base": base} if algorithm.updates_base else {})}
