@@ -8,11 +8,14 @@ shared (`in_axes=None`): the base then exists once in memory, never per client.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.custom_derivatives import SymbolicZero
 
 from fedlora_jax.models.lora import LoRAParam
 from fedlora_jax.models.transformer import CausalLM
@@ -62,27 +65,88 @@ def _select_targets(loss_mask_bt: jax.Array, max_targets: int | None):
   return idx_bk, jnp.take_along_axis(w_bt, idx_bk, axis=1)
 
 
+def _chunked(x: jax.Array, chunk: int) -> jax.Array:
+  """[N, ...] -> [N / chunk, chunk, ...], zero-padded at the end."""
+  pad = (-x.shape[0]) % chunk
+  x = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+  return x.reshape((-1, chunk) + x.shape[1:])
+
+
+def _ce_chunk(h_cd, w_vd, t_c, dtype):
+  """Logits [c, V] (float32) of one chunk, and its per-row log-sum-exp and target logit."""
+  logits_cv = jnp.einsum("cd,vd->cv", h_cd.astype(dtype), w_vd.astype(dtype),
+                         preferred_element_type=jnp.float32)
+  lse_c = jax.nn.logsumexp(logits_cv, axis=-1)
+  picked_c = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
+  return logits_cv, lse_c, picked_c
+
+
+def _ce_sum_primal(h_nd, w_vd, targets_n, w_n, chunk, dtype):
+  def one(xs):
+    h_cd, t_c, wt_c = xs
+    _, lse_c, picked_c = _ce_chunk(h_cd, w_vd, t_c, dtype)
+    return jnp.sum((lse_c - picked_c) * wt_c)
+  xs = (_chunked(h_nd, chunk), _chunked(targets_n, chunk), _chunked(w_n, chunk))
+  return jnp.sum(jax.lax.map(one, xs))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _fused_cross_entropy_sum(h_nd, w_vd, targets_n, w_n, chunk, dtype):
+  return _ce_sum_primal(h_nd, w_vd, targets_n, w_n, chunk, dtype)
+
+
+def _fused_ce_fwd(h_nd, w_vd, targets_n, w_n, chunk, dtype):
+  """Forward that also forms d(loss_sum)/dh chunk by chunk: softmax - onehot never outlives its
+  [chunk, V] block, and the head matmul is never recomputed in the backward pass."""
+  need_dw = w_vd.perturbed
+  h_nd, w_vd, targets_n, w_n = h_nd.value, w_vd.value, targets_n.value, w_n.value
+  n, d = h_nd.shape
+
+  def one(dw_vd, xs):
+    h_cd, t_c, wt_c = xs
+    logits_cv, lse_c, picked_c = _ce_chunk(h_cd, w_vd, t_c, dtype)
+    ce_c = lse_c - picked_c
+    g_cv = jnp.exp(logits_cv - lse_c[:, None])
+    g_cv = (g_cv - jax.nn.one_hot(t_c, g_cv.shape[-1], dtype=g_cv.dtype)) * wt_c[:, None]
+    g_cv = g_cv.astype(dtype)
+    dh_cd = jnp.einsum("cv,vd->cd", g_cv, w_vd.astype(dtype),
+                       preferred_element_type=jnp.float32).astype(h_nd.dtype)
+    if need_dw:
+      dw_vd = dw_vd + jnp.einsum("cv,cd->vd", g_cv, h_cd.astype(dtype),
+                                 preferred_element_type=jnp.float32)
+    return dw_vd, (jnp.sum(ce_c * wt_c), ce_c, dh_cd)
+
+  dw0 = jnp.zeros(w_vd.shape, jnp.float32) if need_dw else None
+  dw_vd, (loss_k, ce_kc, dh_kcd) = jax.lax.scan(
+      one, dw0, (_chunked(h_nd, chunk), _chunked(targets_n, chunk), _chunked(w_n, chunk)))
+  res = (dh_kcd.reshape(-1, d)[:n], ce_kc.reshape(-1)[:n],
+         None if dw_vd is None else dw_vd.astype(w_vd.dtype), targets_n)
+  return jnp.sum(loss_k), res
+
+
+def _fused_ce_bwd(chunk, dtype, res, ct):
+  del chunk, dtype
+  dh_nd, ce_n, dw_vd, targets_n = res
+  if isinstance(ct, SymbolicZero):
+    ct = jnp.zeros((), jnp.float32)
+  d_targets = np.zeros(targets_n.shape, jax.dtypes.float0)
+  return ((ct * dh_nd).astype(dh_nd.dtype), None if dw_vd is None else ct * dw_vd, d_targets,
+          ct * ce_n)
+
+
+_fused_cross_entropy_sum.defvjp(_fused_ce_fwd, _fused_ce_bwd, symbolic_zeros=True)
+
+
 def _cross_entropy_sum(model: CausalLM, h_nd: jax.Array, targets_n: jax.Array,
                        w_n: jax.Array, chunk: int) -> jax.Array:
-  """sum_n w_n * CE(head(h_n), target_n), computing [chunk, V] logits at a time."""
-  n = h_nd.shape[0]
-  chunk = min(chunk, n)
-  pad = (-n) % chunk
-  h = jnp.pad(h_nd, ((0, pad), (0, 0))).reshape(-1, chunk, h_nd.shape[-1])
-  tg = jnp.pad(targets_n, (0, pad)).reshape(-1, chunk)
-  w = jnp.pad(w_n, (0, pad)).reshape(-1, chunk)
+  """sum_n w_n * CE(head(h_n), target_n), computing [chunk, V] logits at a time.
 
-  @jax.checkpoint  # keep no [chunk, V] logits alive for the backward pass
-  def one(args):
-    h_cd, t_c, w_c = args
-    logits_cv = model.logits(h_cd)
-    lse_c = jax.nn.logsumexp(logits_cv, axis=-1)
-    picked_c = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
-    return jnp.sum((lse_c - picked_c) * w_c)
-
-  if h.shape[0] == 1:
-    return one((h[0], tg[0], w[0]))
-  return jnp.sum(jax.lax.map(one, (h, tg, w)))
+  The backward pass never recomputes or stores logits: the forward pass forms the gradient with
+  respect to h for each chunk (see `_fused_ce_fwd`).
+  """
+  chunk = min(chunk, h_nd.shape[0])
+  return _fused_cross_entropy_sum(h_nd, model.head_weight(), targets_n, w_n.astype(jnp.float32),
+                                  chunk, model.cfg.jnp_dtype)
 
 
 def lm_loss(graphdef, base: Params, lora: Params, batch: dict[str, jax.Array], *,

@@ -1,0 +1,215 @@
+"""Timing a federated round of this engine, and of the same JAX code one client at a time.
+
+Both variants train the same model on the same batches with the same local optimizer. The engine
+is `FederatedRound` (all clients vmapped in one jitted call, sharded when several devices
+exist); the sequential variant jits `FederatedRound.client_train` once and calls it per client,
+then averages the adapters with a jitted weighted mean. Compilation is timed apart (an explicit
+`lower().compile()` plus the first call) and never enters throughput; throughput is the median
+over timed repetitions, with batches already on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fedlora_jax import federated, models
+from fedlora_jax.benchmarks.data import RoundShape, client_batches, trained_tokens
+from fedlora_jax.benchmarks.machine import PeakRSS, device_memory
+
+
+@dataclasses.dataclass
+class Setup:
+  """A model with LoRA, split for the engine."""
+
+  cfg: models.ModelConfig
+  lora_config: models.LoRAConfig
+  model: models.CausalLM
+  graphdef: Any
+  base: dict
+  lora: dict
+
+
+def build(cfg: models.ModelConfig, rank: int, *, alpha: float | None = None,
+          seed: int = 0) -> Setup:
+  """Random base weights (no download) and a PEFT-initialised LoRA of rank `rank` on all seven
+  projections (alpha = 2r unless given)."""
+  lcfg = models.LoRAConfig(rank=rank, alpha=2.0 * rank if alpha is None else alpha)
+  model = models.CausalLM(cfg, rngs=nnx.Rngs(params=seed))
+  models.add_lora(model, lcfg, rngs=nnx.Rngs(lora=seed + 1))
+  graphdef, base, lora = models.split_lora(model)
+  return Setup(cfg, lcfg, model, graphdef, base, lora)
+
+
+def local_training(shape: RoundShape, **kw) -> federated.LocalTraining:
+  return federated.LocalTraining(local_steps=shape.local_steps, **kw)
+
+
+def _median(xs):
+  return float(np.median(np.asarray(xs))) if xs else float("nan")
+
+
+@dataclasses.dataclass
+class RoundTiming:
+  """Seconds of each timed round, compile time, tokens per round and peak memory."""
+
+  name: str
+  round_s: list[float]
+  compile_s: float
+  first_call_s: float
+  tokens: int
+  host_peak_rss_growth_bytes: int
+  device_memory: dict | None = None
+  memory_analysis: dict | None = None
+  losses: list | None = None
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def median_s(self) -> float:
+    return _median(self.round_s)
+
+  @property
+  def tokens_per_s(self) -> float:
+    return self.tokens / self.median_s
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d.update(median_s=self.median_s, tokens_per_s=self.tokens_per_s)
+    return d
+
+
+def _memory_analysis(compiled) -> dict | None:
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 -- not every backend implements it
+    return None
+  if m is None:
+    return None
+  keys = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+          "alias_size_in_bytes", "generated_code_size_in_bytes")
+  return {k: int(getattr(m, k)) for k in keys if hasattr(m, k)}
+
+
+def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
+                training: federated.LocalTraining | None = None,
+                sharding: federated.ClientSharding | None = None,
+                algorithm: str = "fedavg") -> RoundTiming:
+  """All C clients in one jitted round, `repeats` timed rounds after compile and a first call."""
+  tr = training or local_training(shape)
+  alg = federated.make_algorithm(algorithm)
+  c = shape.clients
+  fr = federated.FederatedRound(setup.graphdef, alg, tr, num_clients=c, sharding=sharding)
+  ids, counts = np.arange(c), np.full(c, 100.0)
+  state = federated.init_state(alg, setup.lora, c, seed=0)
+  state, base = fr.place(state, setup.base)
+  dev_batches = {k: jnp.asarray(v) for k, v in batches.items()}
+  with PeakRSS() as mem:
+    t = time.perf_counter()
+    compiled = fr.lower(state, base, dev_batches, ids, counts).compile()
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    state, metrics = fr(state, base, dev_batches, ids, counts)
+    jax.block_until_ready((state, metrics))
+    first_s = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      state, metrics = fr(state, base, dev_batches, ids, counts)
+      jax.block_until_ready((state, metrics))
+      times.append(time.perf_counter() - t)
+  return RoundTiming(
+      name="engine", round_s=times, compile_s=compile_s, first_call_s=first_s,
+      tokens=trained_tokens(batches), host_peak_rss_growth_bytes=mem.growth,
+      device_memory=device_memory(), memory_analysis=_memory_analysis(compiled),
+      losses=np.asarray(metrics["loss"]).tolist())
+
+
+def time_sequential(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
+                    training: federated.LocalTraining | None = None,
+                    algorithm: str = "fedavg") -> RoundTiming:
+  """The same jitted client update called once per client, then a jitted weighted mean."""
+  tr = training or local_training(shape)
+  alg = federated.make_algorithm(algorithm)
+  c = shape.clients
+  fr = federated.FederatedRound(setup.graphdef, alg, tr, num_clients=c)
+  state = federated.init_state(alg, setup.lora, c, seed=0)
+  one_state = jax.tree.map(lambda x: x[0], state["client_states"])
+  client = jax.jit(fr.client_train)
+  counts = jnp.full((c,), 100.0)
+
+  @jax.jit
+  def average(locals_c, counts):
+    w = counts / jnp.sum(counts)
+    return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), locals_c)
+
+  per_client = [{k: jnp.asarray(v[i]) for k, v in batches.items()} for i in range(c)]
+  keys = [jax.random.fold_in(state["rng"], i) for i in range(c)]
+
+  def one_round(global_lora):
+    locals_, losses = [], []
+    for i in range(c):
+      local, _, loss = client(setup.base, global_lora, state["server_state"], one_state,
+                              per_client[i], keys[i])
+      locals_.append(local)
+      losses.append(loss)
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *locals_)
+    return average(stacked, counts), jnp.stack(losses)
+
+  g = state["global_lora"]
+  with PeakRSS() as mem:
+    t = time.perf_counter()
+    compiled = client.lower(setup.base, g, state["server_state"], one_state, per_client[0],
+                            keys[0]).compile()
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    g, losses = one_round(g)
+    jax.block_until_ready(g)
+    first_s = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      g, losses = one_round(g)
+      jax.block_until_ready((g, losses))
+      times.append(time.perf_counter() - t)
+  return RoundTiming(
+      name="sequential_jax", round_s=times, compile_s=compile_s, first_call_s=first_s,
+      tokens=trained_tokens(batches), host_peak_rss_growth_bytes=mem.growth,
+      device_memory=device_memory(), memory_analysis=_memory_analysis(compiled),
+      losses=np.asarray(losses).tolist())
+
+
+def scaling_sweep(cfg: models.ModelConfig, points: list[RoundShape], *, repeats: int,
+                  training_kw: dict | None = None, seed: int = 0, log=print) -> list[dict]:
+  """Engine round time, throughput, compile time and memory for each shape (one compile each)."""
+  rows = []
+  setups: dict[int, Setup] = {}
+  for shape in points:
+    if shape.rank not in setups:
+      setups[shape.rank] = build(cfg, shape.rank, seed=seed)
+    batches = client_batches(shape, cfg.vocab_size, seed=seed)
+    timing = time_engine(setups[shape.rank], shape, batches, repeats=repeats,
+                         training=local_training(shape, **(training_kw or {})))
+    row = {"shape": dataclasses.asdict(shape), **timing.to_dict()}
+    row.pop("losses", None)
+    rows.append(row)
+    log(f"  scaling C={shape.clients:3d} K={shape.local_steps} B={shape.batch} S={shape.seq:4d} "
+        f"r={shape.rank:3d}: {timing.median_s * 1e3:8.1f} ms/round, "
+        f"{timing.tokens_per_s:8.0f} tok/s, compile {timing.compile_s:5.1f} s, "
+        f"host RSS +{timing.host_peak_rss_growth_bytes / 2**20:.0f} MiB")
+  return rows
+
+
+def linear_fit(tokens: list[float], seconds: list[float]) -> dict[str, float]:
+  """Least squares seconds = a + b * tokens, with R^2 (a: fixed cost per round)."""
+  x, y = np.asarray(tokens, float), np.asarray(seconds, float)
+  b, a = np.polyfit(x, y, 1)
+  pred = a + b * x
+  ss_res, ss_tot = float(np.sum((y - pred) ** 2)), float(np.sum((y - y.mean()) ** 2))
+  return {"intercept_s": float(a), "s_per_token": float(b),
+          "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0}

@@ -1,0 +1,116 @@
+"""The baseline users pick today: PyTorch + HF PEFT, one model, clients trained one after another.
+
+As in OpenFedLLM: one `PeftModel` wraps the base; for each client of the round the global adapter
+is loaded (`set_peft_model_state_dict`), K AdamW steps are taken on the client's batches (with a
+fresh optimizer and gradient clipping at 1.0, as HF's Trainer does), the adapter is saved
+(`get_peft_model_state_dict`, cloned to the host), and after the last client the saved adapters are
+averaged with sample-count weights into the new global adapter.
+
+The base is the JAX model's own weights: `save_hf_checkpoint` writes them, transformers'
+`from_pretrained` reads them back into the identical architecture (`cfg.to_hf_config()`), and the
+PEFT adapter starts from the same LoRA A/B values, so both sides train the same function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class TorchRoundResult:
+  round_s: list[float]  # wall time of each timed round
+  losses: np.ndarray  # [C, K] of the last round
+  num_threads: int
+  setup_s: float
+
+
+def _torch():
+  import torch
+  return torch
+
+
+def build_peft_model(model, lora_tree: dict, lora_config, *, num_threads: int | None = None):
+  """(peft_model, torch module) with the JAX model's base weights and `lora_tree` as adapter."""
+  torch = _torch()
+  import peft
+  import transformers
+
+  from fedlora_jax.models import save_hf_checkpoint
+  from fedlora_jax.models.hf_io import PEFT_PREFIX, _flatten, hf_name
+
+  if num_threads is not None:
+    torch.set_num_threads(num_threads)
+  with tempfile.TemporaryDirectory() as d:
+    save_hf_checkpoint(model, d)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+  hf.config.use_cache = False
+  pc = peft.LoraConfig(r=lora_config.rank, lora_alpha=lora_config.alpha,
+                       target_modules=list(lora_config.target_modules), lora_dropout=0.0,
+                       use_rslora=lora_config.use_rslora, bias="none", task_type="CAUSAL_LM")
+  pm = peft.get_peft_model(hf, pc)
+  pm.train()
+  sd = {}
+  for path, v in _flatten(lora_tree).items():
+    # path: (..., "q_proj", "lora_A") -> "...q_proj.lora_A.weight"
+    sd[f"{PEFT_PREFIX}{hf_name(path)}.weight"] = torch.from_numpy(np.array(v, np.float32))
+  peft.set_peft_model_state_dict(pm, sd)
+  return pm, sd
+
+
+def adapter_state(pm) -> dict[str, Any]:
+  import peft
+  return {k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(pm).items()}
+
+
+def run_round(pm, global_sd: dict, batches: dict[str, np.ndarray], num_samples, *,
+              learning_rate: float = 1e-3, grad_clip_norm: float | None = 1.0):
+  """One OpenFedLLM-style round. batches leaves [C, K, B, S]. Returns (new global, losses [C, K])."""
+  torch = _torch()
+  import peft
+
+  c, k = batches["input_ids"].shape[:2]
+  ids = torch.from_numpy(np.asarray(batches["input_ids"], np.int64))
+  att = torch.from_numpy(np.asarray(batches["attention_mask"], np.int64))
+  lm = np.asarray(batches["loss_mask"]) > 0
+  labels = torch.from_numpy(np.where(lm, batches["input_ids"], -100).astype(np.int64))
+  params = [p for p in pm.parameters() if p.requires_grad]
+  saved, losses = [], np.zeros((c, k), np.float32)
+  for ci in range(c):
+    peft.set_peft_model_state_dict(pm, global_sd)
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    for ki in range(k):
+      out = pm(input_ids=ids[ci, ki], attention_mask=att[ci, ki], labels=labels[ci, ki])
+      out.loss.backward()
+      if grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip_norm)
+      opt.step()
+      opt.zero_grad(set_to_none=True)
+      losses[ci, ki] = float(out.loss.detach())
+    saved.append(adapter_state(pm))
+  w = np.asarray(num_samples, np.float64)
+  w = w / w.sum()
+  new_global = {name: sum(float(w[i]) * saved[i][name] for i in range(c)) for name in global_sd}
+  return new_global, losses
+
+
+def time_rounds(model, lora_tree, lora_config, batches, num_samples, *, repeats: int,
+                num_threads: int, learning_rate: float = 1e-3) -> TorchRoundResult:
+  """Builds the PEFT model, runs one untimed warm-up round, then `repeats` timed rounds."""
+  torch = _torch()
+  t0 = time.perf_counter()
+  pm, global_sd = build_peft_model(model, lora_tree, lora_config, num_threads=num_threads)
+  setup = time.perf_counter() - t0
+  run_round(pm, global_sd, batches, num_samples, learning_rate=learning_rate)  # warm-up
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    _, losses = run_round(pm, global_sd, batches, num_samples, learning_rate=learning_rate)
+    times.append(time.perf_counter() - t)
+  return TorchRoundResult(round_s=times, losses=losses, num_threads=torch.get_num_threads(),
+                          setup_s=setup)
