@@ -82,7 +82,7 @@ def scaling_section(cfg: models.ModelConfig, *, clients: list[int], ranks: list[
 def ledger_section(clients: list[int], py_ecc_max: int) -> dict[str, Any]:
   from fedlora_jax import ledger
   out: dict[str, Any] = {}
-  for backend in ledger.BACKEND_NAMES:
+  for backend in ("arkworks", "py_ecc"):  # "auto" is one of these two
     if backend == "arkworks" and not ledger.arkworks_available():
       out[backend] = "skipped: py-arkworks-bls12381 is not installed"
       continue
