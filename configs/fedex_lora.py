@@ -10,5 +10,4 @@ def get_config():
   c = sibling_config(__file__, "default")
   c.workdir = "runs/fedex_lora"
   c.fed.algorithm = "fedex_lora"
-
   return c

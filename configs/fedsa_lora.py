@@ -10,5 +10,4 @@ def get_config():
   c = sibling_config(__file__, "default")
   c.workdir = "runs/fedsa_lora"
   c.fed.algorithm = "fedsa_lora"
-
   return c
