@@ -41,8 +41,7 @@ def build_peft_model(model, lora_tree: dict, lora_config, *, num_threads: int | 
   import peft
   import transformers
 
-  from fedlora_jax.models import save_hf_checkpoint
-  from fedlora_jax.models.hf_io import PEFT_PREFIX, _flatten, hf_name
+  from fedlora_jax.models import peft_tensors, save_hf_checkpoint
 
   if num_threads is not None:
     torch.set_num_threads(num_threads)
@@ -55,10 +54,7 @@ def build_peft_model(model, lora_tree: dict, lora_config, *, num_threads: int | 
                        use_rslora=lora_config.use_rslora, bias="none", task_type="CAUSAL_LM")
   pm = peft.get_peft_model(hf, pc)
   pm.train()
-  sd = {}
-  for path, v in _flatten(lora_tree).items():
-    # path: (..., "q_proj", "lora_A") -> "...q_proj.lora_A.weight"
-    sd[f"{PEFT_PREFIX}{hf_name(path)}.weight"] = torch.from_numpy(np.array(v, np.float32))
+  sd = {k: torch.from_numpy(np.array(v)) for k, v in peft_tensors(lora_tree).items()}
   peft.set_peft_model_state_dict(pm, sd)
   return pm, sd
 
