@@ -14,7 +14,6 @@ PEFT adapter starts from the same LoRA A/B values, so both sides train the same 
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 import time
 from typing import Any

@@ -10,13 +10,13 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from fedlora_jax import federated as F
 from fedlora_jax import ledger as L
 from fedlora_jax import models
+from fedlora_jax.data import round_batches
 from fedlora_jax.eval import fairness_summary
 from fedlora_jax.run import report
 from fedlora_jax.run.attested import AttestedRounds
@@ -209,7 +209,6 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _round_batches(cfg, data: ClientData, ids, r):
-  from fedlora_jax.data import round_batches
   return round_batches(data.train, local_steps=cfg.fed.local_steps,
                        batch_size=cfg.fed.batch_size, seed=cfg.seed, round_idx=r, client_ids=ids)
 
