@@ -1,84 +1,138 @@
-"""Benchmarks: round throughput (engine vs sequential JAX vs PyTorch+PEFT), scaling, ledger cost,
-and the paper's architectures on a GPU. Writes JSON and a markdown table.
+r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, MFU, ledger, GPU.
 
-    python scripts/benchmark.py --out_md=BENCHMARKS.md --out_json=benchmarks.json
-    python scripts/benchmark.py --sections=gpu   # on a GPU machine (random weights, bf16, remat)
+  python scripts/benchmark.py                                   # default CPU run (~10 min)
+  python scripts/benchmark.py --sections=round --repeats=5
+  python scripts/benchmark.py --sections=gpu                    # on a GPU machine
+  python scripts/benchmark.py --sections=gpu --gpu_dry_run      # the GPU path, tiny, on CPU
+
+Writes every figure to --out_json and a summary table to --out_md.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import sys
 
 from absl import app, flags
 
 _SECTIONS = flags.DEFINE_list("sections", ["round", "scaling", "ledger", "gpu"],
                               "Sections to run: round, scaling, ledger, gpu.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (medians are reported).")
-_CLIENTS = flags.DEFINE_integer("clients", 8, "Clients in the round section.")
-_STEPS = flags.DEFINE_integer("local_steps", 4, "Local steps in the round section.")
-_BATCH = flags.DEFINE_integer("batch", 4, "Batch size in the round section.")
-_SEQ = flags.DEFINE_integer("seq", 128, "Sequence length in the round section.")
-_RANK = flags.DEFINE_integer("rank", 8, "LoRA rank in the round section.")
-_NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the PyTorch + PEFT baseline.")
-_SCALE_CLIENTS = flags.DEFINE_list("scaling_clients", ["1", "4", "16", "64"], "Client counts.")
-_SCALE_RANKS = flags.DEFINE_list("scaling_ranks", ["8", "16", "64"], "LoRA ranks.")
-_SCALE_SEQS = flags.DEFINE_list("scaling_seqs", ["128", "512"], "Sequence lengths.")
-_LEDGER_CLIENTS = flags.DEFINE_list("ledger_clients", ["4", "16", "64"], "Ledger round sizes.")
-_PY_ECC_MAX = flags.DEFINE_integer("ledger_py_ecc_max", 16, "Largest round timed with py_ecc.")
-_GPU_MODELS = flags.DEFINE_list("gpu_models", ["qwen3-1.7b", "qwen3-8b"], "Presets (gpu).")
-_GPU_CLIENTS = flags.DEFINE_integer("gpu_clients", 16, "Clients per round (gpu).")
-_GPU_BATCH = flags.DEFINE_integer("gpu_batch", 2, "Batch per client (gpu).")
-_GPU_SEQ = flags.DEFINE_integer("gpu_seq", 512, "Sequence length (gpu).")
-_GPU_DRY = flags.DEFINE_bool("gpu_dry_run", False, "Run the gpu section shrunken on any device.")
-_OUT_JSON = flags.DEFINE_string("out_json", "benchmarks.json", "JSON output path.")
-_OUT_MD = flags.DEFINE_string("out_md", "BENCHMARKS.md", "Markdown output path ('' for none).")
+_PRESET = flags.DEFINE_string("preset", "qwen3-tiny", "Model preset of the round section.")
+_CLIENTS = flags.DEFINE_integer("clients", 8, "Clients per round (round section).")
+_STEPS = flags.DEFINE_integer("local_steps", 4, "Local steps K.")
+_BATCH = flags.DEFINE_integer("batch", 4, "Batch size per step.")
+_SEQ = flags.DEFINE_integer("seq", 128, "Sequence length.")
+_RANK = flags.DEFINE_integer("rank", 8, "LoRA rank.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (medians reported).")
+_CHUNK = flags.DEFINE_integer("logits_chunk", 64, "Rows per client of [rows, V] logits at once.")
+_MAX_TARGETS = flags.DEFINE_integer("max_target_tokens", None, "LocalTraining.max_target_tokens.")
+_ANSWER = flags.DEFINE_integer("answer_tokens", None,
+                               "Loss on the last this many tokens per row only (None: all).")
+_NO_TORCH = flags.DEFINE_bool("skip_torch", False, "Skip the PyTorch + PEFT baseline.")
+_NO_SEQ = flags.DEFINE_bool("skip_sequential", False, "Skip the sequential JAX loop.")
+_SCALE_CLIENTS = flags.DEFINE_list("scaling_clients", ["1", "4", "16", "64"],
+                                   "Client counts of the scaling sweep.")
+_SCALE_SHAPE = flags.DEFINE_list("scaling_shape", ["1", "1", "128"],
+                                 "K, B, S of the client sweep.")
+_SCALE_RANKS = flags.DEFINE_list("scaling_ranks", ["8", "16", "64"], "Ranks swept (at 8 clients).")
+_SCALE_SEQS = flags.DEFINE_list("scaling_seqs", ["128", "512"], "Sequence lengths swept (8 clients).")
+_SCALE_REPEATS = flags.DEFINE_integer("scaling_repeats", 2, "Timed repetitions per scaling row.")
+_LEDGER_CLIENTS = flags.DEFINE_list("ledger_clients", ["4", "16", "64"], "Ledger client counts.")
+_LEDGER_BACKENDS = flags.DEFINE_list("ledger_backends", ["arkworks", "py_ecc"], "BLS backends.")
+_PY_ECC_MAX = flags.DEFINE_integer("ledger_py_ecc_max_clients", 4,
+                                   "Largest client count timed with the slow py_ecc backend.")
+_GPU_PRESETS = flags.DEFINE_list("gpu_presets", ["qwen3-1.7b", "qwen3-8b"],
+                                 "Presets of the GPU section (llama-3.1-8b also works).")
+_GPU_SHAPE = flags.DEFINE_list("gpu_shape", ["16", "1", "2", "512", "16"],
+                               "C, K, B, S, r of the GPU section.")
+_GPU_CHUNK = flags.DEFINE_integer("gpu_logits_chunk", 128, "logits_chunk of the GPU section.")
+_GPU_DRY = flags.DEFINE_bool("gpu_dry_run", False, "Run the GPU section with a tiny model on CPU.")
+_XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS before JAX starts.")
+_OUT_JSON = flags.DEFINE_string("out_json", "benchmarks.json", "Where to write all figures.")
+_OUT_MD = flags.DEFINE_string("out_md", "BENCHMARKS.md", "Markdown summary ('' to skip).")
+_NOTES = flags.DEFINE_multi_string("note", [], "A note recorded in the JSON and the markdown.")
+_FROM_JSON = flags.DEFINE_string("from_json", None,
+                                 "Only rewrite --out_md from this JSON (plus any --note).")
 
 
-def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from fedlora_jax.benchmarks import flops, suite
+def _ints(xs):
+  return [int(x) for x in xs]
+
+
+def main(argv):
+  del argv
+  if _FROM_JSON.value:
+    from fedlora_jax.benchmarks import report
+    with open(_FROM_JSON.value) as f:
+      res = json.load(f)
+    res["notes"] = list(res.get("notes", [])) + list(_NOTES.value)
+    with open(_FROM_JSON.value, "w") as f:
+      json.dump(res, f, indent=1, default=str)
+    with open(_OUT_MD.value, "w") as f:
+      f.write(report.markdown(res))
+    return
+  if _XLA_FLAGS.value:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _XLA_FLAGS.value).strip()
+  import jax  # after XLA_FLAGS
+
+  from fedlora_jax.benchmarks import flops, machine, report, suite
   from fedlora_jax.benchmarks.data import RoundShape
-  from fedlora_jax.benchmarks.machine import machine_info
-  from fedlora_jax.run.cli import run_cli
 
-  unknown = set(_SECTIONS.value) - {"round", "scaling", "ledger", "gpu"}
-  if unknown:
-    raise app.UsageError(f"unknown sections {sorted(unknown)}")
-
-  def bench():
-    result = {"machine": machine_info()}
-    if {"round", "scaling"} & set(_SECTIONS.value):
-      result["matmul_peak"] = flops.measure_matmul_peak()
-    peak = result.get("matmul_peak", {}).get("peak_flops", 0.0)
-    cfg = suite.cpu_config()
-    if "round" in _SECTIONS.value:
-      shape = RoundShape(_CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value)
-      result["round"] = suite.round_section(cfg, shape, repeats=_REPEATS.value,
-                                            with_torch=not _NO_TORCH.value, peak=peak)
-    if "scaling" in _SECTIONS.value:
-      result["scaling"] = suite.scaling_section(
-          cfg, clients=[int(x) for x in _SCALE_CLIENTS.value],
-          ranks=[int(x) for x in _SCALE_RANKS.value], seqs=[int(x) for x in _SCALE_SEQS.value],
-          repeats=_REPEATS.value)
-    if "ledger" in _SECTIONS.value:
-      result["ledger"] = suite.ledger_section([int(x) for x in _LEDGER_CLIENTS.value],
-                                              _PY_ECC_MAX.value)
-    if "gpu" in _SECTIONS.value:
-      shape = RoundShape(_GPU_CLIENTS.value, 2, _GPU_BATCH.value, _GPU_SEQ.value, 16)
-      result["gpu"] = suite.gpu_section(_GPU_MODELS.value, shape, repeats=_REPEATS.value,
-                                        dry_run=_GPU_DRY.value)
-    with open(_OUT_JSON.value, "w") as f:
-      json.dump(result, f, indent=1, default=str)
-    text = suite.markdown(result)
-    if _OUT_MD.value:
-      with open(_OUT_MD.value, "w") as f:
-        f.write(text + "\n")
-    print(text)
-
-  return run_cli(bench)
+  cores = os.cpu_count() or 1
+  try:
+    import torch
+    torch.set_num_threads(cores)  # torch uses its own BLAS threads, not OPENBLAS_* settings
+  except ImportError:
+    pass
+  res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+         "command": " ".join(["python scripts/benchmark.py"] + sys.argv[1:]),
+         "machine": machine.machine_info(), "notes": list(_NOTES.value)}
+  log = lambda s: print(s, flush=True)
+  sections = set(_SECTIONS.value)
+  on_cpu = jax.default_backend() == "cpu"
+  if sections & {"round", "scaling"} and on_cpu:
+    log("matmul peak ...")
+    res["matmul_peak"] = flops.measure_matmul_peak()
+    res["torch_matmul_peak"] = flops.measure_torch_matmul_peak()
+    log(f"  JAX fp32 {res['matmul_peak']['peak_flops'] / 1e9:.0f} GFLOP/s")
+  peak = res.get("matmul_peak", {}).get("peak_flops") if on_cpu else flops.chip_peak(
+      jax.devices()[0].device_kind)
+  if "round" in sections:
+    log("round ...")
+    shape = RoundShape(_CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value)
+    res["round"] = suite.round_section(suite.RoundOptions(
+        preset=_PRESET.value, shape=shape, repeats=_REPEATS.value, logits_chunk=_CHUNK.value,
+        max_target_tokens=_MAX_TARGETS.value, answer_tokens=_ANSWER.value,
+        torch_threads=cores, run_torch=not _NO_TORCH.value and on_cpu,
+        run_sequential=not _NO_SEQ.value), peak, log)
+  if "scaling" in sections:
+    log("scaling ...")
+    k, b, s = _ints(_SCALE_SHAPE.value)
+    points = [RoundShape(c, k, b, s, 8) for c in _ints(_SCALE_CLIENTS.value)]
+    points += [RoundShape(8, k, b, s, r) for r in _ints(_SCALE_RANKS.value) if r != 8]
+    points += [RoundShape(8, k, b, sq, 8) for sq in _ints(_SCALE_SEQS.value) if sq != s]
+    res["scaling"] = suite.scaling_section(_PRESET.value, points, _SCALE_REPEATS.value,
+                                           _CHUNK.value, log)
+  if "ledger" in sections:
+    log("ledger ...")
+    res["ledger"] = suite.ledger_section(_ints(_LEDGER_CLIENTS.value), _LEDGER_BACKENDS.value,
+                                         _PY_ECC_MAX.value, log)
+  if "gpu" in sections:
+    log("gpu ...")
+    c, k, b, s, r = _ints(_GPU_SHAPE.value)
+    res["gpu"] = suite.gpu_section(_GPU_PRESETS.value, RoundShape(c, k, b, s, r), _REPEATS.value,
+                                   _GPU_CHUNK.value, _GPU_DRY.value, log)
+  res["host_max_rss_bytes"] = machine.max_rss_bytes()
+  res["load_average_at_end"] = os.getloadavg()
+  with open(_OUT_JSON.value, "w") as f:
+    json.dump(res, f, indent=1, default=str)
+  if _OUT_MD.value:
+    with open(_OUT_MD.value, "w") as f:
+      f.write(report.markdown(res))
+  log(f"wrote {_OUT_JSON.value}" + (f" and {_OUT_MD.value}" if _OUT_MD.value else ""))
 
 
 if __name__ == "__main__":
-  flags.FLAGS.alsologtostderr = True
   app.run(main)

@@ -67,7 +67,7 @@ class RoundTiming:
   host_peak_rss_growth_bytes: int
   device_memory: dict | None = None
   memory_analysis: dict | None = None
-  losses: list | None = None
+  losses: list | None = None  # [C, K] of the first round (from the initial adapter)
   extra: dict = dataclasses.field(default_factory=dict)
 
   @property
@@ -117,6 +117,7 @@ def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
     state, metrics = fr(state, base, dev_batches, ids, counts)
     jax.block_until_ready((state, metrics))
     first_s = time.perf_counter() - t
+    first_losses = np.asarray(metrics["loss"]).tolist()
     times = []
     for _ in range(repeats):
       t = time.perf_counter()
@@ -127,7 +128,7 @@ def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
       name="engine", round_s=times, compile_s=compile_s, first_call_s=first_s,
       tokens=trained_tokens(batches), host_peak_rss_growth_bytes=mem.growth,
       device_memory=device_memory(), memory_analysis=_memory_analysis(compiled),
-      losses=np.asarray(metrics["loss"]).tolist())
+      losses=first_losses)
 
 
 def time_sequential(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
@@ -171,6 +172,7 @@ def time_sequential(setup: Setup, shape: RoundShape, batches: dict, *, repeats: 
     g, losses = one_round(g)
     jax.block_until_ready(g)
     first_s = time.perf_counter() - t
+    first_losses = np.asarray(losses).tolist()
     times = []
     for _ in range(repeats):
       t = time.perf_counter()
@@ -181,7 +183,7 @@ def time_sequential(setup: Setup, shape: RoundShape, batches: dict, *, repeats: 
       name="sequential_jax", round_s=times, compile_s=compile_s, first_call_s=first_s,
       tokens=trained_tokens(batches), host_peak_rss_growth_bytes=mem.growth,
       device_memory=device_memory(), memory_analysis=_memory_analysis(compiled),
-      losses=np.asarray(losses).tolist())
+      losses=first_losses)
 
 
 def scaling_sweep(cfg: models.ModelConfig, points: list[RoundShape], *, repeats: int,

@@ -24,9 +24,10 @@ import numpy as np
 @dataclasses.dataclass
 class TorchRoundResult:
   round_s: list[float]  # wall time of each timed round
-  losses: np.ndarray  # [C, K] of the last round
+  losses: np.ndarray  # [C, K]; every timed round starts from the same global adapter
   num_threads: int
   setup_s: float
+  host_peak_rss_growth_bytes: int = 0
 
 
 def _torch():
@@ -101,11 +102,13 @@ def time_rounds(model, lora_tree, lora_config, batches, num_samples, *, repeats:
   t0 = time.perf_counter()
   pm, global_sd = build_peft_model(model, lora_tree, lora_config, num_threads=num_threads)
   setup = time.perf_counter() - t0
-  run_round(pm, global_sd, batches, num_samples, learning_rate=learning_rate)  # warm-up
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    _, losses = run_round(pm, global_sd, batches, num_samples, learning_rate=learning_rate)
-    times.append(time.perf_counter() - t)
+  from fedlora_jax.benchmarks.machine import PeakRSS
+  with PeakRSS() as mem:
+    run_round(pm, global_sd, batches, num_samples, learning_rate=learning_rate)  # warm-up
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      _, losses = run_round(pm, global_sd, batches, num_samples, learning_rate=learning_rate)
+      times.append(time.perf_counter() - t)
   return TorchRoundResult(round_s=times, losses=losses, num_threads=torch.get_num_threads(),
-                          setup_s=setup)
+                          setup_s=setup, host_peak_rss_growth_bytes=mem.growth)

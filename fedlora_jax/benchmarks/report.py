@@ -1,0 +1,111 @@
+"""BENCHMARKS.md from the benchmark JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(x, fmt="{:.0f}"):
+  return "n/a" if x is None else fmt.format(x)
+
+
+def markdown(res: dict[str, Any]) -> str:
+  m = res["machine"]
+  lines = ["# Benchmarks", "",
+           f"Written by `scripts/benchmark.py` on {res['date']} (command: `{res['command']}`).", "",
+           f"Machine: {m.get('cpu_model')}, {m.get('cpu_count')} cores, "
+           f"{m.get('memory_gib')} GiB; JAX backend `{m.get('jax_backend')}` "
+           f"({', '.join(sorted(set(m.get('devices', []))))}); load average at start "
+           f"{', '.join(f'{x:.2f}' for x in m.get('load_average_at_start', []))}.",
+           "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
+           f"XLA_FLAGS: `{m['env'].get('XLA_FLAGS') or ''}`.", ""]
+  peak = res.get("matmul_peak")
+  if peak:
+    lines += [f"Measured fp32 matmul peak (JAX, square sizes {list(peak['by_size'])}): "
+              f"**{peak['peak_flops'] / 1e9:.0f} GFLOP/s**"
+              + (f"; PyTorch: {res['torch_matmul_peak']['peak_flops'] / 1e9:.0f} GFLOP/s "
+                 f"({res['torch_matmul_peak']['num_threads']} threads)"
+                 if res.get("torch_matmul_peak") else "") + ".", ""]
+  r = res.get("round")
+  if r:
+    s = r["shape"]
+    lines += ["## Federated round: engine vs sequential JAX vs PyTorch + PEFT", "",
+              f"`{r['preset']}`, C={s['clients']} clients x K={s['local_steps']} local steps x "
+              f"B={s['batch']} x S={s['seq']}, LoRA r={s['rank']} on all seven projections, "
+              f"AdamW, clip 1.0. {r['trained_tokens']} trained tokens per round "
+              f"({r['target_tokens']} loss targets); model FLOPs/token "
+              f"{r['flops_per_token']['total'] / 1e6:.1f} M (4N base + 6N LoRA + attention). "
+              f"Median of the timed rounds; compile excluded.", "",
+              "| variant | s/round (median) | tokens/s | model GFLOP/s | MFU | compile s | "
+              "host RSS growth MiB |",
+              "|---|---|---|---|---|---|---|"]
+    for name in ("engine", "sequential_jax", "torch_peft"):
+      d = r.get(name)
+      if not d:
+        continue
+      lines.append(
+          f"| {name} | {d['median_s']:.3f} | {d['tokens_per_s']:.0f} | "
+          f"{d['model_flops_per_s'] / 1e9:.1f} | {_f(d.get('mfu'), '{:.1%}')} | "
+          f"{_f(d.get('compile_s'), '{:.1f}')} | "
+          f"{_f(d.get('host_peak_rss_growth_bytes', 0) / 2**20)} |")
+    lines.append("")
+    for k, v in r["ratios"].items():
+      lines.append(f"- {k}: **{v:.2f}x**")
+    if "first_step_loss_max_abs_diff_vs_torch" in r:
+      lines.append(f"- first local step loss, engine vs torch (same weights, data, adapter): max "
+                   f"|diff| {r['first_step_loss_max_abs_diff_vs_torch']:.2e}")
+    lines.append("")
+  sc = res.get("scaling")
+  if sc and sc.get("rows"):
+    lines += ["## Scaling (engine)", "", f"`{sc['preset']}`; one compile per row.", "",
+              "| C | K | B | S | r | s/round | tokens/s | compile s | host RSS growth MiB | "
+              "temp MiB (XLA) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sc["rows"]:
+      s = row["shape"]
+      ma = row.get("memory_analysis") or {}
+      lines.append(f"| {s['clients']} | {s['local_steps']} | {s['batch']} | {s['seq']} | "
+                   f"{s['rank']} | {row['median_s']:.3f} | {row['tokens_per_s']:.0f} | "
+                   f"{row['compile_s']:.1f} | {row['host_peak_rss_growth_bytes'] / 2**20:.0f} | "
+                   f"{_f(ma.get('temp_size_in_bytes', 0) / 2**20)} |")
+    fit = sc.get("clients_fit")
+    if fit:
+      lines += ["", f"Round time vs tokens over the client sweep: {fit['s_per_token'] * 1e6:.1f} "
+                f"us/token + {fit['intercept_s'] * 1e3:.1f} ms fixed (R^2 {fit['r2']:.4f}); the "
+                f"fixed part is {fit['intercept_fraction_at_max_clients']:.1%} of the round at "
+                f"C={fit['max_clients']}."]
+    lines.append("")
+  led = res.get("ledger")
+  if led:
+    lines += ["## Ledger (BLS, per round)", ""]
+    if "skipped" in led:
+      lines.append(f"Skipped: {led['skipped']}")
+    else:
+      lines += ["| backend | clients | sign (all clients) ms | aggregate ms | verify ms |",
+                "|---|---|---|---|---|"]
+      for row in led["rows"]:
+        if "skipped" in row:
+          lines.append(f"| {row['backend']} | {row.get('clients', '')} | skipped: "
+                       f"{row['skipped']} | | |")
+        else:
+          lines.append(f"| {row['backend']} | {row['clients']} | {row['sign_s'] * 1e3:.1f} | "
+                       f"{row['aggregate_s'] * 1e3:.2f} | {row['verify_s'] * 1e3:.1f} |")
+    lines.append("")
+  g = res.get("gpu")
+  if g:
+    lines += ["## GPU mode (bf16, remat, random weights)", ""]
+    if "skipped" in g:
+      lines.append(f"Skipped: {g['skipped']}")
+    else:
+      lines += ["| preset | device | s/round | tokens/s | MFU | compile s | device peak GiB |",
+                "|---|---|---|---|---|---|---|"]
+      for row in g["rows"]:
+        dm = row.get("device_memory") or {}
+        lines.append(f"| {row['preset']}{' (dry run)' if row['dry_run'] else ''} | "
+                     f"{row['device_kind']} | {row['median_s']:.3f} | "
+                     f"{row['tokens_per_s']:.0f} | {_f(row.get('mfu'), '{:.1%}')} | "
+                     f"{row['compile_s']:.1f} | "
+                     f"{_f(dm.get('peak_bytes_in_use', 0) / 2**30, '{:.1f}')} |")
+    lines.append("")
+  if res.get("notes"):
+    lines += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
+  return "\n".join(lines)
