@@ -46,8 +46,8 @@ class Attention(nnx.Module):
       k_btkh = self.k_norm(k_btkh)
     q_btnh = apply_rope(q_btnh, cos_bth, sin_bth)
     k_btkh = apply_rope(k_btkh, cos_bth, sin_bth)
-    # Causal + key-padding mask; jax.nn.dot_product_attention picks cuDNN flash attention on GPU
-    # when it can, and handles GQA (N a multiple of K) without materialising repeated k/v.
+    # Causal + key-padding mask; jax.nn.dot_product_attention handles GQA (N a multiple of K)
+    # without materialising repeated k/v (XLA implementation; cuDNN is not selected here).
     key_mask_b11s = mask_bs.astype(bool)[:, None, None, :]
     out_btnh = jax.nn.dot_product_attention(
         q_btnh, k_btkh, v_btkh, mask=key_mask_b11s, is_causal=True)
