@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +96,23 @@ def _memory_analysis(compiled) -> dict | None:
   return {k: int(getattr(m, k)) for k in keys if hasattr(m, k)}
 
 
+def _first_and_repeats(run_once: Callable[[], Any], repeats: int):
+  """Runs `run_once` (which returns what to block on and the losses) once untimed-for-throughput,
+  then `repeats` timed times: (first call s, first losses, timed round s)."""
+  t = time.perf_counter()
+  out, losses = run_once()
+  jax.block_until_ready(out)
+  first_s = time.perf_counter() - t
+  first_losses = np.asarray(losses).tolist()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    out, _ = run_once()
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t)
+  return first_s, first_losses, times
+
+
 def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
                 training: federated.LocalTraining | None = None,
                 sharding: federated.ClientSharding | None = None,
@@ -113,17 +130,13 @@ def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
     t = time.perf_counter()
     compiled = fr.lower(state, base, dev_batches, ids, counts).compile()
     compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    state, metrics = fr(state, base, dev_batches, ids, counts)
-    jax.block_until_ready((state, metrics))
-    first_s = time.perf_counter() - t
-    first_losses = np.asarray(metrics["loss"]).tolist()
-    times = []
-    for _ in range(repeats):
-      t = time.perf_counter()
-      state, metrics = fr(state, base, dev_batches, ids, counts)
-      jax.block_until_ready((state, metrics))
-      times.append(time.perf_counter() - t)
+    carry = {"state": state}
+
+    def run_once():
+      carry["state"], metrics = fr(carry["state"], base, dev_batches, ids, counts)
+      return (carry["state"], metrics), metrics["loss"]
+
+    first_s, first_losses, times = _first_and_repeats(run_once, repeats)
   return RoundTiming(
       name="engine", round_s=times, compile_s=compile_s, first_call_s=first_s,
       tokens=trained_tokens(batches), host_peak_rss_growth_bytes=mem.growth,
@@ -142,12 +155,8 @@ def time_sequential(setup: Setup, shape: RoundShape, batches: dict, *, repeats: 
   state = federated.init_state(alg, setup.lora, c, seed=0)
   one_state = jax.tree.map(lambda x: x[0], state["client_states"])
   client = jax.jit(fr.client_train)
-  counts = jnp.full((c,), 100.0)
-
-  @jax.jit
-  def average(locals_c, counts):
-    w = counts / jnp.sum(counts)
-    return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), locals_c)
+  weights = jnp.full((c,), 1.0 / c)  # equal counts, as in time_engine
+  average = jax.jit(federated.weighted_mean)
 
   per_client = [{k: jnp.asarray(v[i]) for k, v in batches.items()} for i in range(c)]
   keys = [jax.random.fold_in(state["rng"], i) for i in range(c)]
@@ -160,7 +169,7 @@ def time_sequential(setup: Setup, shape: RoundShape, batches: dict, *, repeats: 
       locals_.append(local)
       losses.append(loss)
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *locals_)
-    return average(stacked, counts), jnp.stack(losses)
+    return average(stacked, weights), jnp.stack(losses)
 
   g = state["global_lora"]
   with PeakRSS() as mem:
@@ -168,17 +177,13 @@ def time_sequential(setup: Setup, shape: RoundShape, batches: dict, *, repeats: 
     compiled = client.lower(setup.base, g, state["server_state"], one_state, per_client[0],
                             keys[0]).compile()
     compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    g, losses = one_round(g)
-    jax.block_until_ready(g)
-    first_s = time.perf_counter() - t
-    first_losses = np.asarray(losses).tolist()
-    times = []
-    for _ in range(repeats):
-      t = time.perf_counter()
-      g, losses = one_round(g)
-      jax.block_until_ready((g, losses))
-      times.append(time.perf_counter() - t)
+    carry = {"global": g}
+
+    def run_once():
+      carry["global"], losses = one_round(carry["global"])
+      return (carry["global"], losses), losses
+
+    first_s, first_losses, times = _first_and_repeats(run_once, repeats)
   return RoundTiming(
       name="sequential_jax", round_s=times, compile_s=compile_s, first_call_s=first_s,
       tokens=trained_tokens(batches), host_peak_rss_growth_bytes=mem.growth,
