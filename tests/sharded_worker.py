@@ -84,7 +84,7 @@ def run_sharded(out_dir: str) -> None:
       metrics = []
       for rnd in range(2):
         batches, ids, counts = fed_round_inputs(n, rnd)
-        state, m = fr(state, base_m, batches, ids, counts)
+        state, base_m, m = fr(state, base_m, batches, ids, counts)
         metrics.append(m)
       tag = f"{name}/{mode}"
       results.update(flat_leaves(f"{tag}/global_lora", state["global_lora"]))
@@ -110,13 +110,16 @@ def run_sharded(out_dir: str) -> None:
         # ... and each device's arguments hold it once (base + small LoRA state and batches).
         mem = compiled.memory_analysis()
         report["per_device_argument_bytes"] = int(mem.argument_size_in_bytes)
-        # A round whose client count does not divide the devices is refused up front.
-        bad_batches = client_batches(6, K)
-        try:
-          fr(state, base_m, bad_batches, np.arange(6), np.ones(6))
-          report["indivisible_error"] = None
-        except Exception as e:  # pylint: disable=broad-except
-          report["indivisible_error"] = [type(e).__name__, str(e)]
+        # Six clients on eight devices: padded with two dummy clients, same result as 1 device.
+        for pmode in ("single", "sharded"):
+          pfr = F.FederatedRound(graphdef, alg, tr, num_clients=6,
+                                 sharding=sharding if pmode == "sharded" else None)
+          pstate, pbase = pfr.place(F.init_state(alg, lora, 6, seed=0), base)
+          batches, ids, counts = fed_round_inputs(n, 0)
+          pstate, _, pm = pfr(pstate, pbase, {k: v[:6] for k, v in batches.items()},
+                              np.arange(6), counts[:6])
+          results.update(flat_leaves(f"padded/{pmode}/global_lora", pstate["global_lora"]))
+          results.update(flat_leaves(f"padded/{pmode}/metrics", pm))
   np.savez(os.path.join(out_dir, "results.npz"), **results)
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(report, f)
@@ -132,7 +135,7 @@ def mp_round(F, graphdef, base, lora, sharding):
   state, base = fr.place(F.init_state(alg, lora, MP_CLIENTS, seed=0), base)
   from tests.fed_fixtures import client_batches  # pylint: disable=import-outside-toplevel
   batches = client_batches(MP_CLIENTS, K, seed=7)
-  state, metrics = fr(state, base, batches, np.arange(MP_CLIENTS), MP_COUNTS)
+  state, _, metrics = fr(state, base, batches, np.arange(MP_CLIENTS), MP_COUNTS)
   return state, metrics
 
 

@@ -95,8 +95,13 @@ def test_base_is_held_once_per_device_not_split_per_client(sharded_run):
 
 
 @pytest.mark.multidevice
-def test_client_count_not_divisible_by_devices_is_a_clear_error(sharded_run):
-  _, report = sharded_run
-  kind, message = report["indivisible_error"]
-  assert kind == "ValueError"
-  assert "6 clients per round cannot be split over 8 devices" in message
+def test_six_clients_on_eight_devices_are_padded_to_the_one_device_result(sharded_run):
+  results, _ = sharded_run
+  single = {k[len("padded/single/"):]: v for k, v in results.items()
+            if k.startswith("padded/single/")}
+  sharded = {k[len("padded/sharded/"):]: v for k, v in results.items()
+             if k.startswith("padded/sharded/")}
+  assert single and single.keys() == sharded.keys()
+  assert sharded["metrics/['loss']"].shape == (6, 2)  # the real clients only
+  for key, value in single.items():
+    np.testing.assert_allclose(sharded[key], value, atol=1e-5, err_msg=key)

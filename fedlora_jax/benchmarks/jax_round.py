@@ -133,7 +133,7 @@ def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
     carry = {"state": state}
 
     def run_once():
-      carry["state"], metrics = fr(carry["state"], base, dev_batches, ids, counts)
+      carry["state"], _, metrics = fr(carry["state"], base, dev_batches, ids, counts)
       return (carry["state"], metrics), metrics["loss"]
 
     first_s, first_losses, times = _first_and_repeats(run_once, repeats)

@@ -16,6 +16,7 @@ On CPU, collectives across processes need `jax.config.update("jax_cpu_collective
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import jax
@@ -61,6 +62,49 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int,
         f"coordinator {coordinator_address!r} (it must be called before any JAX computation, "
         f"and every process must reach the coordinator within {initialization_timeout} s): "
         f"{type(e).__name__}: {e}") from e
+
+
+def cluster_detected() -> str | None:
+  """The cluster environment that `jax.distributed.initialize()` can configure itself from
+  (a multi-worker TPU slice, a SLURM job step or an Open MPI launch of several tasks), or None."""
+  env = os.environ
+  if (len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+      or env.get("MEGASCALE_COORDINATOR_ADDRESS")):
+    return "tpu"
+  if int(env.get("SLURM_NTASKS", env.get("SLURM_STEP_NUM_TASKS", "1")) or 1) > 1 and (
+      "SLURM_PROCID" in env):
+    return "slurm"
+  if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+    return "openmpi"
+  return None
+
+
+def launch(coordinator_address: str | None = None, num_processes: int | None = None,
+           process_id: int | None = None) -> str:
+  """Joins a multi-process job if this is one; call first thing, before any JAX computation.
+
+  With all three arguments: an explicit job (any machines, or several processes on localhost).
+  With none: auto-detection on TPU pods, SLURM and Open MPI; otherwise one process. On CPU the
+  cross-process collectives use gloo. Returns "single", "explicit" or the detected cluster.
+  """
+  given = [a is not None for a in (coordinator_address, num_processes, process_id)]
+  if any(given) and not all(given):
+    raise ValueError("--coordinator_address, --num_processes and --process_id go together: give "
+                     "all three or none")
+  kind = "explicit" if all(given) else cluster_detected()
+  if kind is None:
+    return "single"
+  # Only the CPU backend reads this (CPU collectives across processes); GPUs and TPUs ignore it.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if kind == "explicit":
+    initialize(coordinator_address, int(num_processes), int(process_id))
+  else:
+    try:
+      jax.distributed.initialize()
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(f"jax.distributed auto-initialisation on {kind} failed: "
+                         f"{type(e).__name__}: {e}") from e
+  return kind
 
 
 def global_mesh(num_devices: int | None = None) -> Mesh:

@@ -12,6 +12,11 @@ batches, with the base params shared (`in_axes=None`), so the base exists once p
 client's K steps are a `lax.scan`. With a mesh, the client axis is sharded over devices and the
 weighted mean over clients becomes an all-reduce inside the same program. Clients whose update is
 not finite are quarantined: weight 0, state kept, reported in `metrics["valid"]`.
+
+Padding: a round's client axis holds "slots". A slot whose client id is `PAD` (-1) is a dummy
+client: it trains on whatever batch it is given (zeros), is never valid, has weight 0 and writes
+no client state, so any number of clients runs on any number of devices
+(`ClientSharding.num_slots`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from fedlora_jax.models.functional import lm_loss
 
 PyTree = Any
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
+PAD = -1  # the client id of a padding slot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +132,7 @@ class FederatedRound:
   # --- the round -------------------------------------------------------------------------------
   def _train(self, state, base, batches, client_ids):
     """All sampled clients' local training: (local_c, new client states, losses [C, K])."""
-    old_cs = jax.tree.map(lambda x: x[client_ids], state["client_states"])
+    old_cs = self._gather_clients(state["client_states"], client_ids)
     round_key = jax.random.fold_in(state["rng"], state["round"])
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(client_ids)
     return jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0))(
@@ -137,9 +143,9 @@ class FederatedRound:
     alg = self.algorithm
     local_c, new_cs, losses_ck = trained
     g, ss = state["global_lora"], state["server_state"]
-    old_cs = jax.tree.map(lambda x: x[client_ids], state["client_states"])
+    old_cs = self._gather_clients(state["client_states"], client_ids)
     finite = all_finite_per_client(local_c) & jnp.all(jnp.isfinite(losses_ck), axis=1)
-    valid = finite & accept_c
+    valid = finite & accept_c & (client_ids != PAD)
     weights = client_weights(num_samples, valid, uniform=self.training.uniform_weights)
 
     def keep_valid(new, old):  # excluded clients contribute their old value, never NaN * 0
@@ -159,33 +165,40 @@ class FederatedRound:
         "rng": state["rng"],
         "global_lora": keep(new_g, g),
         "server_state": keep(new_ss, ss),
-        "client_states": jax.tree.map(lambda a, u: a.at[client_ids].set(u),
-                                      state["client_states"], new_cs),
+        "client_states": jax.tree.map(
+            lambda a, u: a.at[self._scatter_index(client_ids)].set(u, mode="drop"),
+            state["client_states"], new_cs),
     }
     metrics = {"loss": losses_ck, "valid": valid, "finite": finite, "weights": weights}
-    if alg.updates_base:
-      return new_state, keep(new_base, base), metrics
-    return new_state, metrics
+    return new_state, keep(new_base, base) if alg.updates_base else base, metrics
+
+  def _scatter_index(self, client_ids):
+    """Padding slots point past the end (N), so a `mode="drop"` scatter skips them."""
+    return jnp.where(client_ids == PAD, self.num_clients, client_ids)
+
+  def _gather_clients(self, tree_n, client_ids):
+    """Rows `client_ids` of every [N, ...] leaf (a padding slot reads row 0, never used)."""
+    safe = jnp.where(client_ids == PAD, 0, client_ids)
+    return jax.tree.map(lambda x: jnp.take(x, safe, axis=0), tree_n)
 
   def _round(self, state, base, batches, client_ids, num_samples):
     trained = self._train(state, base, batches, client_ids)
     accept = jnp.ones(client_ids.shape, bool)
     return self._aggregate(state, base, trained, client_ids, num_samples, accept)
 
-  def _compiled(self, kind: str, num_round_clients: int):
-    """Jitted `kind` in {"round", "train", "aggregate"} for C clients, with shardings if any."""
-    key = (kind, num_round_clients)
+  def _compiled(self, kind: str, num_slots: int):
+    """Jitted `kind` in {"round", "train", "aggregate"} for `num_slots` clients, with shardings."""
+    key = (kind, num_slots)
     if key in self._jitted:
       return self._jitted[key]
-    updates_base = self.algorithm.updates_base
     kw: dict[str, Any] = {}
     if self.sharding is not None:
       sh = self.sharding
-      sh.check_clients(num_round_clients)
+      sh.check_clients(num_slots)
       rep, by_c = sh.replicated, sh.by_client
       state_sh = self.state_shardings()
       metrics_sh = {"loss": by_c, "valid": by_c, "finite": by_c, "weights": by_c}
-      out_sh = (state_sh, rep, metrics_sh) if updates_base else (state_sh, metrics_sh)
+      out_sh = (state_sh, rep, metrics_sh)
       kw = {
           "round": dict(in_shardings=(state_sh, rep, by_c, rep, rep), out_shardings=out_sh),
           "train": dict(in_shardings=(state_sh, rep, by_c, rep), out_shardings=by_c),
@@ -193,7 +206,7 @@ class FederatedRound:
                             out_shardings=out_sh),
       }[kind]
     fn = {"round": self._round, "train": self._train, "aggregate": self._aggregate}[kind]
-    donate = () if kind == "train" else ((0, 1) if updates_base else (0,))
+    donate = () if kind == "train" else ((0, 1) if self.algorithm.updates_base else (0,))
     jitted = jax.jit(fn, donate_argnums=donate, **kw)
     self._jitted[key] = jitted
     return jitted
@@ -213,17 +226,22 @@ class FederatedRound:
     shardings = self.state_shardings()
     return {k: sh.put(v, shardings[k]) for k, v in state.items()}, sh.put(base, sh.replicated)
 
+  def num_slots(self, num_clients: int) -> int:
+    """Slots a round of `num_clients` clients takes: a multiple of the mesh's client rows."""
+    return num_clients if self.sharding is None else self.sharding.num_slots(num_clients)
+
   def _check(self, batches, client_ids, num_samples=None):
     client_ids = np.asarray(client_ids, np.int32)
     missing = [k for k in BATCH_KEYS if k not in batches]
     if missing:
       raise ValueError(f"batches lack {missing}")
     c = len(client_ids)
-    if c == 0:
+    real = client_ids[client_ids != PAD]
+    if len(real) == 0:
       raise ValueError("a round needs at least one participating client")
-    if (len(set(client_ids.tolist())) != c or client_ids.min() < 0
-        or client_ids.max() >= self.num_clients):
-      raise ValueError(f"client ids must be distinct and in [0, {self.num_clients}): {client_ids}")
+    if len(set(real.tolist())) != len(real) or real.min() < 0 or real.max() >= self.num_clients:
+      raise ValueError(f"client ids must be distinct and in [0, {self.num_clients}) (or {PAD} "
+                       f"for a padding slot): {client_ids}")
     shapes = {k: tuple(np.shape(batches[k])) for k in BATCH_KEYS}
     for k, s in shapes.items():
       if len(s) != 4 or s[0] != c or s[1] != self.training.local_steps or s != shapes["input_ids"]:
@@ -242,29 +260,39 @@ class FederatedRound:
     """Runs one round (training and aggregation in one compiled program).
 
     Args:
-      batches: `input_ids`, `attention_mask`, `loss_mask`, each [C, K, B, S].
+      batches: `input_ids`, `attention_mask`, `loss_mask`, each [C, K, B, S] host arrays.
       client_ids: [C] ids of this round's clients (distinct, in [0, N)).
       num_samples: [C] each client's training-set size (FedAvg weights).
     Returns:
-      (state, metrics) -- or (state, base, metrics) when the algorithm updates the base --
-      with metrics `loss` [C, K], `valid` [C], `finite` [C], `weights` [C]. The input state (and
-      base, for FedEx-LoRA) is donated.
+      (state, base, metrics) with metrics `loss` [C, K], `valid` [C], `finite` [C], `weights`
+      [C]. The base is the input base unless the algorithm changes it (FedEx-LoRA). The input
+      state (and base, for FedEx-LoRA) is donated. C clients that do not fill the mesh's client
+      rows are padded with dummy clients here; the metrics cover the C real ones.
     """
+    c = len(client_ids)
+    batches, client_ids, num_samples = pad_round(batches, client_ids, num_samples,
+                                                 self.num_slots(c))
     batches, client_ids = self._check(batches, client_ids, num_samples)
-    return self._compiled("round", len(client_ids))(
+    state, base, metrics = self._compiled("round", len(client_ids))(
         state, base, batches, client_ids, np.asarray(num_samples, np.float32))
+    if len(client_ids) != c:
+      metrics = jax.tree.map(lambda m: m[:c], metrics)
+    return state, base, metrics
 
   def train(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids):
     """Phase 1 of an attested round: local training only -> (local_c, client_states_c, loss_ck).
 
-    The host can then digest each client's `local_c` update and verify its attestation before
-    `aggregate` excludes the rejected ones.
+    Inputs are slot-level: `client_ids` [S] with `PAD` for dummy slots and S a multiple of the
+    mesh's client rows (`num_slots`); `batches` [S, K, B, S] host or global arrays. The host can
+    then digest each client's `local_c` update and verify its attestation before `aggregate`
+    excludes the rejected ones.
     """
     batches, client_ids = self._check(batches, client_ids)
     return self._compiled("train", len(client_ids))(state, base, batches, client_ids)
 
   def aggregate(self, state: dict, base: PyTree, trained, client_ids, num_samples, accept):
-    """Phase 2: the server step over accepted ([C] bool) clients; returns like `__call__`."""
+    """Phase 2: the server step over accepted ([S] bool) slots; returns like `__call__` (with
+    [S] slot-level metrics)."""
     client_ids = np.asarray(client_ids, np.int32)
     accept = np.asarray(accept, bool)
     if accept.shape != client_ids.shape or np.shape(num_samples) != client_ids.shape:
@@ -279,3 +307,15 @@ class FederatedRound:
     return self._compiled("round", len(client_ids)).lower(
         state, base, batches, np.asarray(client_ids, np.int32),
         np.asarray(num_samples, np.float32))
+
+
+def pad_round(batches: dict[str, Any], client_ids, num_samples, num_slots: int):
+  """Appends dummy clients (id `PAD`, zero batches, zero samples) up to `num_slots`."""
+  client_ids = np.asarray(client_ids, np.int32)
+  extra = num_slots - len(client_ids)
+  if extra <= 0:
+    return batches, client_ids, num_samples
+  pad = lambda x: np.concatenate([np.asarray(x), np.zeros((extra,) + np.shape(x)[1:],
+                                                          np.asarray(x).dtype)])
+  return ({k: pad(v) for k, v in batches.items()},
+          np.concatenate([client_ids, np.full(extra, PAD, np.int32)]), pad(num_samples))

@@ -47,10 +47,15 @@ class ClientSharding:
     """Shard a leading axis of length `num` over clients when it divides evenly, else replicate."""
     return self.by_client if num % self.num_shards == 0 else self.replicated
 
+  def num_slots(self, num_clients: int) -> int:
+    """`num_clients` rounded up to a multiple of the client rows (the rest are padding slots)."""
+    return -(-num_clients // self.num_shards) * self.num_shards
+
   def check_clients(self, num: int) -> None:
     if num % self.num_shards:
-      raise ValueError(f"{num} clients per round cannot be split over {self.num_shards} devices; "
-                       f"use a multiple of {self.num_shards}")
+      raise ValueError(f"{num} client slots cannot be split over the {self.num_shards} client "
+                       f"rows of mesh {dict(self.mesh.shape)}; pad the round to "
+                       f"{self.num_slots(num)} slots (FederatedRound.num_slots)")
 
   def put(self, tree: Any, sharding: NamedSharding) -> Any:
     """Places host or device arrays with `sharding` (copies only this process's shards; a global

@@ -1,0 +1,92 @@
+"""The few host-side exchanges a multi-process run needs: small JSON messages and slot rows.
+
+Every function here is a collective when several processes run (each must call it, in the same
+order, never under a `process_index() == 0` branch) and a cheap local operation with one process.
+Only small things cross hosts: digests, attestations, verdicts, metrics; never a hospital's data
+or a whole [C, ...] tree of client updates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Sharding
+
+
+def is_writer() -> bool:
+  """Process 0 writes the run directory's files (config, metrics, ledger, report, adapters)."""
+  return jax.process_index() == 0
+
+
+def allgather_json(value: Any) -> list[Any]:
+  """Every process's JSON-able `value`, in process order, on every process."""
+  if jax.process_count() == 1:
+    return [value]
+  raw = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray([raw.size], np.int32))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:raw.size] = raw
+  rows = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row[:int(n)]).decode()) for row, n in zip(rows, sizes.reshape(-1))]
+
+
+def broadcast_json(value: Any) -> Any:
+  """Process 0's JSON-able `value` on every process (the others pass anything, e.g. None)."""
+  if jax.process_count() == 1:
+    return value
+  return allgather_json(value if is_writer() else None)[0]
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (a no-op with one)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def host_rows(x: jax.Array) -> dict[int, np.ndarray]:
+  """{row index along axis 0: that row as numpy} for every row this process holds.
+
+  Rows split over this host's devices (the model axis) are put back together; other processes'
+  rows are not touched.
+  """
+  pieces: dict[int, np.ndarray] = {}
+  for shard in x.addressable_shards:
+    rows = range(x.shape[0])[shard.index[0]]
+    data = np.asarray(shard.data)
+    for k, row in enumerate(rows):
+      if row not in pieces:
+        pieces[row] = np.zeros(x.shape[1:], x.dtype)
+      pieces[row][shard.index[1:]] = data[k]
+  return pieces
+
+
+def host_value(x: jax.Array) -> np.ndarray:
+  """A replicated (or host-local) array as numpy, from this process's own shards."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  rows = host_rows(x)
+  if len(rows) != x.shape[0]:
+    raise ValueError(f"array {x.shape} with sharding {x.sharding} is not held whole on this host")
+  return np.stack([rows[i] for i in range(x.shape[0])])
+
+
+def gather_rows(x: jax.Array) -> np.ndarray:
+  """A small [S, ...] array sharded over slots, whole on every process (e.g. per-client metrics)."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def global_from_rows(shape: Sequence[int], dtype, sharding: Sharding,
+                     row: Callable[[int], np.ndarray]) -> jax.Array:
+  """A global [S, ...] array whose row s is `row(s)`; only this process's rows are asked for."""
+  def shard(index):
+    rows = range(shape[0])[index[0]]
+    out = np.stack([row(s) for s in rows]) if len(rows) else np.zeros((0, *shape[1:]), dtype)
+    return out.astype(dtype)[(slice(None),) + tuple(index[1:])]
+  return jax.make_array_from_callback(tuple(shape), sharding, shard)
