@@ -80,12 +80,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.fed.server_b2 = 0.99
   c.fed.server_eps = 1e-3
   c.fed.fedprox_mu = 0.01
-  c.fed.num_devices = 0  # 0: all local devices (the client axis is sharded over them)
+
+  c.mesh = ml_collections.ConfigDict()  # devices: clients x model (every device of every process)
+  c.mesh.clients = 0  # client rows, may span hosts (0: all devices / model)
+  c.mesh.model = 0  # devices sharding the frozen base inside one host (0: 1)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 1  # rounds
   c.eval.batch_size = 150
   c.eval.max_test_per_client = 0  # 0: the whole test set
+  c.eval.round_max_test_per_client = 0  # per-round evaluation on the first N (0: all); final: all
+  c.eval.group_size = 8  # (adapter, test batch) pairs each device scores at once
 
   c.ledger = ml_collections.ConfigDict()
   c.ledger.enabled = True

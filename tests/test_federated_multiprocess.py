@@ -86,9 +86,12 @@ def test_initialize_rejects_bad_arguments():
 
 def test_global_mesh_single_process():
   mesh = distributed.global_mesh()
-  assert mesh.axis_names == ("clients",) and mesh.devices.size == 1
-  with pytest.raises(ValueError, match="has 1 devices"):
+  assert mesh.axis_names == ("clients", "model") and mesh.devices.shape == (1, 1)
+  with pytest.raises(ValueError, match=r"mesh clients=2 x model=1 = 2 devices cannot be placed "
+                     r"on this job's 1 devices"):
     distributed.global_mesh(2)
+  with pytest.raises(ValueError, match=r"clients=1 x model=2"):
+    distributed.global_mesh(1, 2)
 
 
 def test_initialize_after_jax_started_is_a_clear_error():

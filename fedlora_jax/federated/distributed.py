@@ -25,6 +25,10 @@ from jax.sharding import Mesh
 from fedlora_jax.federated.sharding import make_mesh
 
 
+class LaunchError(RuntimeError):
+  """This process could not join the distributed job."""
+
+
 def initialize(coordinator_address: str, num_processes: int, process_id: int,
                local_device_ids: int | Sequence[int] | None = None, *,
                initialization_timeout: int = 300) -> None:
@@ -50,14 +54,14 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int,
       or not 0 <= process_id < num_processes):
     raise ValueError(f"process_id must be an int in [0, {num_processes}), got {process_id!r}")
   if jax.distributed.is_initialized():
-    raise RuntimeError("jax.distributed is already initialized in this process")
+    raise LaunchError("jax.distributed is already initialized in this process")
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
                                local_device_ids=local_device_ids,
                                initialization_timeout=initialization_timeout)
   except Exception as e:  # JaxRuntimeError / RuntimeError from the coordination service
-    raise RuntimeError(
+    raise LaunchError(
         f"jax.distributed.initialize failed for process {process_id} of {num_processes} with "
         f"coordinator {coordinator_address!r} (it must be called before any JAX computation, "
         f"and every process must reach the coordinator within {initialization_timeout} s): "
@@ -102,31 +106,29 @@ def launch(coordinator_address: str | None = None, num_processes: int | None = N
     try:
       jax.distributed.initialize()
     except Exception as e:  # pylint: disable=broad-except
-      raise RuntimeError(f"jax.distributed auto-initialisation on {kind} failed: "
+      raise LaunchError(f"jax.distributed auto-initialisation on {kind} failed: "
                          f"{type(e).__name__}: {e}") from e
   return kind
 
 
-def global_mesh(num_devices: int | None = None) -> Mesh:
-  """The 1-D `clients` mesh over the devices of all processes (all of them by default).
+def global_mesh(clients: int = 0, model: int = 0) -> Mesh:
+  """The `clients x model` mesh over every device of every process (the `mesh` config section).
 
-  Raises ValueError when `num_devices` does not use whole processes: every process must own the
-  same number of mesh devices, or some would hold no clients while the others wait on them.
+  0 means infer: `model` = 1, `clients` = the rest. Raises ValueError naming the mesh and the
+  counts when it cannot be placed: it must use every device, and `model` must divide each
+  process's device count so that the model axis stays inside a host while clients span hosts.
   """
   total, local = jax.device_count(), jax.local_device_count()
-  n = total if num_devices is None else num_devices
-  if not 0 < n <= total:
-    raise ValueError(f"num_devices={n}, but the job has {total} devices")
-  mesh = make_mesh(n)
-  per_process: dict[int, int] = {}
-  for d in mesh.devices.flat:
-    per_process[d.process_index] = per_process.get(d.process_index, 0) + 1
-  if len(set(per_process.values())) != 1 or (
-      jax.process_count() > 1 and len(per_process) != jax.process_count()):
-    raise ValueError(f"a mesh of {n} devices spreads unevenly over the {jax.process_count()} "
-                     f"processes ({local} local devices each): devices per process "
-                     f"{per_process}; use a multiple of {local}")
-  return mesh
+  model = model or 1
+  clients = clients or total // model
+  if clients * model != total or total % model:
+    raise ValueError(f"mesh clients={clients} x model={model} = {clients * model} devices cannot "
+                     f"be placed on this job's {total} devices ({jax.process_count()} processes "
+                     f"x {local}); set mesh.clients * mesh.model = {total}")
+  if local % model:
+    raise ValueError(f"mesh model={model} does not divide the {local} devices of each process: "
+                     "the model axis must stay inside one host")
+  return make_mesh(clients, model)
 
 
 def shutdown() -> None:

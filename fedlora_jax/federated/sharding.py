@@ -16,13 +16,22 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 CLIENTS = "clients"
+MODEL = "model"
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` devices (all by default), axis `clients`."""
-  n = jax.device_count() if num_devices is None else num_devices
-  return jax.make_mesh((n,), (CLIENTS,), axis_types=(AxisType.Auto,),
-                       devices=jax.devices()[:n])
+def make_mesh(clients: int | None = None, model: int = 1) -> Mesh:
+  """A `clients x model` mesh over the first clients * model devices (all by default).
+
+  Devices are taken in (process, id) order, so each client row (`model` consecutive devices)
+  lies inside one process when `model` divides the per-process device count.
+  """
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  clients = len(devices) // model if clients is None else clients
+  if clients < 1 or model < 1 or clients * model > len(devices):
+    raise ValueError(f"a mesh of clients={clients} x model={model} needs {clients * model} "
+                     f"devices; this job has {len(devices)}")
+  grid = np.asarray(devices[:clients * model], dtype=object).reshape(clients, model)
+  return Mesh(grid, (CLIENTS, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 @dataclasses.dataclass(frozen=True)

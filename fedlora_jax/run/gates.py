@@ -96,8 +96,8 @@ class LedgerGate:
       if os.path.exists(self.path):
         self.ledger = L.Ledger.open(self.path, server, self.backend)
       else:
-        regs = sorted((L.Registration.from_dict(r) for r in everyone),
-                      key=lambda r: self.names.index(r.name))
+        regs = sorted((L.Registration(r["name"], bytes.fromhex(r["pk"]), bytes.fromhex(r["pop"]))
+                       for r in everyone), key=lambda r: self.names.index(r.name))
         self.ledger = L.Ledger.create(self.path, ledger_id, server, regs, self.backend)
     self._verdict: L.RoundVerdict | None = None
     self._recorded: dict[str, Any] | None = None
@@ -136,8 +136,6 @@ class LedgerGate:
     if self.ledger is not None:  # the server
       accept = np.zeros(len(slot_ids), bool)
       counts = np.zeros(len(slot_ids), np.float32)
-      by_id = {self.ledger.clients[n].id if n in self.ledger.clients else None: n
-               for n in self.ledger.clients}
       if self._recorded is not None:  # re-running a round whose block was written before a crash
         names = {p["name"] for p in self._recorded["participants"]}
         for s, att, _ in submissions:
@@ -151,7 +149,6 @@ class LedgerGate:
           if att["client_id"] in accepted:
             accept[s], counts[s] = True, accepted[att["client_id"]]
         self._verdict = verdict
-      del by_id
       decision = [accept.tolist(), counts.tolist()]
     accept, counts = multihost.broadcast_json(decision)
     return np.asarray(accept, bool), np.asarray(counts, np.float32)
