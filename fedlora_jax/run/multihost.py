@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Sharding
 
 
@@ -23,16 +22,32 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+TIMEOUT_S = 900  # how long a process waits for the others at an exchange (setup, the server)
+_exchanges = [0]  # every process makes the same exchanges in the same order: a shared counter
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  client = distributed.global_state.client
+  if client is None:
+    raise RuntimeError("several JAX processes but no jax.distributed client")
+  return client
+
+
 def allgather_json(value: Any) -> list[Any]:
-  """Every process's JSON-able `value`, in process order, on every process."""
+  """Every process's JSON-able `value`, in process order, on every process.
+
+  Goes through the coordination service's key-value store (not a device collective), so a
+  process may wait long for the others (process 0 preparing the base, verifying signatures,
+  writing the report) without tripping the collectives' 30 s context deadline.
+  """
   if jax.process_count() == 1:
     return [value]
-  raw = np.frombuffer(json.dumps(value).encode(), np.uint8)
-  sizes = multihost_utils.process_allgather(np.asarray([raw.size], np.int32))
-  padded = np.zeros(int(np.max(sizes)), np.uint8)
-  padded[:raw.size] = raw
-  rows = multihost_utils.process_allgather(padded)
-  return [json.loads(bytes(row[:int(n)]).decode()) for row, n in zip(rows, sizes.reshape(-1))]
+  _exchanges[0] += 1
+  client, key = _client(), f"fedlora_jax/exchange/{_exchanges[0]}"
+  client.key_value_set(f"{key}/{jax.process_index()}", json.dumps(value))
+  return [json.loads(client.blocking_key_value_get(f"{key}/{p}", TIMEOUT_S * 1000))
+          for p in range(jax.process_count())]
 
 
 def broadcast_json(value: Any) -> Any:
@@ -45,7 +60,8 @@ def broadcast_json(value: Any) -> Any:
 def sync(name: str) -> None:
   """A barrier across processes (a no-op with one)."""
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+    _exchanges[0] += 1
+    _client().wait_at_barrier(f"fedlora_jax/barrier/{_exchanges[0]}/{name}", TIMEOUT_S * 1000)
 
 
 def host_rows(x: jax.Array) -> dict[int, np.ndarray]:
@@ -79,7 +95,11 @@ def gather_rows(x: jax.Array) -> np.ndarray:
   """A small [S, ...] array sharded over slots, whole on every process (e.g. per-client metrics)."""
   if x.is_fully_addressable:
     return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  out = np.zeros(x.shape, x.dtype)
+  for part in allgather_json({s: row.tolist() for s, row in host_rows(x).items()}):
+    for s, row in part.items():
+      out[int(s)] = row
+  return out
 
 
 def global_from_rows(shape: Sequence[int], dtype, sharding: Sharding,
