@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fedlora_jax.data import TokenizedMCQ
+from fedlora_jax.eval import predict_options
 from fedlora_jax.federated import ClientSharding
 from fedlora_jax.federated.placement import ClientPlacement
 from fedlora_jax.models import last_logits
@@ -55,9 +55,8 @@ class Evaluator:
       def predict(base, lora_m, model_s, ids_sbt, mask_sbt, pos_sb, options_so, option_ok_so):
         def one(m, ids_bt, mask_bt, pos_b, options_o, ok_o):
           lora = jax.tree.map(lambda x: x[m], lora_m)
-          logits_bv = last_logits(graphdef, base, lora, ids_bt, mask_bt, pos_b)
-          option_logits_bo = jnp.take(logits_bv, options_o, axis=-1).astype(jnp.float32)
-          return jnp.argmax(jnp.where(ok_o, option_logits_bo, -jnp.inf), -1).astype(jnp.int32)
+          return predict_options(last_logits(graphdef, base, lora, ids_bt, mask_bt, pos_b),
+                                 options_o, ok_o)
         return jax.vmap(one)(model_s, ids_sbt, mask_sbt, pos_sb, options_so, option_ok_so)
 
       kw = {} if self.sharding is None else {"out_shardings": self.sharding.by_client}
