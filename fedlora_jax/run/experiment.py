@@ -157,12 +157,12 @@ def _finish(cfg, workdir: str, graphdef, job: Job, data: ClientData, matrix, bas
             gate: Gate) -> dict[str, Any]:
   """Exports the adapter(s) in PEFT format, checks provenance, writes summary and report."""
   algorithm = job.algorithm
-  global_lora = jax.tree.map(multihost.host_value, job.state["global_lora"])
-  personal = (jax.tree.map(multihost.host_value, eval_loras(algorithm, job.state))
-              if algorithm.name in PERSONALISED else None)
-  base = jax.tree.map(multihost.host_value, job.base)
+  personal = eval_loras(algorithm, job.state) if algorithm.name in PERSONALISED else None
   summary: dict[str, Any] = {}
-  if multihost.is_writer():
+  if multihost.is_writer():  # host copies from process 0's own shards: no collective here
+    global_lora = jax.tree.map(multihost.host_value, job.state["global_lora"])
+    base = jax.tree.map(multihost.host_value, job.base)
+    personal = None if personal is None else jax.tree.map(multihost.host_value, personal)
     lcfg = lora_config(cfg)
     adapted = models.merge(graphdef, base, global_lora)
     adapter_file = models.export_peft_adapter(global_lora, adapted, lcfg,
