@@ -10,11 +10,11 @@ from py_ecc.optimized_bls12_381 import G1, add, multiply, neg
 
 from fedlora_jax.ledger import (
     Attestation, Identity, Ledger, LedgerError, Registration, RegistrationError, Rejection,
-    arkworks_available, get_backend, tree_digest, verify_ledger,
+    backend_available, get_backend, tree_digest, verify_ledger,
 )
 from fedlora_jax.ledger.bls import Backend
 
-needs_arkworks = pytest.mark.skipif(not arkworks_available(),
+needs_arkworks = pytest.mark.skipif(not backend_available("arkworks"),
                                     reason="py-arkworks-bls12381 not installed")
 BACKENDS = ["py_ecc", pytest.param("arkworks", marks=needs_arkworks)]
 SEED = b"fedlora-jax ledger protocol test"  # 32 bytes

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedlora_jax.ledger import (
-    Attestation, BlockError, Identity, Ledger, LedgerError, arkworks_available, block_hash,
+    Attestation, BlockError, Identity, Ledger, LedgerError, backend_available, block_hash,
     get_backend, tree_digest, verify_ledger,
 )
 
@@ -79,7 +79,7 @@ def test_value_positions_helper() -> None:
   assert [line[p] for p in _value_positions(line)] == ["x", "1", "n", '"']
 
 
-@pytest.mark.skipif(not arkworks_available(),
+@pytest.mark.skipif(not backend_available("arkworks"),
                     reason="~600 full verifications: too slow on py_ecc alone")
 def test_every_tampered_value_detected_at_its_block(built) -> None:
   ledger, _, _ = built

@@ -9,7 +9,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from fedlora_jax.ledger import (
-    Attestation, Identity, Ledger, adapter_file_digest, arkworks_available, find_provenance,
+    Attestation, Identity, Ledger, adapter_file_digest, backend_available, find_provenance,
     get_backend, time_round, tree_digest,
 )
 
@@ -70,7 +70,7 @@ def test_verify_ledger_script_exit_codes(tmp_path: Path) -> None:
 
 
 def test_time_round_reports_each_phase() -> None:
-  for name, n in (("py_ecc", 1),) + ((("arkworks", 16),) if arkworks_available() else ()):
+  for name, n in (("py_ecc", 1),) + ((("arkworks", 16),) if backend_available("arkworks") else ()):
     timings = time_round(name, n)
     assert set(timings) == {"sign_s", "aggregate_s", "verify_s"}
     assert all(t > 0 for t in timings.values())

@@ -15,7 +15,7 @@ from fedlora_jax.ledger.attestation import (
 )
 from fedlora_jax.ledger.block import REJECT_REASONS, block_hash
 from fedlora_jax.ledger.bls import (
-    BACKEND_NAMES, Backend, arkworks_available, get_backend, key_gen,
+    BACKEND_NAMES, Backend, backend_available, get_backend, key_gen,
 )
 from fedlora_jax.ledger.digest import adapter_file_digest, tree_digest
 from fedlora_jax.ledger.errors import BlockError, KeystoreError, LedgerError, RegistrationError
@@ -29,7 +29,7 @@ __all__ = [
     "Attestation", "BACKEND_NAMES", "Backend", "BlockError", "Contributor", "Identity",
     "KeystoreError", "Ledger", "LedgerError", "Provenance", "REJECT_REASONS", "Registration",
     "RegistrationError", "Rejection", "RoundContext", "RoundVerdict", "VerifyResult",
-    "adapter_file_digest", "arkworks_available", "attestation_message", "block_hash",
+    "adapter_file_digest", "backend_available", "attestation_message", "block_hash",
     "find_provenance", "get_backend", "identity_id", "key_gen", "load_keystore",
     "server_message", "time_round", "tree_digest", "verify_ledger",
 ]
