@@ -32,7 +32,7 @@ def _ledger(tmp_path: Path) -> tuple[Ledger, list[Identity]]:
     ctx = ledger.round_context(r)
     subs = [(Attestation.create(c, ctx, tree_digest(_adapter(r + i)), 100 * (i + 1), backend),
              tree_digest(_adapter(r + i))) for i, c in enumerate(participants)]
-    ledger.append_round(r, *ledger.verify_round(r, subs), tree_digest(_adapter(global_x)),
+    ledger.append_round(r, ledger.verify_round(r, subs), tree_digest(_adapter(global_x)),
                         "fedavg")
   return ledger, clients
 
