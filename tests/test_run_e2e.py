@@ -34,9 +34,10 @@ def test_run_writes_every_artifact(finished_run):
   for name in ("config.json", "metrics.jsonl", "ledger.jsonl", "summary.json", "report.md",
                "accuracy_curves.png", "client_test_heatmap.png",
                "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
-               "checkpoints/2", "keys/server.key", "keys/clinic.key"):
+               "checkpoints/2", "keys/server/server.key", "keys/clinic/clinic.key",
+               "receipts/clinic"):
     assert os.path.exists(os.path.join(workdir, name)), name
-  assert oct(os.stat(os.path.join(workdir, "keys/clinic.key")).st_mode & 0o777) == "0o600"
+  assert oct(os.stat(os.path.join(workdir, "keys/clinic/clinic.key")).st_mode & 0o777) == "0o600"
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["round"] for r in records] == [0, 1, 2]  # round 0: the base before training
   assert all(len(r["clients"]) == 6 and r["ledger"]["accepted"] == 6 for r in records[1:])

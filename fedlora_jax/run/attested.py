@@ -1,14 +1,26 @@
-"""The identity ledger in a run: client keys, per-round attestations, verification, blocks."""
+"""The identity ledger in a run: every party's keystore, the server, the simulated hospitals.
+
+Layout under the workdir:
+  keys/server/server.key           the server's keystore (only `LedgerServer` reads it)
+  keys/<hospital>/<hospital>.key   each hospital's keystore (only its `HospitalSigner` reads it);
+                                   `ledger.keystores` may name another directory of keystores
+  receipts/<hospital>/*.json       the server's receipts each hospital checked and kept
+  ledger.jsonl
+
+Keys come from the operating system's randomness, never from the config seed. With
+`ledger.registry` the hospitals were enrolled beforehand (`scripts/enroll.py`) and the run
+registers the registry's records; otherwise each simulated hospital enrols itself.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from fedlora_jax import ledger as L
 from fedlora_jax.models import peft_tensors
@@ -20,56 +32,51 @@ def client_update(local_c: Any, c: int) -> dict[str, np.ndarray]:
   return peft_tensors(jax.tree.map(lambda x: np.asarray(x[c]), local_c))
 
 
-class AttestedRounds:
-  """Owns the run's ledger and identities (secret keys in `<workdir>/keys`, mode 0600)."""
+def base_tensors(base: Any) -> dict[str, np.ndarray]:
+  """{HF tensor name: array} of base params (the tensors `save_hf_checkpoint` writes)."""
+  flat = traverse_util.flatten_dict(jax.device_get(base))
+  return {".".join(str(k) for k in path): np.asarray(v) for path, v in flat.items()}
 
-  def __init__(self, workdir: str, client_names: Sequence[str], *, ledger_id: str, seed: int,
-               backend: str):
-    self.backend = L.get_backend(backend)
-    keys = os.path.join(workdir, "keys")
-    path = os.path.join(workdir, "ledger.jsonl")
-    names = ["server", *client_names]
-    if os.path.exists(path):
-      stored = L.load_keystore(keys, self.backend)
-      missing = [n for n in names if n not in stored]
-      if missing:
-        raise L.LedgerError(f"{keys} lacks the keys of {missing}")
-      ids = {n: stored[n] for n in names}
-      self.ledger = L.Ledger.open(path, ids["server"], self.backend)
-    else:
-      ikm = hashlib.sha256(f"fedlora-jax identities, seed {seed}".encode()).digest()
-      ids = {n: L.Identity.generate(n, ikm, self.backend) for n in names}
-      for ident in ids.values():
-        if not os.path.exists(os.path.join(keys, ident.name + ".key")):
-          ident.save(keys)
-      self.ledger = L.Ledger.create(path, ledger_id, ids["server"],
-                                    [ids[n] for n in client_names], self.backend)
-    self.clients = [ids[n] for n in client_names]
-    self.path = path
 
-  def recorded_block(self, round_no: int) -> dict[str, Any] | None:
-    for block in self.ledger.blocks:
-      if block.get("kind") == "round" and block.get("round") == round_no:
-        return block
-    return None
+def open_parties(workdir: str, client_names: Sequence[str], ledger_cfg: Any, *, label: str,
+                 weighting: str) -> tuple[L.LedgerServer, dict[str, L.HospitalSigner]]:
+  """The server (new ledger or resumed one) and each hospital's signer.
 
-  def verify(self, round_no: int, client_ids: Sequence[int], local_c: Any,
-             num_samples: Sequence[int]) -> tuple[np.ndarray, L.RoundVerdict]:
-    """Each client signs the digest of its update; the server checks them all at once.
+  `ledger_cfg` is the config's `ledger` section (backend, registry, keystores,
+  max_samples_per_client).
+  """
+  backend = L.get_backend(ledger_cfg.backend)
+  keystores = os.path.expanduser(ledger_cfg.keystores) or os.path.join(workdir, "keys")
+  if ledger_cfg.registry:
+    regs = L.load_registry(os.path.expanduser(ledger_cfg.registry), backend)
+    missing = sorted(set(client_names) - {r.name for r in regs})
+    if missing:
+      raise L.LedgerError(f"ledger.registry {ledger_cfg.registry} has no registration for "
+                          f"{missing}")
+  else:
+    regs = [L.enroll(n, os.path.join(keystores, n), backend) for n in client_names]
+  server = L.LedgerServer.open_or_create(
+      os.path.join(workdir, "ledger.jsonl"), os.path.join(workdir, "keys", "server"), regs,
+      label=label, max_samples_per_client=ledger_cfg.max_samples_per_client,
+      weighting=weighting, backend=backend)
+  signers = {n: L.HospitalSigner(n, os.path.join(keystores, n),
+                                 os.path.join(workdir, "receipts", n), server.server_public_key,
+                                 backend) for n in client_names}
+  registered = {r.name: r.pk for r in regs}
+  wrong = [n for n, s in signers.items() if s.public_key != registered[n]]
+  if wrong:
+    raise L.LedgerError(f"keystores of {wrong} do not hold the registered keys")
+  return server, signers
 
-    Returns the [C] accept mask and the verdict (for the block).
-    """
-    ctx = self.ledger.round_context(round_no)
-    submissions = []
-    for c, cid in enumerate(client_ids):
-      digest = L.tree_digest(client_update(local_c, c))
-      att = L.Attestation.create(self.clients[cid], ctx, digest, int(num_samples[c]), self.backend)
-      submissions.append((att, digest))  # in simulation the server receives what was signed
-    verdict = self.ledger.verify_round(round_no, submissions)
-    accepted = {a.client_id for a in verdict.accepted}
-    return np.asarray([self.clients[cid].id in accepted for cid in client_ids]), verdict
 
-  def record(self, round_no: int, verdict: L.RoundVerdict, global_digest: bytes,
-             algorithm: str) -> dict[str, Any]:
-    return self.ledger.append_round(round_no, verdict.accepted, verdict.rejected, global_digest,
-                                    algorithm)
+def attest_round(server: L.LedgerServer, signers: dict[str, L.HospitalSigner], round_no: int,
+                 names: Sequence[str], digests: Sequence[bytes],
+                 counts: Sequence[int]) -> L.RoundVerdict:
+  """Each hospital signs its update's digest and true sample count; the server verifies them
+  all and each hospital keeps its receipt. In simulation the server receives what was signed."""
+  ctx = server.round_context(round_no)
+  atts = [signers[n].attest(ctx, d, int(k)) for n, d, k in zip(names, digests, counts)]
+  verdict = server.verify(round_no, list(zip(atts, digests)))
+  for n, receipt in zip(names, verdict.receipts):
+    signers[n].accept_receipt(receipt)
+  return verdict

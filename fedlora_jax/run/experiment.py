@@ -19,7 +19,7 @@ from fedlora_jax import models
 from fedlora_jax.data import round_batches
 from fedlora_jax.eval import fairness_summary
 from fedlora_jax.run import report
-from fedlora_jax.run.attested import AttestedRounds
+from fedlora_jax.run import attested as A
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import accuracy_matrix, own_accuracies
 from fedlora_jax.run.setup import ClientData, expand, load_client_data, load_model, lora_config
@@ -81,7 +81,8 @@ def _own_accuracy(graphdef, base, algorithm, state, data: ClientData, batch_size
   return [float(a) for a in own_accuracies(graphdef, base, loras, data.test, batch_size)]
 
 
-def _ledger_id(cfg) -> str:
+def _ledger_label(cfg) -> str:
+  """The readable part of the ledger id (the genesis adds a fresh random nonce)."""
   digest = hashlib.sha256(json.dumps(flat_config(cfg), sort_keys=True, default=str).encode())
   return f"fedlora-jax-{digest.hexdigest()[:16]}"
 
@@ -109,6 +110,10 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   engine = F.FederatedRound(graphdef, algorithm, training, num_clients,
                             _sharding(cfg, per_round))
   state = F.init_state(algorithm, lora, num_clients, cfg.seed)
+  # [ledger edit 1/5] FedEx-LoRA folds residuals into the base: keep the original base (HF
+  # tensor names) to digest the change each round; taken before a resume restores the base.
+  original_base = (A.base_tensors(base) if cfg.ledger.enabled and algorithm.updates_base
+                   else None)
   ckpt = Checkpointer(ckpt_dir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
   start = 0
   if has_ckpt and cfg.resume:
@@ -124,10 +129,15 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     logging.info("resumed %s at round %d", workdir, start)
   state, base = engine.place(state, base)
 
-  attested = None
+  # [ledger edit 2/5] Each party's keystore from os randomness; the server verifies and records,
+  # the hospitals' signers sign and keep receipts.
+  server = signers = None
   if cfg.ledger.enabled:
-    attested = AttestedRounds(workdir, data.train_names, ledger_id=_ledger_id(cfg),
-                              seed=cfg.seed, backend=cfg.ledger.backend)
+    server, signers = A.open_parties(
+        workdir, data.train_names, cfg.ledger, label=_ledger_label(cfg),
+        weighting="uniform" if cfg.fed.uniform_weights else "num_samples")
+    logging.info("ledger %s: server public key %s, genesis hash %s", server.path,
+                 server.server_public_key.hex(), server.genesis_hash)
   # Records past the checkpoint are dropped (they will be recomputed); a fresh start keeps none.
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"),
                            keep_until_round=start if start else -1)
@@ -147,29 +157,36 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     batches, counts = _round_batches(cfg, data, ids, r)
     ledger_info: dict[str, Any] = {}
     timing: dict[str, float] = {"data_s": time.time() - t0}
-    if attested is None:
+    if server is None:
       out = engine(state, base, batches, ids, counts)
-    else:
+    else:  # [ledger edit 3/5] aggregate the accepted updates, weighted by their signed counts
       trained = engine.train(state, base, batches, ids)
       local_c = jax.device_get(trained[0])
       timing["train_s"] = time.time() - t0 - timing["data_s"]
-      recorded = attested.recorded_block(r + 1)
+      recorded = server.recorded_block(r + 1)
       if recorded is None:
-        accept, verdict = attested.verify(r + 1, ids, local_c, counts)
+        names = [data.train_names[c] for c in ids]
+        digests = [L.tree_digest(A.client_update(local_c, i)) for i in range(len(ids))]
+        verdict = A.attest_round(server, signers, r + 1, names, digests, counts)
+        accept, signed_counts = verdict.accept, verdict.num_samples
       else:  # re-running a round whose block was written before a crash
-        names = {p["name"] for p in recorded["participants"]}
-        accept = np.asarray([data.train_names[c] in names for c in ids])
-      out = engine.aggregate(state, base, trained, ids, counts, accept)
+        signed = {p["name"]: p["num_samples"] for p in recorded["participants"]}
+        accept = np.asarray([data.train_names[c] in signed for c in ids])
+        signed_counts = np.asarray([signed.get(data.train_names[c], 0) for c in ids])
+      out = engine.aggregate(state, base, trained, ids, signed_counts, accept)
     if algorithm.updates_base:
       state, base, m = out
     else:
       state, m = out
     global_host = jax.device_get(state["global_lora"])
-    if attested is not None:
+    if server is not None:  # [ledger edit 4/5] the block binds the global adapter and residual
       gdigest = L.tree_digest(models.peft_tensors(global_host))
+      residual = (None if original_base is None
+                  else L.residual_digest(A.base_tensors(base), original_base))
       if recorded is None:
-        block = attested.record(r + 1, verdict, gdigest, algorithm.name)
-      elif recorded["global_digest"] != gdigest.hex():
+        block = server.record(r + 1, verdict, gdigest, algorithm.name, residual)
+      elif recorded["global_digest"] != gdigest.hex() or recorded["residual_digest"] != (
+          residual and residual.hex()):
         raise L.LedgerError(f"round {r + 1}: recomputed global adapter differs from the ledger's "
                             "record (non-deterministic resume?)")
       else:
@@ -196,8 +213,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     record["seconds"] = round(time.time() - t0, 3)
     record["timing"] = {k: round(v, 3) for k, v in timing.items()}
     trees = {"state": state, **({"base": base} if algorithm.updates_base else {})}
-    ckpt.save(r + 1, trees, {"round": r + 1, "ledger_head": attested.ledger.head_hash
-                             if attested else None}, force=last)
+    ckpt.save(r + 1, trees, {"round": r + 1, "ledger_head": server.head_hash
+                             if server else None}, force=last)
     metrics_log.append(record)
     _progress(record, per_round)
   ckpt.close()
@@ -205,7 +222,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     matrix = accuracy_matrix(graphdef, base, _eval_loras(algorithm, state), data.test,
                              cfg.eval.batch_size)
   return _finish(cfg, workdir, model, graphdef, base, state, algorithm, data, matrix, base_dir,
-                 attested)
+                 server)
 
 
 def _round_batches(cfg, data: ClientData, ids, r):
@@ -227,7 +244,7 @@ def _progress(record: dict[str, Any], per_round: int) -> None:
 
 
 def _finish(cfg, workdir, model, graphdef, base, state, algorithm, data, matrix, base_dir,
-            attested) -> dict[str, Any]:
+            server) -> dict[str, Any]:
   """Exports the adapter(s) in PEFT format, checks provenance, writes summary and report."""
   lcfg = lora_config(cfg)
   adapted = models.merge(graphdef, base, jax.device_get(state["global_lora"]))
@@ -252,13 +269,16 @@ def _finish(cfg, workdir, model, graphdef, base, state, algorithm, data, matrix,
                                                  else ["global"]),
       "adapter": adapter_file,
   }
-  if attested is not None:
+  if server is not None:  # [ledger edit 5/5] verified against its anchors and the receipts
     digest = L.adapter_file_digest(adapter_file)
-    prov = L.find_provenance(attested.path, digest)
-    check = L.verify_ledger(attested.path)
-    summary["ledger"] = {"path": attested.path, "valid": check.ok, "blocks": check.num_blocks,
-                         "adapter_digest": digest.hex(),
-                         "adapter_block": None if prov is None else prov.block_index}
+    prov = L.find_provenance(server.path, digest)
+    info = server.info()
+    check = L.verify_ledger(server.path, server_public_key=info["server_public_key"],
+                            genesis_hash=info["genesis_hash"],
+                            receipts=os.path.join(workdir, "receipts"))
+    summary["ledger"] = {"path": str(server.path), "valid": check.ok, "blocks": check.num_blocks,
+                         "receipts": check.receipts, "adapter_digest": digest.hex(),
+                         "adapter_block": None if prov is None else prov.block_index, **info}
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   report.write_report(workdir, summary)
