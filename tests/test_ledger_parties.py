@@ -278,3 +278,34 @@ def test_residual_digest_is_the_digest_of_the_changed_tensors() -> None:
     L.residual_digest({"a": np.ones(1)}, original)
   with pytest.raises(ValueError, match="float64"):
     L.residual_digest({**original, "model.norm.weight": np.ones(3)}, original)
+
+
+def test_run_parties_from_a_registry(tmp_path: Path) -> None:
+  import ml_collections
+
+  from fedlora_jax.run import attested
+  keystores = tmp_path / "hospital-keys"
+  registry = tmp_path / "registry.jsonl"
+  registry.write_text("".join(L.registry_line(L.enroll(n, keystores / n)) + "\n"
+                              for n in NAMES))
+  cfg = ml_collections.ConfigDict({"backend": "auto", "registry": str(registry),
+                                   "keystores": str(keystores), "max_samples_per_client": 0})
+  server, signers = attested.open_parties(str(tmp_path / "run"), list(NAMES), cfg, label="r",
+                                          weighting="num_samples")
+  genesis = {r["name"]: r["pk"] for r in server.ledger.blocks[0]["registrations"]}
+  assert genesis == {n: s.public_key.hex() for n, s in signers.items()}
+  assert not (tmp_path / "run" / "keys" / "cardiology").exists()  # the enrolled keys are used
+  verdict = attested.attest_round(server, signers, 1, list(NAMES),
+                                  [_digest(i) for i in range(3)], [3, 1, 1])
+  np.testing.assert_array_equal(verdict.weights, [0.6, 0.2, 0.2])
+  assert len(L.load_receipts(tmp_path / "run" / "receipts")) == 3
+  with pytest.raises(L.LedgerError, match=r"no registration for \['icu'\]"):
+    attested.open_parties(str(tmp_path / "run2"), [*NAMES, "icu"], cfg, label="r",
+                          weighting="num_samples")
+  L.enroll("trauma", tmp_path / "elsewhere" / "trauma")
+  for n in ("cardiology", "oncology"):
+    L.enroll(n, tmp_path / "elsewhere" / n)
+  cfg.keystores = str(tmp_path / "elsewhere")
+  with pytest.raises(L.LedgerError, match="do not hold the registered keys"):
+    attested.open_parties(str(tmp_path / "run3"), list(NAMES), cfg, label="r",
+                          weighting="num_samples")

@@ -21,7 +21,9 @@ from fedlora_jax.ledger.block import REJECT_REASONS, block_hash, weights_of
 from fedlora_jax.ledger.bls import (
     BACKEND_NAMES, Backend, backend_available, get_backend, key_gen,
 )
-from fedlora_jax.ledger.digest import adapter_file_digest, residual_digest, tree_digest
+from fedlora_jax.ledger.digest import (
+    adapter_file_digest, base_residual, residual_digest, tree_digest,
+)
 from fedlora_jax.ledger.errors import BlockError, KeystoreError, LedgerError, RegistrationError
 from fedlora_jax.ledger.identity import Identity, identity_id, load_keystore
 from fedlora_jax.ledger.ledger import Ledger, Rejection, RoundVerdict
@@ -33,7 +35,7 @@ from fedlora_jax.ledger.timing import time_round
 from fedlora_jax.ledger.verify import VerifyResult, verify_ledger
 
 __all__ = [
-    "ACCEPTED", "Attestation", "BACKEND_NAMES", "Backend", "BlockError", "Contributor",
+    "ACCEPTED", "Attestation", "BACKEND_NAMES", "Backend", "BlockError", "Contributor", "base_residual",
     "HospitalSigner", "Identity", "KeystoreError", "Ledger", "LedgerError", "LedgerServer",
     "Provenance", "REJECT_REASONS", "Receipt", "Registration", "RegistrationError", "Rejection",
     "RoundContext", "RoundVerdict", "VerifyResult", "adapter_file_digest", "attestation_message",
