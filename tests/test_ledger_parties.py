@@ -294,6 +294,7 @@ def test_run_parties_from_a_registry(tmp_path: Path) -> None:
                                           weighting="num_samples")
   genesis = {r["name"]: r["pk"] for r in server.ledger.blocks[0]["registrations"]}
   assert genesis == {n: s.public_key.hex() for n, s in signers.items()}
+  assert signers["trauma"].registration() == L.load_registry(registry)[2]
   assert not (tmp_path / "run" / "keys" / "cardiology").exists()  # the enrolled keys are used
   verdict = attested.attest_round(server, signers, 1, list(NAMES),
                                   [_digest(i) for i in range(3)], [3, 1, 1])

@@ -60,6 +60,10 @@ class HospitalSigner:
   def public_key(self) -> bytes:
     return self._identity.pk
 
+  def registration(self) -> Registration:
+    """This hospital's registration record (public key and proof of possession)."""
+    return Registration.of(self._identity, self.backend)
+
   def attest(self, context: RoundContext, update_digest: bytes,
              num_samples: int) -> Attestation:
     """Signs 'my update for this ledger, round and head has this digest and sample count'."""

@@ -12,8 +12,8 @@ from fedlora_jax.ledger.identity import identity_id
 
 def time_round(backend: Backend | str | None, n_clients: int) -> dict[str, float]:
   """Seconds to sign `n_clients` distinct attestations (total), aggregate them, and
-  AggregateVerify the aggregate once. The arkworks backend caches decoded public keys (as for a
-  server's registered clients), so its first call also pays key validation."""
+  AggregateVerify the aggregate once. The compiled backends cache decoded public keys (as for a
+  server's registered clients), so their first call also pays key validation."""
   backend = resolve_backend(backend)
   sks = [key_gen(hashlib.sha256(b"time_round/%d" % i).digest()) for i in range(n_clients)]
   pks = [backend.sk_to_pk(sk) for sk in sks]

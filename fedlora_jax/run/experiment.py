@@ -272,10 +272,10 @@ def _finish(cfg, workdir, model, graphdef, base, state, algorithm, data, matrix,
   if server is not None:  # [ledger edit 5/5] verified against its anchors and the receipts
     digest = L.adapter_file_digest(adapter_file)
     prov = L.find_provenance(server.path, digest)
-    info = server.info()
+    info, receipts = server.info(), os.path.join(workdir, "receipts")
     check = L.verify_ledger(server.path, server_public_key=info["server_public_key"],
                             genesis_hash=info["genesis_hash"],
-                            receipts=os.path.join(workdir, "receipts"))
+                            receipts=receipts if os.path.isdir(receipts) else None)
     summary["ledger"] = {"path": str(server.path), "valid": check.ok, "blocks": check.num_blocks,
                          "receipts": check.receipts, "adapter_digest": digest.hex(),
                          "adapter_block": None if prov is None else prov.block_index, **info}
