@@ -142,6 +142,13 @@ def test_fabricated_ledger_fails_every_anchor(tmp_path: Path) -> None:
   anchors = {"server_public_key": info["server_public_key"],
              "genesis_hash": info["genesis_hash"], "registry": str(tmp_path / "registry.jsonl")}
   assert L.verify_ledger(fake.path).ok  # self-consistent
+  assert L.find_provenance(fake.path, _digest(99)).round == 1  # names invented contributors...
+  for pinned in ({"server_public_key": info["server_public_key"]},
+                 {"genesis_hash": info["genesis_hash"]}):  # ...unless the anchors are pinned
+    with pytest.raises(L.LedgerError, match="does not match the pinned"):
+      L.find_provenance(fake.path, _digest(99), **pinned)
+  assert L.find_provenance(genuine.path, _digest(99), server_public_key=info[
+      "server_public_key"], genesis_hash=info["genesis_hash"]).contributors[0].name == NAMES[0]
   assert L.verify_ledger(genuine.path, **anchors).ok
   reasons = {"server_public_key": "server key", "genesis_hash": "genesis hash",
              "registry": "'cardiology' is not in the registry"}

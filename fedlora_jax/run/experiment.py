@@ -271,10 +271,10 @@ def _finish(cfg, workdir, model, graphdef, base, state, algorithm, data, matrix,
   }
   if server is not None:  # [ledger edit 5/5] verified against its anchors and the receipts
     digest = L.adapter_file_digest(adapter_file)
-    prov = L.find_provenance(server.path, digest)
     info, receipts = server.info(), os.path.join(workdir, "receipts")
-    check = L.verify_ledger(server.path, server_public_key=info["server_public_key"],
-                            genesis_hash=info["genesis_hash"],
+    anchors = {k: info[k] for k in ("server_public_key", "genesis_hash")}
+    prov = L.find_provenance(server.path, digest, **anchors)
+    check = L.verify_ledger(server.path, **anchors,
                             receipts=receipts if os.path.isdir(receipts) else None)
     summary["ledger"] = {"path": str(server.path), "valid": check.ok, "blocks": check.num_blocks,
                          "receipts": check.receipts, "adapter_digest": digest.hex(),
