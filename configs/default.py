@@ -94,7 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.ledger = ml_collections.ConfigDict()
   c.ledger.enabled = True
-  c.ledger.backend = "auto"  # auto (compiled arkworks when installed), arkworks, py_ecc
+  c.ledger.backend = "auto"  # auto (fastest installed: blspy, arkworks), blspy, arkworks, py_ecc
+  c.ledger.registry = ""  # enrolled hospitals (JSON lines from scripts/enroll.py); empty: self-enrol
+  c.ledger.keystores = ""  # directory of the hospitals' <name>/ keystores; empty: <workdir>/keys
+  c.ledger.max_samples_per_client = 0  # reject attestations claiming more samples; 0: no cap
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 1

@@ -40,7 +40,8 @@ _SCALE_RANKS = flags.DEFINE_list("scaling_ranks", ["8", "16", "64"], "Ranks swep
 _SCALE_SEQS = flags.DEFINE_list("scaling_seqs", ["128", "512"], "Sequence lengths swept (8 clients).")
 _SCALE_REPEATS = flags.DEFINE_integer("scaling_repeats", 2, "Timed repetitions per scaling row.")
 _LEDGER_CLIENTS = flags.DEFINE_list("ledger_clients", ["4", "16", "64"], "Ledger client counts.")
-_LEDGER_BACKENDS = flags.DEFINE_list("ledger_backends", ["arkworks", "py_ecc"], "BLS backends.")
+_LEDGER_BACKENDS = flags.DEFINE_list("ledger_backends", ["blspy", "arkworks", "py_ecc"],
+                                     "BLS backends.")
 _PY_ECC_MAX = flags.DEFINE_integer("ledger_py_ecc_max_clients", 4,
                                    "Largest client count timed with the slow py_ecc backend.")
 _GPU_PRESETS = flags.DEFINE_list("gpu_presets", ["qwen3-1.7b", "qwen3-8b"],
@@ -118,7 +119,7 @@ def main(argv):
   if "ledger" in sections:
     log("ledger ...")
     res["ledger"] = suite.ledger_section(_ints(_LEDGER_CLIENTS.value), _LEDGER_BACKENDS.value,
-                                         _PY_ECC_MAX.value, log)
+                                         _PY_ECC_MAX.value, _REPEATS.value, log)
   if "gpu" in sections:
     log("gpu ...")
     c, k, b, s, r = _ints(_GPU_SHAPE.value)

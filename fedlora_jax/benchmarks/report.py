@@ -80,15 +80,17 @@ def markdown(res: dict[str, Any]) -> str:
     if "skipped" in led:
       lines.append(f"Skipped: {led['skipped']}")
     else:
-      lines += ["| backend | clients | sign (all clients) ms | aggregate ms | verify ms |",
-                "|---|---|---|---|---|"]
+      lines += ["| backend | clients | sign (all clients) ms | aggregate ms | verify ms (median) "
+                "| verify ms (every run) | verify CPU ms |", "|---|---|---|---|---|---|---|"]
       for row in led["rows"]:
         if "skipped" in row:
           lines.append(f"| {row['backend']} | {row.get('clients', '')} | skipped: "
-                       f"{row['skipped']} | | |")
+                       f"{row['skipped']} | | | | |")
         else:
+          runs = ", ".join(f"{v * 1e3:.1f}" for v in row.get("verify_s_runs", []))
           lines.append(f"| {row['backend']} | {row['clients']} | {row['sign_s'] * 1e3:.1f} | "
-                       f"{row['aggregate_s'] * 1e3:.2f} | {row['verify_s'] * 1e3:.1f} |")
+                       f"{row['aggregate_s'] * 1e3:.2f} | {row['verify_s'] * 1e3:.1f} | {runs} | "
+                       f"{row.get('verify_cpu_s', float('nan')) * 1e3:.1f} |")
     lines.append("")
   g = res.get("gpu")
   if g:

@@ -25,7 +25,7 @@ from fedlora_jax.federated.placement import ClientPlacement
 from fedlora_jax.run import multihost, report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import Evaluator
-from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate
+from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate, base_tensors
 from fedlora_jax.run.hooks import (PERSONALISED, CheckpointHook, EvaluationHook, Job, MetricsHook,
                                    eval_loras, per_client, progress)
 from fedlora_jax.run.loop import RoundRunner, run_rounds
@@ -61,7 +61,8 @@ def _has_checkpoint(directory: str) -> bool:
   return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
 
 
-def _ledger_id(cfg) -> str:
+def _ledger_label(cfg) -> str:
+  """The readable part of the ledger id (the genesis adds a fresh random nonce)."""
   digest = hashlib.sha256(json.dumps(flat_config(cfg), sort_keys=True, default=str).encode())
   return f"fedlora-jax-{digest.hexdigest()[:16]}"
 
@@ -104,6 +105,9 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   state = F.init_state(algorithm, lora, num_clients, cfg.seed)
   ckpt = Checkpointer(ckpt_dir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
   state, base = engine.place(state, base)
+  # FedEx-LoRA changes the base: its ledger blocks bind the change since this original.
+  original = (base_tensors(base) if cfg.ledger.enabled and algorithm.updates_base
+              and multihost.is_writer() else None)
   start = 0
   if has_ckpt and cfg.resume:
     latest = ckpt.latest_round()
@@ -118,10 +122,11 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
   gate: Gate
   if cfg.ledger.enabled:
-    gate = LedgerGate(workdir, ledger_id=_ledger_id(cfg), train_names=data.train_names,
-                      train_sizes=data.train_sizes,
+    gate = LedgerGate(workdir, cfg.ledger, label=_ledger_label(cfg),
+                      weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
+                      train_names=data.train_names, train_sizes=data.train_sizes,
                       local_clients=placement.hospitals_of(jax.process_index()),
-                      backend=cfg.ledger.backend, algorithm=algorithm.name)
+                      algorithm=algorithm.name, original_base=original)
   else:
     gate = OpenGate(data.train_sizes)
   job = Job(state=state, base=base, rounds=cfg.fed.rounds, algorithm=algorithm,

@@ -57,6 +57,25 @@ def broadcast_json(value: Any) -> Any:
   return allgather_json(value if is_writer() else None)[0]
 
 
+def on_writer(fn: Callable[[], Any]) -> Any:
+  """Runs `fn` on process 0 (the server's work: the ledger, files) and gives its JSON-able
+  result to every process; an error there is raised on every process, so none waits forever."""
+  if jax.process_count() == 1:
+    return fn()
+  outcome = None
+  if is_writer():
+    try:
+      outcome = {"value": fn()}
+    except Exception as e:  # pylint: disable=broad-except
+      outcome = {"error": f"{type(e).__name__}: {e}"}
+      broadcast_json(outcome)
+      raise
+  outcome = broadcast_json(outcome)
+  if "error" in outcome:
+    raise ValueError(f"process 0 failed: {outcome['error']}")
+  return outcome["value"]
+
+
 def sync(name: str) -> None:
   """A barrier across processes (a no-op with one)."""
   if jax.process_count() > 1:
@@ -70,6 +89,8 @@ def host_rows(x: jax.Array) -> dict[int, np.ndarray]:
   Rows split over this host's devices (the model axis) are put back together; other processes'
   rows are not touched.
   """
+  if not isinstance(x, jax.Array):
+    return {i: np.asarray(row) for i, row in enumerate(x)}
   pieces: dict[int, np.ndarray] = {}
   for shard in x.addressable_shards:
     rows = range(x.shape[0])[shard.index[0]]
@@ -83,7 +104,7 @@ def host_rows(x: jax.Array) -> dict[int, np.ndarray]:
 
 def host_value(x: jax.Array) -> np.ndarray:
   """A replicated (or host-local) array as numpy, from this process's own shards."""
-  if x.is_fully_addressable:
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
     return np.asarray(x)
   rows = host_rows(x)
   if len(rows) != x.shape[0]:
@@ -93,7 +114,7 @@ def host_value(x: jax.Array) -> np.ndarray:
 
 def gather_rows(x: jax.Array) -> np.ndarray:
   """A small [S, ...] array sharded over slots, whole on every process (e.g. per-client metrics)."""
-  if x.is_fully_addressable:
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
     return np.asarray(x)
   out = np.zeros(x.shape, x.dtype)
   for part in allgather_json({s: row.tolist() for s, row in host_rows(x).items()}):
