@@ -81,6 +81,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.fed.server_eps = 1e-3
   c.fed.fedprox_mu = 0.01
   c.fed.num_devices = 0  # 0: all local devices (the client axis is sharded over them)
+  c.fed.client_group_size = 0  # clients of a device trained at once, groups in turn; 0: all
+
+  c.mesh = ml_collections.ConfigDict()  # the clients x model device mesh
+  c.mesh.clients = 0  # devices along the client axis (may span hosts); 0: all devices / model
+  c.mesh.model = 0  # devices splitting the frozen base, tensor parallel, inside a host; 0: 1
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 1  # rounds

@@ -1,8 +1,8 @@
-"""Multi-host runs: start `jax.distributed` and build the global `clients` mesh.
+"""Multi-host runs: start `jax.distributed` and build the global `clients x model` mesh.
 
 Every process runs the same program. After `initialize`, `jax.devices()` lists the devices of all
 processes and `global_mesh()` spans them; `FederatedRound(..., sharding=ClientSharding(mesh))` then
-shards the client axis over every host's devices. Each process builds the same host-side inputs
+shards the client axis over every host's devices (and the base over each host's `model` rows). Each process builds the same host-side inputs
 (same seed: batches, client ids, counts) and `ClientSharding.put` copies only the shards its own
 devices hold, so no process ever needs the other processes' data on device.
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import jax
 from jax.sharding import Mesh
 
-from fedlora_jax.federated.sharding import make_mesh
+from fedlora_jax.federated.sharding import make_mesh, mesh_shape
 
 
 def initialize(coordinator_address: str, num_processes: int, process_id: int,
@@ -63,26 +63,16 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int,
         f"{type(e).__name__}: {e}") from e
 
 
-def global_mesh(num_devices: int | None = None) -> Mesh:
-  """The 1-D `clients` mesh over the devices of all processes (all of them by default).
+def global_mesh(clients: int = 0, model: int = 0) -> Mesh:
+  """The `clients x model` mesh over the devices of all processes (`config.mesh` sizes; 0 =
+  infer: model 1, clients every device left). `model` stays inside a process, `clients` spans
+  processes.
 
-  Raises ValueError when `num_devices` does not use whole processes: every process must own the
-  same number of mesh devices, or some would hold no clients while the others wait on them.
+  Raises ValueError naming the mesh and the counts when the shape cannot be placed (see
+  `sharding.make_mesh`): e.g. every process must own the same number of mesh devices, or some
+  would hold no clients while the others wait on them.
   """
-  total, local = jax.device_count(), jax.local_device_count()
-  n = total if num_devices is None else num_devices
-  if not 0 < n <= total:
-    raise ValueError(f"num_devices={n}, but the job has {total} devices")
-  mesh = make_mesh(n)
-  per_process: dict[int, int] = {}
-  for d in mesh.devices.flat:
-    per_process[d.process_index] = per_process.get(d.process_index, 0) + 1
-  if len(set(per_process.values())) != 1 or (
-      jax.process_count() > 1 and len(per_process) != jax.process_count()):
-    raise ValueError(f"a mesh of {n} devices spreads unevenly over the {jax.process_count()} "
-                     f"processes ({local} local devices each): devices per process "
-                     f"{per_process}; use a multiple of {local}")
-  return mesh
+  return make_mesh(*mesh_shape(clients, model, jax.device_count()))
 
 
 def shutdown() -> None:
