@@ -3,7 +3,7 @@
     python -m tests.sharded_worker sharded OUT_DIR
         with XLA_FLAGS=--xla_force_host_platform_device_count=8: two rounds of 8 clients, sharded
         over a `clients` mesh of 8 devices and unsharded, for FedAvg and SCAFFOLD;
-        writes OUT_DIR/results.npz (leaves of both runs) and OUT_DIR/report.json (shardings).
+        writes OUT_DIR/sharded.npz (leaves of both runs) and OUT_DIR/sharded.json (shardings).
     python -m tests.sharded_worker mesh2d OUT_DIR
         with 8 devices: two rounds of MESH_CLIENTS clients unsharded and on a `clients=2 x
         model=4` mesh (the base split over `model`) with client groups, for FedAvg and SCAFFOLD,
@@ -32,6 +32,21 @@ MP_COUNTS = np.array([5, 10, 20, 40])
 MESH_CLIENTS = 4
 MESH_SHAPE = (2, 4)  # clients x model
 MESH_GROUP = 1  # client_group_size of the grouped runs (2 clients per shard: 2 groups)
+
+
+def spawn(mode: str, out_dir, devices: int = 8, timeout: int = 240) -> tuple[dict, dict]:
+  """Runs `python -m tests.sharded_worker MODE OUT_DIR` with `devices` forced CPU devices and
+  returns its (arrays of OUT_DIR/MODE.npz, OUT_DIR/MODE.json)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
+      f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"))
+  proc = subprocess.run([sys.executable, "-m", "tests.sharded_worker", mode, str(out_dir)],
+                        cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  with open(os.path.join(out_dir, f"{mode}.json")) as f:
+    report = json.load(f)
+  return dict(np.load(os.path.join(out_dir, f"{mode}.npz"))), report
 
 
 def _configure_jax():
@@ -125,8 +140,8 @@ def run_sharded(out_dir: str) -> None:
           report["indivisible_error"] = None
         except Exception as e:  # pylint: disable=broad-except
           report["indivisible_error"] = [type(e).__name__, str(e)]
-  np.savez(os.path.join(out_dir, "results.npz"), **results)
-  with open(os.path.join(out_dir, "report.json"), "w") as f:
+  np.savez(os.path.join(out_dir, "sharded.npz"), **results)
+  with open(os.path.join(out_dir, "sharded.json"), "w") as f:
     json.dump(report, f)
 
 

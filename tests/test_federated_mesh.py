@@ -3,11 +3,6 @@
 mesh2d`) that equals the unsharded round while each device holds a quarter of the base.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,10 +14,7 @@ from fedlora_jax import models
 from fedlora_jax.federated import distributed
 from fedlora_jax.federated.sharding import in_client_groups
 from tests.fed_fixtures import tiny_model
-from tests.sharded_worker import MESH_CLIENTS, MESH_SHAPE
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from tests.sharded_worker import MESH_CLIENTS, MESH_SHAPE, spawn
 
 def test_every_base_param_declares_one_logical_name_per_axis():
   graphdef, base, _ = tiny_model()
@@ -97,15 +89,7 @@ def test_client_groups_equal_all_clients_at_once():
 
 @pytest.fixture(scope="module")
 def mesh2d_run(tmp_path_factory):
-  out = tmp_path_factory.mktemp("mesh2d")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"))
-  proc = subprocess.run([sys.executable, "-m", "tests.sharded_worker", "mesh2d", str(out)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-  with open(out / "mesh2d.json") as f:
-    report = json.load(f)
-  return dict(np.load(out / "mesh2d.npz")), report
+  return spawn("mesh2d", tmp_path_factory.mktemp("mesh2d"), timeout=480)
 
 
 def _run(results, name, mode):
