@@ -80,10 +80,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.fed.server_b2 = 0.99
   c.fed.server_eps = 1e-3
   c.fed.fedprox_mu = 0.01
+  c.fed.client_group_size = 0  # clients of a device trained at once, groups in turn; 0: all
 
-  c.mesh = ml_collections.ConfigDict()  # devices: clients x model (every device of every process)
-  c.mesh.clients = 0  # client rows, may span hosts (0: all devices / model)
-  c.mesh.model = 0  # devices sharding the frozen base inside one host (0: 1)
+  c.mesh = ml_collections.ConfigDict()  # the clients x model device mesh (every process's devices)
+  c.mesh.clients = 0  # devices along the client axis (may span hosts); 0: all devices / model
+  c.mesh.model = 0  # devices splitting the frozen base, tensor parallel, inside a host; 0: 1
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 1  # rounds

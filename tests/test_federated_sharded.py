@@ -5,31 +5,15 @@ JAX fixes its device count at start-up, so the rounds run in a subprocess
 metrics of both runs, and a report of the output shardings, which this test checks.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from tests.sharded_worker import SHARDED_ALGORITHMS, SHARDED_CLIENTS
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.sharded_worker import SHARDED_ALGORITHMS, SHARDED_CLIENTS, spawn
 
 
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
-  out = tmp_path_factory.mktemp("sharded")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      f"--xla_force_host_platform_device_count={SHARDED_CLIENTS} "
-      "--xla_backend_optimization_level=0"))
-  proc = subprocess.run([sys.executable, "-m", "tests.sharded_worker", "sharded", str(out)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-  with open(out / "report.json") as f:
-    report = json.load(f)
-  return dict(np.load(out / "results.npz")), report
+  return spawn("sharded", tmp_path_factory.mktemp("sharded"), devices=SHARDED_CLIENTS)
 
 
 @pytest.mark.multidevice

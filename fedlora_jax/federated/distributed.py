@@ -1,8 +1,8 @@
-"""Multi-host runs: start `jax.distributed` and build the global `clients` mesh.
+"""Multi-host runs: start `jax.distributed` and build the global `clients x model` mesh.
 
 Every process runs the same program. After `initialize`, `jax.devices()` lists the devices of all
 processes and `global_mesh()` spans them; `FederatedRound(..., sharding=ClientSharding(mesh))` then
-shards the client axis over every host's devices. Each process builds the same host-side inputs
+shards the client axis over every host's devices (and the base over each host's `model` rows). Each process builds the same host-side inputs
 (same seed: batches, client ids, counts) and `ClientSharding.put` copies only the shards its own
 devices hold, so no process ever needs the other processes' data on device.
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import jax
 from jax.sharding import Mesh
 
-from fedlora_jax.federated.sharding import make_mesh
+from fedlora_jax.federated.sharding import make_mesh, mesh_shape
 
 
 class LaunchError(RuntimeError):
@@ -112,23 +112,15 @@ def launch(coordinator_address: str | None = None, num_processes: int | None = N
 
 
 def global_mesh(clients: int = 0, model: int = 0) -> Mesh:
-  """The `clients x model` mesh over every device of every process (the `mesh` config section).
+  """The `clients x model` mesh over the devices of all processes (`config.mesh` sizes; 0 =
+  infer: model 1, clients every device left). `model` stays inside a process, `clients` spans
+  processes.
 
-  0 means infer: `model` = 1, `clients` = the rest. Raises ValueError naming the mesh and the
-  counts when it cannot be placed: it must use every device, and `model` must divide each
-  process's device count so that the model axis stays inside a host while clients span hosts.
+  Raises ValueError naming the mesh and the counts when the shape cannot be placed (see
+  `sharding.make_mesh`): e.g. every process must own the same number of mesh devices, or some
+  would hold no clients while the others wait on them.
   """
-  total, local = jax.device_count(), jax.local_device_count()
-  model = model or 1
-  clients = clients or total // model
-  if clients * model != total or total % model:
-    raise ValueError(f"mesh clients={clients} x model={model} = {clients * model} devices cannot "
-                     f"be placed on this job's {total} devices ({jax.process_count()} processes "
-                     f"x {local}); set mesh.clients * mesh.model = {total}")
-  if local % model:
-    raise ValueError(f"mesh model={model} does not divide the {local} devices of each process: "
-                     "the model axis must stay inside one host")
-  return make_mesh(clients, model)
+  return make_mesh(*mesh_shape(clients, model, jax.device_count()))
 
 
 def shutdown() -> None:

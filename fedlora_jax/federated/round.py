@@ -8,10 +8,11 @@ State (a plain dict, checkpointed as is):
   client_states  tree, leaves [N, ...]  persistent per-client state of all N clients ({} if none)
 
 Clients run together: `jax.vmap` over the client axis of the LoRA params, optimizer states and
-batches, with the base params shared (`in_axes=None`), so the base exists once per device; each
-client's K steps are a `lax.scan`. With a mesh, the client axis is sharded over devices and the
-weighted mean over clients becomes an all-reduce inside the same program. Clients whose update is
-not finite are quarantined: weight 0, state kept, reported in `metrics["valid"]`.
+batches, with the base params shared (`in_axes=None`), so the base exists once per device (split
+over the mesh's `model` axis); each client's K steps are a `lax.scan`. With a mesh, the client axis
+is sharded over the `clients` axis and the weighted mean over clients becomes an all-reduce inside
+the same program; `client_group_size` runs each shard's clients in groups, one after another.
+Clients whose update is not finite are quarantined: weight 0, state kept, reported in `metrics["valid"]`.
 
 Padding: a round's client axis holds "slots". A slot whose client id is `PAD` (-1) is a dummy
 client: it trains on whatever batch it is given (zeros), is never valid, has weight 0 and writes
@@ -31,8 +32,8 @@ import optax
 
 from fedlora_jax.federated.aggregation import all_finite_per_client, client_weights
 from fedlora_jax.federated.algorithms.base import Algorithm, ServerInputs, part_mask
-from fedlora_jax.federated.sharding import ClientSharding
-from fedlora_jax.models.functional import lm_loss
+from fedlora_jax.federated.sharding import ClientSharding, in_client_groups
+from fedlora_jax.models.functional import base_logical_axes, lm_loss
 
 PyTree = Any
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
@@ -88,16 +89,24 @@ class FederatedRound:
     algorithm: FedAvg or a variant.
     training: local training settings (K = training.local_steps).
     num_clients: N, all clients of the federation.
-    sharding: shard the client axis over this mesh (None: default device placement).
+    sharding: shard the client axis over the mesh's `clients` axis and the base over its `model`
+      axis (None: default device placement).
+    client_group_size: train at most this many clients per `clients` shard at once, the groups
+      one after another (bounds activation memory); 0: all of a shard's clients at once.
   """
 
   def __init__(self, graphdef, algorithm: Algorithm, training: LocalTraining, num_clients: int,
-               sharding: ClientSharding | None = None):
+               sharding: ClientSharding | None = None, client_group_size: int = 0):
+    if client_group_size < 0:
+      raise ValueError(f"client_group_size must be >= 0, got {client_group_size}")
     self.graphdef = graphdef
     self.algorithm = algorithm
     self.training = training
     self.num_clients = num_clients
     self.sharding = sharding
+    self.client_group_size = client_group_size
+    self.base_sharding = (None if sharding is None
+                          else sharding.base(base_logical_axes(graphdef)))
     self._optimizer = training.make_optimizer()
     self._jitted: dict[int, Any] = {}
 
@@ -135,8 +144,10 @@ class FederatedRound:
     old_cs = self._gather_clients(state["client_states"], client_ids)
     round_key = jax.random.fold_in(state["rng"], state["round"])
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(client_ids)
-    return jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0))(
-        base, state["global_lora"], state["server_state"], old_cs, batches, keys)
+    train_c = jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0))
+    run = lambda xs: train_c(base, state["global_lora"], state["server_state"], *xs)
+    shards = 1 if self.sharding is None else self.sharding.num_shards
+    return in_client_groups(run, (old_cs, batches, keys), shards, self.client_group_size)
 
   def _aggregate(self, state, base, trained, client_ids, num_samples, accept_c):
     """Server step over the clients that trained finitely and were accepted (`accept_c`)."""
@@ -195,14 +206,14 @@ class FederatedRound:
     if self.sharding is not None:
       sh = self.sharding
       sh.check_clients(num_slots)
-      rep, by_c = sh.replicated, sh.by_client
+      rep, by_c, base_sh = sh.replicated, sh.by_client, self.base_sharding
       state_sh = self.state_shardings()
       metrics_sh = {"loss": by_c, "valid": by_c, "finite": by_c, "weights": by_c}
-      out_sh = (state_sh, rep, metrics_sh)
+      out_sh = (state_sh, base_sh, metrics_sh)
       kw = {
-          "round": dict(in_shardings=(state_sh, rep, by_c, rep, rep), out_shardings=out_sh),
-          "train": dict(in_shardings=(state_sh, rep, by_c, rep), out_shardings=by_c),
-          "aggregate": dict(in_shardings=(state_sh, rep, by_c, rep, rep, rep),
+          "round": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep), out_shardings=out_sh),
+          "train": dict(in_shardings=(state_sh, base_sh, by_c, rep), out_shardings=by_c),
+          "aggregate": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep, rep),
                             out_shardings=out_sh),
       }[kind]
     fn = {"round": self._round, "train": self._train, "aggregate": self._aggregate}[kind]
@@ -212,19 +223,22 @@ class FederatedRound:
     return jitted
 
   def state_shardings(self):
-    """Sharding tree prefix for the state dict (client states split by client when they divide)."""
+    """Sharding tree prefix for the state dict (client states split by client when they divide;
+    LoRA trees replicated over `model`)."""
     sh = self.sharding
     assert sh is not None
     return {"round": sh.replicated, "rng": sh.replicated, "global_lora": sh.replicated,
             "server_state": sh.replicated, "client_states": sh.leading(self.num_clients)}
 
   def place(self, state: dict, base: PyTree) -> tuple[dict, PyTree]:
-    """Puts state and base on the mesh (a no-op without sharding)."""
+    """Puts state and base on the mesh, the base split by `base_sharding` (a no-op without
+    sharding)."""
     if self.sharding is None:
       return state, base
     sh = self.sharding
     shardings = self.state_shardings()
-    return {k: sh.put(v, shardings[k]) for k, v in state.items()}, sh.put(base, sh.replicated)
+    return ({k: sh.put(v, shardings[k]) for k, v in state.items()},
+            sh.put(base, self.base_sharding))
 
   def num_slots(self, num_clients: int) -> int:
     """Slots a round of `num_clients` clients takes: a multiple of the mesh's client rows."""

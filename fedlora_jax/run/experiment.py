@@ -101,7 +101,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   num_clients = len(data.train_names)
   per_round = F.clients_per_round(num_clients, count=cfg.fed.clients_per_round or None)
   engine = F.FederatedRound(graphdef, algorithm, _training(cfg, data.max_target_tokens),
-                            num_clients, sharding)
+                            num_clients, sharding, client_group_size=cfg.fed.client_group_size)
   state = F.init_state(algorithm, lora, num_clients, cfg.seed)
   ckpt = Checkpointer(ckpt_dir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
   state, base = engine.place(state, base)
