@@ -9,7 +9,8 @@ import pytest
 
 from fedlora_jax import federated as F
 from fedlora_jax.federated.algorithms import ServerInputs
-from fedlora_jax.privacy import AdaptiveClipping, ClientDP, Safeguards
+from fedlora_jax.federated.safeguards import Safeguards
+from fedlora_jax.privacy import AdaptiveClipping, ClientDP
 
 RNG = np.random.default_rng(0)
 UPDATES = jnp.asarray(RNG.normal(size=(5, 40)) * np.array([[0.1], [1.0], [3.0], [0.5], [8.0]]),

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedlora_jax import federated as F
-from fedlora_jax.privacy import ExampleDP, Safeguards
+from fedlora_jax.federated.safeguards import Safeguards
+from fedlora_jax.privacy import ExampleDP
 from tests.fed_fixtures import client_batches, tiny_model
 
 RNG = np.random.default_rng(0)

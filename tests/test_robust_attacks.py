@@ -8,7 +8,7 @@ import pytest
 
 from fedlora_jax import federated as F
 from fedlora_jax.federated.attacks import Attack, alie_z
-from fedlora_jax.privacy import Safeguards
+from fedlora_jax.federated.safeguards import Safeguards
 from tests.fed_fixtures import client_batches, tiny_model
 
 U = np.arange(12, dtype=np.float32).reshape(4, 3) - 5.0

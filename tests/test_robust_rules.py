@@ -9,7 +9,7 @@ import pytest
 from fedlora_jax import federated as F
 from fedlora_jax.federated import robust as R
 from fedlora_jax.federated.algorithms import ServerInputs
-from fedlora_jax.privacy import Safeguards
+from fedlora_jax.federated.safeguards import Safeguards
 from tests.byzfl_reference import byzfl_aggregators
 
 ALL = np.ones(7, bool)

@@ -28,7 +28,7 @@ from fedlora_jax.federated.aggregation import all_finite_per_client, client_weig
 from fedlora_jax.federated.algorithms.base import Algorithm, ServerInputs, part_mask
 from fedlora_jax.federated.sharding import ClientSharding
 from fedlora_jax.models.functional import lm_loss
-from fedlora_jax.privacy.safeguards import Safeguards
+from fedlora_jax.federated.safeguards import Safeguards
 
 PyTree = Any
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")

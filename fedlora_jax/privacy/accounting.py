@@ -21,6 +21,7 @@ import dp_accounting as dpa
 from scipy import stats
 
 PLD_DISCRETIZATION = 1e-3  # value discretization of the PLD accountant (its default 1e-4 is 7x slower)
+MIN_NOISE = 0.3  # calibration's lower end: below it subsampled PLDs take gigabytes (and eps > 50)
 
 
 def poisson_max_batch(dataset_sizes: Sequence[int], expected_batch_size: int,
@@ -34,7 +35,7 @@ def poisson_max_batch(dataset_sizes: Sequence[int], expected_batch_size: int,
   if small:
     raise ValueError(f"a hospital has fewer records ({min(small)}) than the expected batch size "
                      f"{expected_batch_size}")
-  return max(int(stats.binom.isf(overflow, n, expected_batch_size / n)) + 1 for n in sizes)
+  return max(int(stats.binom.isf(overflow, n, expected_batch_size / n)) for n in sizes)
 
 
 def example_step_event(dataset_size: int, expected_batch_size: float, max_batch_size: int,
@@ -75,10 +76,10 @@ def epsilon(event: dpa.DpEvent, count: int, delta: float, kind: str = "pld") -> 
 
 def calibrate(make_event, count: int, target_epsilon: float, delta: float,
               kind: str = "pld") -> float:
-  """The smallest noise multiplier z whose `make_event(z)` composed `count` times meets the target."""
+  """The smallest z >= MIN_NOISE whose `make_event(z)` composed `count` times meets the target."""
   return float(dpa.calibrate_dp_mechanism(
       lambda: _accountant(kind), lambda z: dpa.dp_event.SelfComposedDpEvent(make_event(z), count),
-      target_epsilon, delta, dpa.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4))
+      target_epsilon, delta, dpa.LowerEndpointAndGuess(MIN_NOISE, 1.0), tol=1e-3))
 
 
 @dataclasses.dataclass
