@@ -121,10 +121,14 @@ class ExampleAccountant:
       out[name] = cache[k]
     return out
 
-  def after_round(self, client_ids: Sequence[int]) -> dict[str, float]:
-    """Counts a finished round of `client_ids`; returns each hospital's epsilon so far."""
+  def count(self, client_ids: Sequence[int]) -> None:
+    """Counts a finished round of `client_ids` (also to replay rounds before a resume)."""
     for c in client_ids:
       self.rounds_taken[int(c)] += 1
+
+  def after_round(self, client_ids: Sequence[int]) -> dict[str, float]:
+    """Counts a finished round of `client_ids`; returns each hospital's epsilon so far."""
+    self.count(client_ids)
     return self.epsilons(self.rounds_taken)
 
   def would_exceed(self) -> bool:
@@ -151,9 +155,12 @@ class ClientAccountant:
                                      self.noise_multiplier)
     return epsilon(event, rounds, self.delta, kind)
 
-  def after_round(self, client_ids: Sequence[int]) -> dict[str, float]:
+  def count(self, client_ids: Sequence[int]) -> None:
     del client_ids
     self.rounds += 1
+
+  def after_round(self, client_ids: Sequence[int]) -> dict[str, float]:
+    self.count(client_ids)
     return {"federation": self.epsilon_after(self.rounds)}
 
   def would_exceed(self) -> bool:
