@@ -16,8 +16,9 @@ import numpy as np
 from fedlora_jax import federated as F
 from fedlora_jax import ledger as L
 from fedlora_jax import models
-from fedlora_jax.data import round_batches
+from fedlora_jax.data import poisson_round_batches, round_batches
 from fedlora_jax.eval import fairness_summary
+from fedlora_jax.privacy.plan import privacy_plan
 from fedlora_jax.run import report
 from fedlora_jax.run.attested import AttestedRounds
 from fedlora_jax.run.checkpoint import Checkpointer
@@ -106,9 +107,11 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
       learning_rate=cfg.fed.local_lr, weight_decay=cfg.fed.weight_decay,
       grad_clip_norm=cfg.fed.grad_clip_norm or None, uniform_weights=cfg.fed.uniform_weights,
       max_target_tokens=max_targets)
+  # [privacy, issue 14] safeguards in the round, the accountant, Poisson batch rows
+  plan = privacy_plan(cfg, data.train_names, [len(t) for t in data.train], per_round)
   engine = F.FederatedRound(graphdef, algorithm, training, num_clients,
-                            _sharding(cfg, per_round))
-  state = F.init_state(algorithm, lora, num_clients, cfg.seed)
+                            _sharding(cfg, per_round), safeguards=plan.safeguards)
+  state = F.init_state(algorithm, lora, num_clients, cfg.seed, plan.safeguards)
   ckpt = Checkpointer(ckpt_dir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
   start = 0
   if has_ckpt and cfg.resume:
@@ -122,6 +125,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     base = restored.get("base", base)
     start = int(meta["round"])
     logging.info("resumed %s at round %d", workdir, start)
+  for r in range(start if plan.accountant else 0):  # [privacy] replay the finished rounds' cost
+    plan.accountant.count(F.sample_clients(num_clients, per_round, seed=cfg.seed, round_idx=r))
   state, base = engine.place(state, base)
 
   attested = None
@@ -144,7 +149,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   for r in range(start, cfg.fed.rounds):
     t0 = time.time()
     ids = F.sample_clients(num_clients, per_round, seed=cfg.seed, round_idx=r)
-    batches, counts = _round_batches(cfg, data, ids, r)
+    batches, counts = _round_batches(cfg, data, ids, r, plan.max_batch_size)
     ledger_info: dict[str, Any] = {}
     timing: dict[str, float] = {"data_s": time.time() - t0}
     if attested is None:
@@ -193,13 +198,23 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     elif (r + 1) % cfg.eval.every == 0:  # each hospital's own test set only
       own = _own_accuracy(graphdef, base, algorithm, state, data, cfg.eval.batch_size)
       record.update(accuracy=dict(zip(data.test_names, own)), summary=fairness_summary(own))
+    stop = False  # [privacy] epsilon so far; stop (after checkpointing) before the budget is passed
+    if plan.accountant is not None:
+      record["privacy"] = {"level": cfg.privacy.level, "delta": cfg.privacy.delta,
+                           "noise_multiplier": plan.noise_multiplier,
+                           "epsilon": plan.accountant.after_round(ids)}
+      stop = not last and plan.accountant.would_exceed()
     record["seconds"] = round(time.time() - t0, 3)
     record["timing"] = {k: round(v, 3) for k, v in timing.items()}
     trees = {"state": state, **({"base": base} if algorithm.updates_base else {})}
     ckpt.save(r + 1, trees, {"round": r + 1, "ledger_head": attested.ledger.head_hash
-                             if attested else None}, force=last)
+                             if attested else None}, force=last or stop)
     metrics_log.append(record)
     _progress(record, per_round)
+    if stop:
+      logging.warning("privacy budget epsilon=%g would be exceeded by round %d: stopping",
+                      cfg.privacy.target_epsilon, r + 2)
+      break
   ckpt.close()
   if matrix is None:  # resumed after the last round: evaluate once more
     matrix = accuracy_matrix(graphdef, base, _eval_loras(algorithm, state), data.test,
@@ -208,7 +223,12 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                  attested)
 
 
-def _round_batches(cfg, data: ClientData, ids, r):
+def _round_batches(cfg, data: ClientData, ids, r, max_batch_size: int | None = None):
+  if max_batch_size:  # [privacy] example-level DP-SGD: truncated Poisson sampling
+    return poisson_round_batches(data.train, local_steps=cfg.fed.local_steps,
+                                 expected_batch_size=cfg.fed.batch_size,
+                                 max_batch_size=max_batch_size, seed=cfg.seed, round_idx=r,
+                                 client_ids=ids)
   return round_batches(data.train, local_steps=cfg.fed.local_steps,
                        batch_size=cfg.fed.batch_size, seed=cfg.seed, round_idx=r, client_ids=ids)
 
@@ -221,6 +241,8 @@ def _progress(record: dict[str, Any], per_round: int) -> None:
     s = record["summary"]
     line += (f" | acc mean {s['mean']:.3f} worst {s['min']:.3f} hmean "
              f"{s['harmonic_mean']:.3f}")
+  if "privacy" in record:  # [privacy]
+    line += f" | eps {max(record['privacy']['epsilon'].values()):.2f}"
   if record["ledger"]:
     line += f" | ledger block {record['ledger']['block']} ({record['ledger']['accepted']} attested)"
   logging.info("%s | %.1f s", line, record["seconds"])
