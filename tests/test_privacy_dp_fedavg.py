@@ -67,7 +67,7 @@ def test_noise_split_keeps_the_total_multiplier():
 
 
 def test_adaptive_clip_moves_toward_the_quantile_by_the_papers_step():
-  """All norms below C: the unclipped fraction is 1 > gamma, so C shrinks by exp(-eta (1 - gamma))."""
+  """All norms below C: the unclipped fraction 1 > gamma, so C shrinks by exp(-eta (1 - gamma))."""
   dp = ClientDP(0.0, 100.0, 5, AdaptiveClipping(target_quantile=0.3, learning_rate=0.2))
   _, state = dp.aggregate(UPDATES, jnp.ones(5, bool), dp.init_state(), jax.random.key(0))
   np.testing.assert_allclose(float(state["clip_norm"]), 100.0 * np.exp(-0.2 * 0.7), rtol=1e-6)

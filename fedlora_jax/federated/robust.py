@@ -56,7 +56,8 @@ def trimmed_mean(x_cd: jax.Array, valid_c: jax.Array, f: int) -> jax.Array:
 
 
 def krum_scores(x_cd: jax.Array, valid_c: jax.Array, f: int) -> jax.Array:
-  """[C] Krum score: sum of squared distances to the v - f - 1 nearest valid others (inf if invalid)."""
+  """[C] Krum scores: sum of squared distances to the v - f - 1 nearest valid others (inf for
+  invalid rows)."""
   sq_c = jnp.sum(x_cd * x_cd, axis=1)
   d_cc = jnp.maximum(sq_c[:, None] + sq_c[None, :] - 2.0 * x_cd @ x_cd.T, 0.0)
   c = x_cd.shape[0]

@@ -109,14 +109,14 @@ class FederatedRound:
     def step(carry, xs):
       lora, opt_state = carry
       batch, i = xs
+      step_key = jax.random.fold_in(key, i)
 
       def objective(l, b):
         loss, _ = lm_loss(self.graphdef, base, l, b, max_target_tokens=tr.max_target_tokens,
-                          logits_chunk=tr.logits_chunk, dropout_rng=jax.random.fold_in(key, i))
+                          logits_chunk=tr.logits_chunk, dropout_rng=step_key)
         return loss + alg.penalty(l, start), loss
 
-      grads, loss = self.safeguards.local_grads(objective, lora, batch, jax.random.fold_in(key, i),
-                                                trainable)
+      grads, loss = self.safeguards.local_grads(objective, lora, batch, step_key, trainable)
       grads = alg.correct_grads(grads, client_state, server_state)
       updates, opt_state = self._optimizer.update(grads, opt_state, lora)
       updates = jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, trainable)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import dp_accounting as dpa
 from scipy import stats
 
-PLD_DISCRETIZATION = 1e-3  # value discretization of the PLD accountant (its default 1e-4 is 7x slower)
+PLD_DISCRETIZATION = 1e-3  # PLD value discretization (the default 1e-4 is 7x slower)
 MIN_NOISE = 0.3  # calibration's lower end: below it subsampled PLDs take gigabytes (and eps > 50)
 
 

@@ -1,4 +1,4 @@
-"""Client-level DP-FedAvg (McMahan et al. 2018) with fixed or adaptive clipping (Andrew et al. 2021).
+"""Client-level DP-FedAvg (McMahan et al. 2018), fixed or adaptive clipping (Andrew et al. 2021).
 
 On the server, for the round's m clients (updates u_c = local_c - global, flattened to [m, D]):
     mean~ = (sum_valid u_c * min(1, C / ||u_c||) + N(0, (z_u C)^2 I)) / m
@@ -69,7 +69,8 @@ class ClientDP:
     scale_c = jnp.where(valid_c, clip / jnp.maximum(norms_c, clip), 0.0)
     k_update, k_count = jax.random.split(key)
     noise_d = jax.random.normal(k_update, update_cd.shape[1:], jnp.float32)
-    total_d = scale_c @ update_cd.astype(jnp.float32) + self.update_noise_multiplier * clip * noise_d
+    noise_d = self.update_noise_multiplier * clip * noise_d
+    total_d = scale_c @ update_cd.astype(jnp.float32) + noise_d
     mean_d = (total_d / self.clients_per_round).astype(update_cd.dtype)
     a = self.adaptive
     if a is None:

@@ -5,7 +5,9 @@ padding rows have an all-zero loss_mask, so their loss and gradient are exactly 
     g_i   = grad of the objective on example i alone        (vmap over the batch, [B, ...])
     g~    = (sum_i g_i * min(1, C / ||g_i||) + N(0, (z C)^2 I)) / E[B]
 with norms taken over the trainable leaves only. g~ replaces the step's gradient; the local
-optimizer (Adam, clipping, ...) is post-processing. One step is one
+optimizer (Adam, clipping, ...) and SCAFFOLD's correction are post-processing. A data-independent
+term of the objective (FedProx's proximal pull) enters every example's gradient, so it is clipped
+and averaged with it. One step is one
 `TruncatedSubsampledGaussianDpEvent` (see accounting.py).
 """
 

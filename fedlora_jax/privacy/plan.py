@@ -38,7 +38,7 @@ class PrivacyPlan:
 
 
 def attackers(spec: str, names: Sequence[str]) -> tuple[int, ...]:
-  """Client ids from `attack.clients`: "" (none), a count k (the first k), or comma-separated names."""
+  """Client ids from `attack.clients`: "" (none), a count k (the first k), or names "a,b"."""
   spec = spec.strip()
   if not spec:
     return ()
