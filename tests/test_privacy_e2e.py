@@ -44,3 +44,16 @@ def test_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path):
                                                    "fed.rounds": 3}))
   assert [r["round"] for r in _records(run2) if r["round"] > 0] == [1]
   assert os.listdir(os.path.join(run2, "checkpoints")) == ["1"]
+
+
+@pytest.mark.slow
+def test_attacked_run_behind_a_robust_rule_records_the_attackers_signed_update(tmp_path):
+  """The attacker's (scaled) update is signed and attested like any other; the median keeps the
+  adapter finite and the run's ledger verifies."""
+  workdir = str(tmp_path / "run")
+  summary = experiment.run(tiny_config(workdir, str(tmp_path / "cache"), **{
+      "attack.kind": "scale", "attack.clients": "1", "attack.scale": 100.0,
+      "fed.robust_rule": "median"}))
+  recs = [r for r in _records(workdir) if r["round"] > 0]
+  assert all(r["ledger"]["accepted"] == len(r["clients"]) for r in recs)
+  assert summary["ledger"]["valid"] and np.isfinite(summary["fairness"]["mean"])
