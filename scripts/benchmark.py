@@ -6,6 +6,7 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
   python scripts/benchmark.py --sections=gpu --gpu_dry_run      # the GPU path, tiny, on CPU
   python scripts/benchmark.py --sections=memory                 # qwen3-8b per-device memory on
                                                                 # 8 CPU devices (subprocess)
+  python scripts/benchmark.py --sections=dp --skip_torch        # a round with vs without DP-SGD
 
 A run of only the memory section updates its own key of --out_json and its own heading of
 --out_md, leaving the other sections' figures as they are.
@@ -23,7 +24,7 @@ import sys
 from absl import app, flags
 
 _SECTIONS = flags.DEFINE_list("sections", ["round", "scaling", "ledger", "gpu"],
-                              "Sections to run: round, scaling, ledger, gpu, memory.")
+                              "Sections to run: round, scaling, ledger, gpu, memory, dp.")
 _PRESET = flags.DEFINE_string("preset", "qwen3-tiny", "Model preset of the round section.")
 _CLIENTS = flags.DEFINE_integer("clients", 8, "Clients per round (round section).")
 _STEPS = flags.DEFINE_integer("local_steps", 4, "Local steps K.")
@@ -136,6 +137,11 @@ def main(argv):
         max_target_tokens=_MAX_TARGETS.value, answer_tokens=_ANSWER.value,
         torch_threads=cores, run_torch=not _NO_TORCH.value and on_cpu,
         run_sequential=not _NO_SEQ.value), peak, log)
+  if "dp" in sections:
+    log("dp ...")
+    res["dp"] = suite.dp_section(_PRESET.value, RoundShape(
+        _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
+        _CHUNK.value, log)
   if "scaling" in sections:
     log("scaling ...")
     k, b, s = _ints(_SCALE_SHAPE.value)

@@ -26,6 +26,19 @@ def markdown(res: dict[str, Any]) -> str:
               + (f"; PyTorch: {res['torch_matmul_peak']['peak_flops'] / 1e9:.0f} GFLOP/s "
                  f"({res['torch_matmul_peak']['num_threads']} threads)"
                  if res.get("torch_matmul_peak") else "") + ".", ""]
+  dp = res.get("dp")
+  if dp:
+    s = dp["shape"]
+    lines += ["## Example-level DP-SGD: a round with vs without", "",
+              f"`{dp['preset']}`, C={s['clients']} x K={s['local_steps']} x B={s['batch']} x "
+              f"S={s['seq']}, r={s['rank']}, the same batches; DP-SGD with z = 1, C = 1 "
+              "(per-example gradients by vmap, clipping, Gaussian noise).", "",
+              "| variant | s/round (median) | tokens/s | compile s |", "|---|---|---|---|"]
+    for name in ("no_dp", "dp_sgd"):
+      d = dp[name]
+      lines.append(f"| {name} | {d['median_s']:.3f} | {d['tokens_per_s']:.0f} | "
+                   f"{d['compile_s']:.1f} |")
+    lines += ["", f"DP-SGD throughput / plain: **{dp['dp_over_no_dp_tokens_per_s']:.2f}**", ""]
   r = res.get("round")
   if r:
     s = r["shape"]

@@ -88,6 +88,30 @@ def round_section(opt: RoundOptions, peak_flops: float | None, log: Log = print)
   return out
 
 
+def dp_section(preset: str, shape: RoundShape, repeats: int, logits_chunk: int,
+               log: Log = print) -> dict[str, Any]:
+  """Tokens/s of one round without and with example-level DP-SGD (z = 1, C = 1), same batches:
+  the cost of per-example gradients, clipping and noise."""
+  from fedlora_jax.federated.safeguards import Safeguards
+  from fedlora_jax.privacy import ExampleDP
+  cfg = models.preset(preset)
+  setup = jax_round.build(cfg, shape.rank)
+  batches = client_batches(shape, cfg.vocab_size)
+  tr = jax_round.local_training(shape, logits_chunk=logits_chunk)
+  dp = Safeguards(example_dp=ExampleDP(1.0, 1.0, float(shape.batch)))
+  out: dict[str, Any] = {"preset": preset, "shape": dataclasses.asdict(shape),
+                         "trained_tokens": trained_tokens(batches)}
+  for name, sg in (("no_dp", Safeguards()), ("dp_sgd", dp)):
+    t = jax_round.time_engine(setup, shape, batches, repeats=repeats, training=tr,
+                              safeguards=sg, name=name)
+    out[name] = t.to_dict()
+    log(f"  {name}: {t.median_s:7.3f} s/round  {t.tokens_per_s:8.0f} tok/s  "
+        f"(compile {t.compile_s:.1f} s)")
+  ratio = out["dp_sgd"]["tokens_per_s"] / out["no_dp"]["tokens_per_s"]
+  out["dp_over_no_dp_tokens_per_s"] = ratio
+  return out
+
+
 def scaling_section(preset: str, points: list[RoundShape], repeats: int, logits_chunk: int,
                     log: Log = print) -> dict[str, Any]:
   cfg = models.preset(preset)

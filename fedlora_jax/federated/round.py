@@ -34,6 +34,7 @@ from fedlora_jax.federated.aggregation import all_finite_per_client, client_weig
 from fedlora_jax.federated.algorithms.base import Algorithm, ServerInputs, part_mask
 from fedlora_jax.federated.sharding import ClientSharding, in_client_groups
 from fedlora_jax.models.functional import base_logical_axes, lm_loss
+from fedlora_jax.federated.safeguards import Safeguards
 
 PyTree = Any
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
@@ -67,7 +68,8 @@ class LocalTraining:
     return opt
 
 
-def init_state(algorithm: Algorithm, global_lora: PyTree, num_clients: int, seed: int) -> dict:
+def init_state(algorithm: Algorithm, global_lora: PyTree, num_clients: int, seed: int,
+               safeguards: Safeguards = Safeguards()) -> dict:
   """The round-0 federated state (see module docstring); copies `global_lora`, since rounds
   donate (consume) the state they are given."""
   global_lora = jax.tree.map(jnp.array, global_lora)
@@ -76,7 +78,7 @@ def init_state(algorithm: Algorithm, global_lora: PyTree, num_clients: int, seed
       "round": jnp.zeros((), jnp.int32),
       "rng": jax.random.PRNGKey(seed),
       "global_lora": global_lora,
-      "server_state": algorithm.init_server_state(global_lora),
+      "server_state": safeguards.init_server_state(algorithm.init_server_state(global_lora)),
       "client_states": jax.tree.map(lambda x: jnp.broadcast_to(x, (num_clients,) + x.shape), one),
   }
 
@@ -93,10 +95,12 @@ class FederatedRound:
       axis (None: default device placement).
     client_group_size: train at most this many clients per `clients` shard at once, the groups
       one after another (bounds activation memory); 0: all of a shard's clients at once.
+    safeguards: privacy / robustness / attack plug-ins (default: none).
   """
 
   def __init__(self, graphdef, algorithm: Algorithm, training: LocalTraining, num_clients: int,
-               sharding: ClientSharding | None = None, client_group_size: int = 0):
+               sharding: ClientSharding | None = None, client_group_size: int = 0,
+               safeguards: Safeguards = Safeguards()):
     if client_group_size < 0:
       raise ValueError(f"client_group_size must be >= 0, got {client_group_size}")
     self.graphdef = graphdef
@@ -107,6 +111,7 @@ class FederatedRound:
     self.client_group_size = client_group_size
     self.base_sharding = (None if sharding is None
                           else sharding.base(base_logical_axes(graphdef)))
+    self.safeguards = safeguards
     self._optimizer = training.make_optimizer()
     self._jitted: dict[int, Any] = {}
 
@@ -120,13 +125,14 @@ class FederatedRound:
     def step(carry, xs):
       lora, opt_state = carry
       batch, i = xs
+      step_key = jax.random.fold_in(key, i)
 
-      def objective(l):
-        loss, _ = lm_loss(self.graphdef, base, l, batch, max_target_tokens=tr.max_target_tokens,
-                          logits_chunk=tr.logits_chunk, dropout_rng=jax.random.fold_in(key, i))
+      def objective(l, b):
+        loss, _ = lm_loss(self.graphdef, base, l, b, max_target_tokens=tr.max_target_tokens,
+                          logits_chunk=tr.logits_chunk, dropout_rng=step_key)
         return loss + alg.penalty(l, start), loss
 
-      grads, loss = jax.grad(objective, has_aux=True)(lora)
+      grads, loss = self.safeguards.local_grads(objective, lora, batch, step_key, trainable)
       grads = alg.correct_grads(grads, client_state, server_state)
       updates, opt_state = self._optimizer.update(grads, opt_state, lora)
       updates = jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, trainable)
@@ -147,7 +153,8 @@ class FederatedRound:
     train_c = jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0))
     run = lambda xs: train_c(base, state["global_lora"], state["server_state"], *xs)
     shards = 1 if self.sharding is None else self.sharding.num_shards
-    return in_client_groups(run, (old_cs, batches, keys), shards, self.client_group_size)
+    trained = in_client_groups(run, (old_cs, batches, keys), shards, self.client_group_size)
+    return self.safeguards.attack_updates(trained, state, client_ids, self.num_clients)
 
   def _aggregate(self, state, base, trained, client_ids, num_samples, accept_c):
     """Server step over the clients that trained finitely and were accepted (`accept_c`)."""
@@ -165,10 +172,10 @@ class FederatedRound:
 
     local_c = jax.tree.map(lambda l, gl: keep_valid(l, jnp.broadcast_to(gl, l.shape)), local_c, g)
     new_cs = jax.tree.map(keep_valid, new_cs, old_cs)
-    new_g, new_ss, new_base = alg.server_update(ServerInputs(
+    new_g, new_ss, new_base = self.safeguards.server_update(alg, ServerInputs(
         global_lora=g, server_state=ss, local_c=local_c, weights_c=weights, valid_c=valid,
         old_client_state_c=old_cs, new_client_state_c=new_cs, base=base,
-        num_clients=self.num_clients))
+        num_clients=self.num_clients), state)
     any_valid = jnp.any(valid)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(any_valid, a, b), new, old)
     new_state = {

@@ -26,8 +26,9 @@ from fedlora_jax.run import multihost, report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import Evaluator
 from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate, base_tensors
+from fedlora_jax.privacy.plan import privacy_plan
 from fedlora_jax.run.hooks import (PERSONALISED, CheckpointHook, EvaluationHook, Job, MetricsHook,
-                                   eval_loras, per_client, progress)
+                                   PrivacyHook, eval_loras, per_client, progress)
 from fedlora_jax.run.loop import RoundRunner, run_rounds
 from fedlora_jax.run.setup import (ClientData, base_model_dir, expand, hospital_names,
                                    load_client_data, load_model, lora_config)
@@ -100,9 +101,11 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   algorithm = _algorithm(cfg)
   num_clients = len(data.train_names)
   per_round = F.clients_per_round(num_clients, count=cfg.fed.clients_per_round or None)
+  plan = privacy_plan(cfg, data.train_names, data.train_sizes, per_round)
   engine = F.FederatedRound(graphdef, algorithm, _training(cfg, data.max_target_tokens),
-                            num_clients, sharding, client_group_size=cfg.fed.client_group_size)
-  state = F.init_state(algorithm, lora, num_clients, cfg.seed)
+                            num_clients, sharding, client_group_size=cfg.fed.client_group_size,
+                            safeguards=plan.safeguards)
+  state = F.init_state(algorithm, lora, num_clients, cfg.seed, plan.safeguards)
   ckpt = Checkpointer(ckpt_dir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
   state, base = engine.place(state, base)
   # FedEx-LoRA changes the base: its ledger blocks bind the change since this original.
@@ -119,6 +122,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     state, base = restored["state"], restored.get("base", base)
     start = int(meta["round"])
     logging.info("resumed %s at round %d", workdir, start)
+  for r in range(start if plan.accountant else 0):  # the privacy cost of the rounds already run
+    plan.accountant.count(F.sample_clients(num_clients, per_round, seed=cfg.seed, round_idx=r))
 
   gate: Gate
   if cfg.ledger.enabled:
@@ -139,6 +144,11 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                         clients_per_round=per_round)
   hooks = [evaluation, metrics,
            CheckpointHook(ckpt, lambda: getattr(gate, "head_hash", None))]
+  if plan.accountant is not None:  # epsilon joins the record before metrics writes it
+    hooks.insert(1, PrivacyHook(plan.accountant, level=cfg.privacy.level, delta=cfg.privacy.delta,
+                                noise_multiplier=plan.noise_multiplier,
+                                client_names=data.train_names,
+                                target_epsilon=cfg.privacy.target_epsilon))
   if multihost.is_writer():
     logging.info("clients: %s", data.summary)
   if start == 0:
@@ -148,18 +158,23 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
       progress(record0, 0)
   runner = RoundRunner(engine, placement, data, clients_per_round=per_round,
                        local_steps=cfg.fed.local_steps, batch_size=cfg.fed.batch_size,
-                       seed=cfg.seed)
+                       seed=cfg.seed, max_batch_size=plan.max_batch_size)
   run_rounds(job, runner, gate, hooks, start)
   ckpt.close()
   metrics.close()
   matrix = evaluation.matrix
   if matrix is None:  # resumed after the last round: evaluate once more
     matrix = evaluation.full_matrix(job)
-  return _finish(cfg, workdir, graphdef, job, data, matrix, base_dir, gate)
+  privacy = None
+  if plan.accountant is not None:
+    privacy = {"level": cfg.privacy.level, "delta": cfg.privacy.delta,
+               "noise_multiplier": plan.noise_multiplier,
+               "epsilon": plan.accountant.spent()}
+  return _finish(cfg, workdir, graphdef, job, data, matrix, base_dir, gate, privacy)
 
 
 def _finish(cfg, workdir: str, graphdef, job: Job, data: ClientData, matrix, base_dir: str,
-            gate: Gate) -> dict[str, Any]:
+            gate: Gate, privacy: dict[str, Any] | None) -> dict[str, Any]:
   """Exports the adapter(s) in PEFT format, checks provenance, writes summary and report."""
   algorithm = job.algorithm
   personal = eval_loras(algorithm, job.state) if algorithm.name in PERSONALISED else None
@@ -190,6 +205,8 @@ def _finish(cfg, workdir: str, graphdef, job: Job, data: ClientData, matrix, bas
                                                    else ["global"]),
         "adapter": adapter_file,
     }
+    if privacy is not None:
+      summary["privacy"] = privacy
     ledger = gate.summary(adapter_file)
     if ledger:
       summary["ledger"] = ledger

@@ -40,6 +40,7 @@ class Job:
   test_names: list[str]
   test_sizes: list[int]
   round_started: float = 0.0  # time.time() when the current round began
+  stop: bool = False  # a hook asks the loop to end after this round (privacy budget)
 
   @property
   def round(self) -> int:
@@ -179,6 +180,8 @@ def progress(record: dict[str, Any], per_round: int) -> None:
     s = record["summary"]
     line += (f" | acc mean {s['mean']:.3f} worst {s['min']:.3f} hmean "
              f"{s['harmonic_mean']:.3f}")
+  if "privacy" in record:
+    line += f" | eps {max(record['privacy']['epsilon'].values()):.2f}"
   if record["ledger"]:
     line += f" | ledger block {record['ledger']['block']} ({record['ledger']['accepted']} attested)"
   logging.info("%s | %.1f s", line, record["seconds"])
@@ -196,4 +199,28 @@ class CheckpointHook:
     r = record["round"]
     trees = {"state": job.state, **({"base": job.base} if job.algorithm.updates_base else {})}
     self.checkpointer.save(r, trees, {"round": r, "ledger_head": self.ledger_head()},
-                           force=r == job.rounds)
+                           force=r == job.rounds or job.stop)
+
+
+class PrivacyHook:
+  """Epsilon spent so far (dp-accounting) in the round's record; asks the loop to stop, after
+  this round's checkpoint, when one more round would pass `privacy.target_epsilon`."""
+
+  def __init__(self, accountant, *, level: str, delta: float, noise_multiplier: float,
+               client_names: list[str], target_epsilon: float):
+    self.accountant = accountant
+    self.level = level
+    self.delta = delta
+    self.noise_multiplier = noise_multiplier
+    self.names = client_names
+    self.target_epsilon = target_epsilon
+
+  def after_round(self, job: Job, record: dict[str, Any]) -> None:
+    ids = [self.names.index(n) for n in record["clients"]]
+    record["privacy"] = {"level": self.level, "delta": self.delta,
+                         "noise_multiplier": self.noise_multiplier,
+                         "epsilon": self.accountant.after_round(ids)}
+    if record["round"] < job.rounds and self.accountant.would_exceed():
+      job.stop = True
+      logging.warning("privacy budget epsilon=%g would be exceeded by round %d: stopping",
+                      self.target_epsilon, record["round"] + 1)

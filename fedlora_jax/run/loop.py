@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from fedlora_jax import federated as F
-from fedlora_jax.data import round_batches
+from fedlora_jax.data import poisson_round_batches, round_batches
 from fedlora_jax.data.batching import BATCH_KEYS
 from fedlora_jax.federated.placement import ClientPlacement
 from fedlora_jax.federated.round import PAD
@@ -23,7 +23,8 @@ class RoundRunner:
   """One federated round over the mesh, each process feeding only its own clients' batches."""
 
   def __init__(self, engine: F.FederatedRound, placement: ClientPlacement, data: ClientData, *,
-               clients_per_round: int, local_steps: int, batch_size: int, seed: int):
+               clients_per_round: int, local_steps: int, batch_size: int, seed: int,
+               max_batch_size: int | None = None):
     self.engine = engine
     self.placement = placement
     self.data = data
@@ -31,20 +32,29 @@ class RoundRunner:
     self.local_steps = local_steps
     self.batch_size = batch_size
     self.seed = seed
+    self.max_batch_size = max_batch_size  # DP-SGD: Poisson batches of this fixed shape
+
+  def _local_batches(self, client_ids: list[int], round_idx: int):
+    if self.max_batch_size:
+      return poisson_round_batches(
+          self.data.train, local_steps=self.local_steps, expected_batch_size=self.batch_size,
+          max_batch_size=self.max_batch_size, seed=self.seed, round_idx=round_idx,
+          client_ids=client_ids)
+    return round_batches(self.data.train, local_steps=self.local_steps,
+                         batch_size=self.batch_size, seed=self.seed, round_idx=round_idx,
+                         client_ids=client_ids)
 
   def batches(self, slot_ids: np.ndarray, round_idx: int) -> dict[str, Any]:
     """[S, K, B, L] batches; this process builds the rows of its own (real) slots only."""
     import jax  # pylint: disable=import-outside-toplevel
     mine = self.placement.local_slots(slot_ids, jax.process_index())
     real = [s for s in mine if slot_ids[s] != PAD]
-    local, _ = (round_batches(self.data.train, local_steps=self.local_steps,
-                              batch_size=self.batch_size, seed=self.seed, round_idx=round_idx,
-                              client_ids=[int(slot_ids[s]) for s in real])
-                if real else ({}, None))
+    local = (self._local_batches([int(slot_ids[s]) for s in real], round_idx)[0]
+             if real else {})
     row_of = {s: i for i, s in enumerate(real)}
     seq = multihost.allgather_json(
         int(next(iter(self.data.train.values())).seq_len) if self.data.train else 0)
-    shape = (len(slot_ids), self.local_steps, self.batch_size, max(seq))
+    shape = (len(slot_ids), self.local_steps, self.max_batch_size or self.batch_size, max(seq))
     dtypes = {"input_ids": np.int32, "attention_mask": np.int32, "loss_mask": np.float32}
 
     def rows(key):
@@ -93,3 +103,5 @@ def run_rounds(job: Job, runner: RoundRunner, gate: Gate, hooks: Sequence[Hook],
     record = runner(job, gate, r)
     for hook in hooks:
       hook.after_round(job, record)
+    if job.stop:
+      break
