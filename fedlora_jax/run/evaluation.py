@@ -28,6 +28,12 @@ def accuracy_matrix(graphdef, base, lora_m, test_sets: list[TokenizedMCQ],
                   axis=1)
 
 
+def correct_matrix(graphdef, base, lora_m, test_sets: list[TokenizedMCQ],
+                   batch_size: int) -> list[np.ndarray]:
+  """Per test set t, [M, N_t] bool: adapter m answers question n right (paired bootstraps)."""
+  return [_correct(graphdef, base, lora_m, data, batch_size) for data in test_sets]
+
+
 def own_accuracies(graphdef, base, lora_m, test_sets: list[TokenizedMCQ],
                    batch_size: int) -> np.ndarray:
   """[T] accuracy of adapter t on test set t only (M == T personal adapters)."""
@@ -38,6 +44,11 @@ def own_accuracies(graphdef, base, lora_m, test_sets: list[TokenizedMCQ],
 
 def _accuracies(graphdef, base, lora_m, data: TokenizedMCQ, batch_size: int) -> np.ndarray:
   """[M] accuracy of each adapter on one test set."""
+  return _correct(graphdef, base, lora_m, data, batch_size).mean(axis=1)
+
+
+def _correct(graphdef, base, lora_m, data: TokenizedMCQ, batch_size: int) -> np.ndarray:
+  """[M, N] bool: adapter m's answer to question n is right."""
   n = len(data)
   preds = []
   for start in range(0, n, batch_size):
@@ -47,4 +58,4 @@ def _accuracies(graphdef, base, lora_m, data: TokenizedMCQ, batch_size: int) -> 
                                  data.attention_mask[idx], data.answer_pos[idx],
                                  jnp.asarray(data.option_token_ids)))
   pred_mn = np.concatenate([np.asarray(p) for p in preds], axis=1)[:, :n]
-  return (pred_mn == data.labels[None]).mean(axis=1)
+  return pred_mn == data.labels[None]

@@ -21,8 +21,9 @@ from fedlora_jax.eval import fairness_summary
 from fedlora_jax.run import report
 from fedlora_jax.run.attested import AttestedRounds
 from fedlora_jax.run.checkpoint import Checkpointer
-from fedlora_jax.run.evaluation import accuracy_matrix, own_accuracies
-from fedlora_jax.run.setup import ClientData, expand, load_client_data, load_model, lora_config
+from fedlora_jax.run.evaluation import accuracy_matrix, correct_matrix, own_accuracies
+from fedlora_jax.run.setup import (ClientData, expand, load_client_data, load_model, local_steps,
+                                  lora_config)
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, flat_config, write_config
 
 PERSONALISED = ("fedsa_lora", "local")
@@ -81,6 +82,16 @@ def _own_accuracy(graphdef, base, algorithm, state, data: ClientData, batch_size
   return [float(a) for a in own_accuracies(graphdef, base, loras, data.test, batch_size)]
 
 
+# --- science (issue 13): per-question correctness of the final matrix, for paired bootstraps ---
+def _final_matrix(workdir, graphdef, base, algorithm, state, data: ClientData,
+                  batch_size: int) -> np.ndarray:
+  """[M, T] final accuracy matrix; writes `correct.npz` (test-set name -> [M, N_t] bool)."""
+  correct = correct_matrix(graphdef, base, _eval_loras(algorithm, state), data.test, batch_size)
+  np.savez_compressed(os.path.join(workdir, "correct.npz"), **dict(zip(data.test_names, correct)))
+  return np.stack([c.mean(axis=1) for c in correct], axis=1)
+# --- end science edit ---
+
+
 def _ledger_id(cfg) -> str:
   digest = hashlib.sha256(json.dumps(flat_config(cfg), sort_keys=True, default=str).encode())
   return f"fedlora-jax-{digest.hexdigest()[:16]}"
@@ -102,7 +113,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   per_round = F.clients_per_round(num_clients, count=cfg.fed.clients_per_round or None)
   max_targets = int(max(t.loss_mask.sum(axis=1).max() for t in data.train))
   training = F.LocalTraining(
-      local_steps=cfg.fed.local_steps, optimizer=cfg.fed.local_optimizer,
+      local_steps=local_steps(cfg, data),  # science (issue 13): centralized budget
+      optimizer=cfg.fed.local_optimizer,
       learning_rate=cfg.fed.local_lr, weight_decay=cfg.fed.weight_decay,
       grad_clip_norm=cfg.fed.grad_clip_norm or None, uniform_weights=cfg.fed.uniform_weights,
       max_target_tokens=max_targets)
@@ -185,8 +197,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     last = r + 1 == cfg.fed.rounds
     timing["round_s"] = time.time() - t0
     if last:  # the full model x test-set matrix
-      matrix = accuracy_matrix(graphdef, base, _eval_loras(algorithm, state), data.test,
-                               cfg.eval.batch_size)
+      matrix = _final_matrix(workdir, graphdef, base, algorithm, state, data, cfg.eval.batch_size)
       own, across = _per_client(matrix, data)
       record.update(accuracy=dict(zip(data.test_names, own)), summary=fairness_summary(own),
                     accuracy_all_tests=dict(zip(data.test_names, across)))
@@ -202,14 +213,13 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     _progress(record, per_round)
   ckpt.close()
   if matrix is None:  # resumed after the last round: evaluate once more
-    matrix = accuracy_matrix(graphdef, base, _eval_loras(algorithm, state), data.test,
-                             cfg.eval.batch_size)
+    matrix = _final_matrix(workdir, graphdef, base, algorithm, state, data, cfg.eval.batch_size)
   return _finish(cfg, workdir, model, graphdef, base, state, algorithm, data, matrix, base_dir,
                  attested)
 
 
 def _round_batches(cfg, data: ClientData, ids, r):
-  return round_batches(data.train, local_steps=cfg.fed.local_steps,
+  return round_batches(data.train, local_steps=local_steps(cfg, data),  # science (issue 13)
                        batch_size=cfg.fed.batch_size, seed=cfg.seed, round_idx=r, client_ids=ids)
 
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedlora_jax.eval.protocols import score  # noqa: E402
 from fedlora_jax.run.workdir import MetricsLog  # noqa: E402
 
 
@@ -53,6 +54,20 @@ def _plot_heatmap(summary: dict[str, Any], path: str) -> None:
   plt.close(fig)
 
 
+def _protocol_lines(summary: dict[str, Any]) -> list[str]:
+  """The final matrix scored by the paper's cross-client protocol and the own-test protocol."""
+  m = np.asarray(summary["matrix"], np.float64)
+  lines = ["| protocol | mean | worst | harmonic mean |", "|---|---|---|---|"]
+  for protocol, label in (("cross_client", "cross-client (every model on every test set)"),
+                          ("own_test", "own test set (each hospital's model)")):
+    s = score(m, protocol)
+    lines.append(f"| {label} | {s['mean']:.3f} | {s['min']:.3f} | {s['harmonic_mean']:.3f} |")
+  if m.shape[0] > 1:
+    lines += ["", "Cross-client figures of personal models are the average over the hospitals' "
+              "models of each model's figures over all test sets."]
+  return lines
+
+
 def write_report(workdir: str, summary: dict[str, Any]) -> str:
   records = MetricsLog.read(os.path.join(workdir, "metrics.jsonl"))
   if any("accuracy" in r for r in records):
@@ -74,7 +89,7 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
     n = c["client"]
     lines.append(f"| {n} | {c['train']} | {c['test']} | {c['dominant']} ({c['dominant_share']}) "
                  f"| {summary['accuracy'][n]:.3f} | {summary['accuracy_all_tests'][n]:.3f} |")
-  lines += ["", "![accuracy curves](accuracy_curves.png)", "",
+  lines += ["", *_protocol_lines(summary), "", "![accuracy curves](accuracy_curves.png)", "",
             "![client x test set](client_test_heatmap.png)", ""]
   if "ledger" in summary:
     lg = summary["ledger"]

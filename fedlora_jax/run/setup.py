@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 
 from fedlora_jax import data as D
 from fedlora_jax import models
+from fedlora_jax.federated.sampling import clients_per_round
 from fedlora_jax.pretrain import pretrain_base
 
 
@@ -36,6 +37,16 @@ class ClientData:
   test_names: list[str]
   test: list[D.TokenizedMCQ]
   summary: list[dict[str, Any]]
+
+
+def local_steps(cfg: ml_collections.ConfigDict, data: ClientData) -> int:
+  """Local steps per round. The pooled (centralized) client takes the steps of all of one round's
+  hospitals together, so it sees as many examples per round as the federation (the fair upper
+  reference); a federated client takes `fed.local_steps`."""
+  if not cfg.fed.centralized:
+    return cfg.fed.local_steps
+  per_round = clients_per_round(len(data.test_names), count=cfg.fed.clients_per_round or None)
+  return cfg.fed.local_steps * per_round
 
 
 def expand(path: str) -> str:
