@@ -3,7 +3,7 @@ the same benchmark and model, over seeds, scored by both protocols of `eval.prot
 
 `compare` runs every variant for every seed into `root/seed<s>/<variant>`, reads each run's
 `summary.json` (the model x test-set `matrix`) and `correct.npz` (per-question correctness), and
-writes `root/compare.{md,json}`:
+writes `root/compare.{md,json,png}`:
 
     {"seeds": [...], "variants": [...],
      "protocols": {"cross_client" | "own_test": {
@@ -159,7 +159,8 @@ def bootstrap_gaps(correct_by_seed: Sequence[dict[str, dict[str, np.ndarray]]], 
 def compare(base: ml_collections.ConfigDict, variants: Sequence[str], root: str,
             seeds: Sequence[int] | None = None, *, draws: int = 2000) -> str:
   """Runs every variant for every seed and writes `root/compare.{md,json}`; returns the markdown."""
-  from fedlora_jax.run.experiment import run  # heavy import, only when running
+  from fedlora_jax.run.experiment import run  # heavy imports, only when running
+  from fedlora_jax.run.report import plot_compare
 
   seeds = [int(base.seed)] if not seeds else [int(s) for s in seeds]
   per_seed, correct_by_seed = [], []
@@ -180,6 +181,7 @@ def compare(base: ml_collections.ConfigDict, variants: Sequence[str], root: str,
     f.write(md)
   with open(os.path.join(root, "compare.json"), "w") as f:
     json.dump(data, f, indent=1)
+  plot_compare(data, os.path.join(root, "compare.png"))
   return md
 
 
