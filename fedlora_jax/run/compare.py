@@ -47,14 +47,17 @@ DEFAULT_VARIANTS = ("local", "fedavg", "fedprox", "fedsa_lora", "ffa_lora", "fed
 
 
 def variant_config(base: ml_collections.ConfigDict, name: str, root: str, seed: int | None = None):
-  """`base` with the variant's fields, in `root/<name>` (and `seed`, when given)."""
+  """`base` with the variant's fields, in `root/<name>`. With `seed`, the run's seed is `seed`
+  while the embedded benchmark's split and the tiny base keep `base`'s (`data.seed`): seeds
+  vary LoRA init, batch order and client sampling, as fine-tuning seeds do in the paper."""
   if name not in VARIANTS:
     raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
   cfg = ml_collections.ConfigDict(base.to_dict())
   for key, value in VARIANTS[name].items():
     section, field = key.split(".")
     cfg[section][field] = value
-  if seed is not None:
+  if seed is not None:  # the benchmark split and tiny base stay those of the base config's seed
+    cfg.data.seed = base.seed if base.data.seed < 0 else base.data.seed
     cfg.seed = seed
   cfg.workdir = os.path.join(root, name)
   return cfg
