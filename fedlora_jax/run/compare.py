@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from fedlora_jax.eval.protocols import METRICS, PROTOCOLS, best_model, per_test_set, score
+from fedlora_jax.run.workdir import config_differences, flat_config
 
 LOCAL = "local"
 BEST = "local (best specialist)"
@@ -169,7 +170,10 @@ def compare(base: ml_collections.ConfigDict, variants: Sequence[str], root: str,
   per_seed, correct_by_seed = [], []
   for s in seeds:
     seed_root = os.path.join(root, f"seed{s}")
-    summaries = {v: run(variant_config(base, v, seed_root, s)) for v in variants}
+    summaries = {}
+    for v in variants:
+      cfg = variant_config(base, v, seed_root, s)
+      summaries[v] = _finished_summary(cfg) or run(cfg)
     per_seed.append(compare_table(summaries)[1])
     correct_by_seed.append({v: _load_correct(os.path.join(seed_root, v)) for v in variants})
   data = aggregate_seeds(per_seed)
@@ -186,6 +190,19 @@ def compare(base: ml_collections.ConfigDict, variants: Sequence[str], root: str,
     json.dump(data, f, indent=1)
   plot_compare(data, os.path.join(root, "compare.png"))
   return md
+
+
+def _finished_summary(cfg) -> dict[str, Any] | None:
+  """The summary of a finished run of exactly this config in its workdir (None otherwise), so a
+  comparison continues where an interrupted one stopped without evaluating finished runs again."""
+  paths = [os.path.join(cfg.workdir, n) for n in ("config.json", "summary.json", "correct.npz")]
+  if not all(os.path.exists(p) for p in paths):
+    return None
+  with open(paths[0]) as f:
+    if config_differences(json.load(f), flat_config(cfg)):
+      return None  # run() refuses the workdir with a clear error
+  with open(paths[1]) as f:
+    return json.load(f)
 
 
 def _load_correct(workdir: str) -> dict[str, np.ndarray]:
