@@ -234,7 +234,7 @@ def _markdown(data: dict[str, Any]) -> str:
   lines: list[str] = []
   for p in PROTOCOLS:
     d = data["protocols"][p]
-    std = d.get("std")
+    std = d.get("std") if len(d.get("per_seed", ())) > 1 else None  # no "± 0" for one seed
     rows = d["rows"]
     names = list(next(iter(rows.values()))["per_client"])
     lines += [f"## {_TITLES[p]}", "", "Accuracy (%)" + (" mean ± std over seeds" if std else "")
