@@ -98,8 +98,9 @@ def test_centralized_client_takes_the_federations_steps_per_round(tmp_path):
                                   np.zeros((n, 8), np.float32), np.zeros(n, np.int32),
                                   np.zeros(n, np.int32), np.arange(4, dtype=np.int32))
   hospitals = [rows(5), rows(7), rows(9)]
-  fed = ClientData(NAMES, hospitals, NAMES, hospitals, [])
-  pooled = ClientData(["pooled"], [D.pooled(hospitals)], NAMES, hospitals, [])
+  held = dict(enumerate(hospitals))
+  fed = ClientData(NAMES, held, NAMES, held, [], [5, 7, 9], 1)
+  pooled = ClientData(["pooled"], {0: D.pooled(hospitals)}, NAMES, held, [], [21], 1)
   k, b = cfg.fed.local_steps, cfg.fed.batch_size
   assert local_steps(cfg, fed) == k
   cfg.fed.centralized = True
