@@ -50,7 +50,7 @@ def main(out_dir: str) -> None:
       fr = F.FederatedRound(graphdef, alg, tr, CLIENTS, sharding, safeguards=sg)
       state, b = fr.place(F.init_state(alg, lora, CLIENTS, 0, sg), base)
       for r in range(2):
-        state, _ = fr(state, b, client_batches(CLIENTS, 2, seed=r), ids, counts)
+        state, b, _ = fr(state, b, client_batches(CLIENTS, 2, seed=r), ids, counts)
       flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state["global_lora"]))[0]
       for path, x in flat:
         out[f"{name}/{mode}/{jax.tree_util.keystr(path)}"] = np.asarray(x)

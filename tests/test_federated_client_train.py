@@ -90,7 +90,7 @@ def test_fedsa_lora_hospital_that_never_trained_uses_the_global_b(tiny):
   fr = F.FederatedRound(graphdef, alg, tr, num_clients=3)
   state = F.init_state(alg, lora, 3, 0)
   for r in range(2):  # hospitals 0 and 1 train, hospital 2 is never sampled
-    state, _ = fr(state, base, client_batches(2, 1, seed=r), [0, 1], np.array([10, 30]))
+    state, _, _ = fr(state, base, client_batches(2, 1, seed=r), [0, 1], np.array([10, 30]))
   g = state["global_lora"]
   one = lambda i: jax.tree.map(lambda x: x[i], state["client_states"])
   np.testing.assert_array_equal(np.asarray(state["client_states"]["trained"]), [True, True, False])
