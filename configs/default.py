@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.num_clients = 4  # files with dirichlet / iid / quantity partitions
   c.data.dirichlet_alpha = 0.3
   c.data.test_fraction = 0.2  # files: held-out share of each client's data
+  c.data.hospitals = ()  # only these hospitals (names); empty: all of them
 
   c.fed = ml_collections.ConfigDict()
   c.fed.algorithm = "fedavg"  # fedavg fedprox fedavgm fedadam fedyogi fedadagrad scaffold
@@ -90,6 +91,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.ledger = ml_collections.ConfigDict()
   c.ledger.enabled = True
   c.ledger.backend = "auto"  # auto (compiled arkworks when installed), arkworks, py_ecc
+
+  c.sites = ml_collections.ConfigDict()  # cross-silo mode (scripts/deploy_local.py, Flower)
+  c.sites.registry = ""  # JSON lines of the hospitals' enrolment records (name, pk, pop)
+  c.sites.server_keystore = ""  # the operator's keystore directory holding server.key
+  c.sites.round_timeout = 600.0  # seconds the server waits for a round's replies
+  c.sites.tls = False  # deploy_local: TLS with certificates it generates (else insecure)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 1

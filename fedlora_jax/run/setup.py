@@ -143,8 +143,10 @@ def _split_train_test(records, fraction: float, seed: int, name: str):
   return [records[i] for i in order[n_test:]], [records[i] for i in order[:n_test]]
 
 
-def load_client_data(cfg, tokenizer: Tokenizer) -> ClientData:
-  """Every hospital's tokenized train and test sets (the natural non-IID split)."""
+def client_records(cfg) -> tuple[list[str], list[list[D.MCQRecord]], list[list[D.MCQRecord]],
+                                 dict[str, tuple[str, float]]]:
+  """(names, train records, test records, dominant label and share per name) of every hospital,
+  restricted to `data.hospitals` when it is set (their data is the same as in the full set)."""
   if cfg.data.source == "icd10":
     bench = _icd_benchmark(cfg)
     names = bench.client_names
@@ -158,6 +160,19 @@ def load_client_data(cfg, tokenizer: Tokenizer) -> ClientData:
     shares = {n: D.dominant_chapter_share(r) for n, r in zip(names, train_recs)}
   else:
     raise SetupError(f"unknown data.source {cfg.data.source!r} (icd10, files)")
+  if cfg.data.hospitals:
+    unknown = sorted(set(cfg.data.hospitals) - set(names))
+    if unknown:
+      raise SetupError(f"data.hospitals names unknown hospitals {unknown} (known: {list(names)})")
+    keep = [i for i, n in enumerate(names) if n in set(cfg.data.hospitals)]
+    names = [names[i] for i in keep]
+    train_recs, test_recs = [train_recs[i] for i in keep], [test_recs[i] for i in keep]
+  return list(names), train_recs, test_recs, shares
+
+
+def load_client_data(cfg, tokenizer: Tokenizer) -> ClientData:
+  """Every hospital's tokenized train and test sets (the natural non-IID split)."""
+  names, train_recs, test_recs, shares = client_records(cfg)
   train = [D.tokenize_mcq(tokenizer, r, cfg.data.max_len) for r in train_recs]
   test = [D.tokenize_mcq(tokenizer, r, cfg.data.max_len) for r in test_recs]
   if cfg.eval.max_test_per_client:
