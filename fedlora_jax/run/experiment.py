@@ -22,18 +22,15 @@ from fedlora_jax.run import report
 from fedlora_jax.run.attested import AttestedRounds
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import accuracy_matrix, own_accuracies
-from fedlora_jax.run.setup import ClientData, expand, load_client_data, load_model, lora_config
+from fedlora_jax.run.setup import (ClientData, algorithm, expand, load_client_data, load_model,
+                                   lora_config)
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, flat_config, write_config
 
 PERSONALISED = ("fedsa_lora", "local")
 
 
-def _algorithm(cfg) -> F.Algorithm:
-  f = cfg.fed
-  return F.make_algorithm(f.algorithm, server_lr=f.server_lr, server_momentum=f.server_momentum,
-                          server_b1=f.server_b1, server_b2=f.server_b2, server_eps=f.server_eps,
-                          fedprox_mu=f.fedprox_mu, local_lr=f.local_lr,
-                          lora_scaling=lora_config(cfg).scaling)
+def _algorithm(cfg) -> F.Algorithm:  # (flower) moved to setup.algorithm, shared with sites/
+  return algorithm(cfg)
 
 
 def _sharding(cfg, clients_per_round: int) -> F.ClientSharding | None:

@@ -13,6 +13,7 @@ from flax import nnx
 from tokenizers import Tokenizer
 
 from fedlora_jax import data as D
+from fedlora_jax import federated as F
 from fedlora_jax import models
 from fedlora_jax.pretrain import pretrain_base
 
@@ -47,6 +48,15 @@ def lora_config(cfg: ml_collections.ConfigDict) -> models.LoRAConfig:
                            target_modules=tuple(cfg.lora.target_modules),
                            target_regex=cfg.lora.target_regex or None,
                            use_rslora=cfg.lora.use_rslora, dropout=cfg.lora.dropout)
+
+
+def algorithm(cfg: ml_collections.ConfigDict) -> F.Algorithm:
+  """The federated algorithm `fed.algorithm` with its hyper-parameters from the config."""
+  f = cfg.fed
+  return F.make_algorithm(f.algorithm, server_lr=f.server_lr, server_momentum=f.server_momentum,
+                          server_b1=f.server_b1, server_b2=f.server_b2, server_eps=f.server_eps,
+                          fedprox_mu=f.fedprox_mu, local_lr=f.local_lr,
+                          lora_scaling=lora_config(cfg).scaling)
 
 
 def _icd_benchmark(cfg) -> D.ICD10Benchmark:

@@ -35,7 +35,8 @@ Reply = dict[str, Any]
 
 class Transport(Protocol):
   def discover(self, payload: Reply, expected: int, timeout: float) -> dict[str, Reply]:
-    """{hospital: its `describe()` reply (plus `node_id`)} of the nodes that answered."""
+    """Waits for `expected` nodes, sends each the query `payload`; {hospital: its reply
+    (`Hospital.describe()`, plus `node_id`)} of the nodes that answered."""
 
   def send(self, kind: str, payloads: Mapping[str, Reply], timeout: float
            ) -> dict[str, Reply | str]:
@@ -76,8 +77,9 @@ class Coordinator:
 
   def run(self, transport: Transport, progress=logging.info) -> dict[str, Any]:
     cfg, n = self.cfg, len(self.names)
-    header = {"config": job.config_json(cfg)}
-    nodes = transport.discover(header, n, cfg.sites.round_timeout)
+    first = self.start == 0  # the nodes evaluate the base before any training with the query
+    nodes = transport.discover({"global": self._global_arrays(), "task": {"evaluate": first}},
+                               n, cfg.sites.round_timeout)
     unknown = sorted(set(nodes) - set(self.names))
     if unknown:
       logging.warning("nodes of unregistered hospitals %s take no part", unknown)
@@ -88,11 +90,11 @@ class Coordinator:
     engine = F.FederatedRound(self.graphdef, self.algorithm, job.local_training(cfg, max_targets),
                               n)
     per_round = F.clients_per_round(n, count=cfg.fed.clients_per_round or None)
-    if self.start == 0:
-      t0 = time.time()
-      record = {"round": 0, "clients": [], "loss": [], "valid": [], "weights": [], "ledger": {}}
-      record.update(self._evaluate(transport, 0, {}))
-      record["seconds"] = round(time.time() - t0, 3)
+    self.receipts: dict[str, Reply] = {}  # each delivered with the hospital's next message
+    if first:
+      acc = {h: float(self.info[h]["accuracy"]) for h in self.names if h in self.info}
+      record = {"round": 0, "clients": [], "loss": [], "valid": [], "weights": [], "ledger": {},
+                "accuracy": acc, "summary": fairness_summary(list(acc.values())), "seconds": 0.0}
       self.metrics.append(record)
       progress(progress_line(record))
     last_accuracy = None
@@ -105,7 +107,7 @@ class Coordinator:
       progress(progress_line(record))
     self.ckpt.close()
     if last_accuracy is None:  # resumed after the last round
-      last_accuracy = self._evaluate(transport, cfg.fed.rounds, {})["accuracy"]
+      last_accuracy = self._evaluate(transport, cfg.fed.rounds)["accuracy"]
     return self._finish(last_accuracy)
 
   def _round(self, transport: Transport, engine: F.FederatedRound, r: int, per_round: int,
@@ -120,7 +122,7 @@ class Coordinator:
         "global": global_arrays, "server_state": server_arrays,
         "task": {"round": round_no, "client_id": int(c), "max_target_tokens": max_targets,
                  "context": context}} for c in ids if self.names[c] in self.info}
-    replies = transport.send("train", payloads, cfg.sites.round_timeout)
+    replies = self._send(transport, "train", payloads)
     t_train = time.time() - t0
     answered = {h: rep for h, rep in replies.items() if isinstance(rep, dict)}
     missing = {self.names[c]: (replies.get(self.names[c]) or "no node connected")
@@ -155,7 +157,7 @@ class Coordinator:
                           "ledger's record")
     else:
       block = recorded
-    receipts = self.ledger.receipts(block, submissions)
+    self.receipts.update(self.ledger.receipts(block, submissions))
     record: dict[str, Any] = {
         "round": round_no, "clients": [self.names[c] for c in ids],
         "loss": [float(np.mean(answered[self.names[c]]["loss"])) if self.names[c] in answered
@@ -164,9 +166,11 @@ class Coordinator:
         "ledger": {"accepted": len(block["participants"]),
                    "rejected": [x["reason"] for x in block["rejected"]],
                    "missing": {h: str(e) for h, e in missing.items()}, "block": block["index"]},
-        "bytes": {h: int(rep.get("bytes_received", 0)) for h, rep in answered.items()}}
-    due = round_no == cfg.fed.rounds or round_no % cfg.eval.every == 0
-    record.update(self._evaluate(transport, round_no, receipts, evaluate=due))
+        # array bytes per hospital: received = the round's message to it, sent = its reply
+        "bytes": {h: {"received": int(rep["bytes_received"]), "sent": int(rep["reply_bytes"])}
+                  for h, rep in answered.items()}}
+    if round_no == cfg.fed.rounds or round_no % cfg.eval.every == 0:
+      record.update(self._evaluate(transport, round_no))
     record["timing"] = {"train_s": round(t_train, 3), "round_s": round(time.time() - t0, 3)}
     record["seconds"] = record["timing"]["round_s"]
     return record
@@ -199,18 +203,24 @@ class Coordinator:
                                                  self.state["client_states"], old_c)
     return stack(locals_), stack(news), np.stack(losses)
 
-  def _evaluate(self, transport: Transport, round_no: int, receipts: Mapping[str, Reply],
-                evaluate: bool = True) -> dict[str, Any]:
-    """Sends the new global adapter (and each participant's receipt); nodes evaluate on their
-    own test set when `evaluate`; only accuracies come back."""
-    targets = set(self.info) if evaluate else set(receipts)
+  def _send(self, transport: Transport, kind: str, payloads: Mapping[str, Reply]
+            ) -> dict[str, Reply | str]:
+    """Sends with each hospital's pending receipt; a receipt goes once its node has replied."""
+    payloads = {h: {**p, "task": {**p["task"], "receipt": self.receipts.get(h)}}
+                for h, p in payloads.items()}
+    replies = transport.send(kind, payloads, self.cfg.sites.round_timeout)
+    for h, rep in replies.items():
+      if isinstance(rep, dict):
+        self.receipts.pop(h, None)
+    return replies
+
+  def _evaluate(self, transport: Transport, round_no: int) -> dict[str, Any]:
+    """Sends the new global adapter; every node evaluates on its own test set (its personal
+    model for FedSA-LoRA); only accuracies come back."""
     global_arrays = self._global_arrays()
-    payloads = {h: {"global": global_arrays,
-                    "task": {"round": round_no, "evaluate": evaluate,
-                             "receipt": receipts.get(h)}} for h in targets}
-    replies = transport.send("evaluate", payloads, self.cfg.sites.round_timeout)
-    if not evaluate:
-      return {}
+    payloads = {h: {"global": global_arrays, "task": {"round": round_no, "evaluate": True}}
+                for h in self.info}
+    replies = self._send(transport, "evaluate", payloads)
     acc = {h: float(replies[h]["accuracy"]) for h in self.names
            if isinstance(replies.get(h), dict)}
     return {"accuracy": acc, "summary": fairness_summary(list(acc.values()))}

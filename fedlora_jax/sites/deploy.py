@@ -51,12 +51,17 @@ def follow(dep: LocalDeployment, run_proc, workdir: str, progress=logging.info,
     time.sleep(0.5)
 
 
-def deploy(cfg: ml_collections.ConfigDict, on_record=None) -> dict[str, Any]:
-  """Runs the job across one SuperNode per hospital; returns the run's summary."""
+def deploy(cfg: ml_collections.ConfigDict, on_record=None,
+           started: list[int] | None = None) -> dict[str, Any]:
+  """Runs the job across one SuperNode per hospital; returns the run's summary.
+
+  `on_record(record)` sees each metrics record as it is written; `started` (when given) gets the
+  process group id of every Flower process started.
+  """
   workdir = expand(cfg.workdir)
   root = os.path.join(workdir, "deploy")
   enrolment = enrol_local(cfg, root)
-  with LocalDeployment(root, tls=cfg.sites.tls) as dep:
+  with LocalDeployment(root, tls=cfg.sites.tls, started=started) as dep:
     wait_for_port(dep.port, 60, dep.start_superlink())
     for node in enrolment.nodes.values():
       dep.start_supernode(node)

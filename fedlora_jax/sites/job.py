@@ -7,7 +7,7 @@ import json
 import ml_collections
 
 from fedlora_jax import federated as F
-from fedlora_jax.run.experiment import _algorithm as algorithm  # one builder for both modes
+from fedlora_jax.run.setup import algorithm
 
 UNSUPPORTED = {"fedex_lora": "it changes the base every round, which would have to travel to "
                              "every node"}

@@ -91,8 +91,9 @@ def enrol_local(cfg: ml_collections.ConfigDict, root: str) -> Enrolment:
 class LocalDeployment:
   """SuperLink + SuperNodes + `flwr run` as child process groups; a context manager."""
 
-  def __init__(self, root: str, *, tls: bool = False):
+  def __init__(self, root: str, *, tls: bool = False, started: list[int] | None = None):
     self.root = root
+    self.started = [] if started is None else started  # every process group ever started
     self.home = os.path.join(root, "flwr_home")
     self.logs = os.path.join(root, "logs")
     os.makedirs(self.home, exist_ok=True)
@@ -116,6 +117,7 @@ class LocalDeployment:
                             cwd=self.root, start_new_session=True)  # its own process group
     log.close()
     self.procs[name] = proc
+    self.started.append(proc.pid)
     return proc
 
   def _security(self) -> list[str]:

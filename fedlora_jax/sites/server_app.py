@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlora_jax.sites import job
 from fedlora_jax.sites.coordinator import Coordinator
-from fedlora_jax.sites.messages import from_records, to_records
+from fedlora_jax.sites.messages import from_records, payload_bytes, to_records
 
 app = ServerApp()
 
@@ -33,8 +33,8 @@ class FlowerTransport:
     while len(list(self.grid.get_node_ids())) < expected and time.time() < deadline:
       time.sleep(0.5)
     nodes = list(self.grid.get_node_ids())
-    msgs = [Message(to_records({"header": self.header}), dst_node_id=n, message_type="query")
-            for n in nodes]
+    msgs = [Message(to_records({"header": self.header, **payload}), dst_node_id=n,
+                    message_type="query") for n in nodes]
     out: dict[str, dict[str, Any]] = {}
     for rep in self.grid.send_and_receive(msgs, timeout=max(deadline - time.time(), 1.0)):
       if rep.has_error():
@@ -63,7 +63,7 @@ class FlowerTransport:
         out[h] = f"node error: {rep.error.reason}".splitlines()[0][:300]
         continue
       content = from_records(rep.content)
-      out[h] = {**content.pop("result"), **content}
+      out[h] = {**content.pop("result"), **content, "reply_bytes": payload_bytes(rep.content)}
     for h in payloads:
       out.setdefault(h, f"no reply within {timeout:g} s")
     return out
