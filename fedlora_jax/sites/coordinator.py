@@ -38,6 +38,9 @@ class Transport(Protocol):
     """Waits for `expected` nodes, sends each the query `payload`; {hospital: its reply
     (`Hospital.describe()`, plus `node_id`)} of the nodes that answered."""
 
+  def rejoin(self, payload: Reply, timeout: float) -> dict[str, Reply]:
+    """Like `discover`, for nodes that connected since (restarted ones), without waiting."""
+
   def send(self, kind: str, payloads: Mapping[str, Reply], timeout: float
            ) -> dict[str, Reply | str]:
     """{hospital: reply, or a one-line error} for `kind` in {"train", "evaluate"}."""
@@ -115,6 +118,8 @@ class Coordinator:
     cfg, round_no = self.cfg, r + 1
     t0 = time.time()
     ids = F.sample_clients(len(self.names), per_round, seed=cfg.seed, round_idx=r)
+    joined = transport.rejoin({"task": {"evaluate": False}}, min(cfg.sites.round_timeout, 60.0))
+    self.info.update({h: info for h, info in joined.items() if h in self.names})
     context = self.ledger.context(round_no)
     global_arrays = self._global_arrays()
     server_arrays = codec.tree_arrays(self.state["server_state"])

@@ -140,6 +140,29 @@ class Hospital:
         os.remove(pending)
     return True
 
+  # --- messages --------------------------------------------------------------------------------
+  def handle(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Answers one decoded message: "query" (describe, and evaluate the first global when
+    asked), "train" or "evaluate". A receipt for this node's last submission rides on the next
+    message it gets and is settled first. Returns the reply payload (array dicts + "result")."""
+    task = payload["task"]
+    if task.get("receipt") and not self.settle(task["receipt"]):
+      raise ValueError("the server's receipt does not verify under the pinned server key")
+    if kind == "query":
+      info = self.describe()
+      if task["evaluate"]:
+        info.update(self.evaluate(0, payload["global"]))
+      return {"result": info}
+    if kind == "evaluate":
+      return {"result": self.evaluate(int(task["round"]), payload["global"])}
+    if kind == "train":
+      reply = self.train(int(task["round"]), int(task["client_id"]),
+                         int(task["max_target_tokens"]), payload["global"],
+                         payload["server_state"], task["context"])
+      arrays = {k: reply.pop(k) for k in ("update", "client_state_old", "client_state_new")}
+      return {**arrays, "result": reply}
+    raise ValueError(f"unknown message type {kind!r}")
+
   # --- evaluation ------------------------------------------------------------------------------
   def evaluate(self, round_no: int, global_arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Accuracy of this hospital's model (personal for FedSA-LoRA / local) on its own test set."""

@@ -32,21 +32,29 @@ class FlowerTransport:
     deadline = time.time() + timeout
     while len(list(self.grid.get_node_ids())) < expected and time.time() < deadline:
       time.sleep(0.5)
-    nodes = list(self.grid.get_node_ids())
+    return self._query(list(self.grid.get_node_ids()), payload, max(deadline - time.time(), 1.0))
+
+  def rejoin(self, payload, timeout: float) -> dict[str, dict[str, Any]]:
+    """Queries nodes that connected since (a restarted SuperNode comes back with a new id)."""
+    known = set(self.node_of.values())
+    fresh = [n for n in self.grid.get_node_ids() if n not in known]
+    return self._query(fresh, payload, timeout) if fresh else {}
+
+  def _query(self, nodes: list[int], payload, timeout: float) -> dict[str, dict[str, Any]]:
     msgs = [Message(to_records({"header": self.header, **payload}), dst_node_id=n,
                     message_type="query") for n in nodes]
     out: dict[str, dict[str, Any]] = {}
-    for rep in self.grid.send_and_receive(msgs, timeout=max(deadline - time.time(), 1.0)):
+    for rep in self.grid.send_and_receive(msgs, timeout=timeout):
       if rep.has_error():
         logging.warning("node %d: %s", rep.metadata.src_node_id, rep.error.reason)
         continue
-      info = from_records(rep.content)["info"]
+      info = from_records(rep.content)["result"]
       name = info["hospital"]
       if name in out:
-        logging.warning("two nodes claim %r; keeping node %d", name, self.node_of[name])
+        logging.warning("two nodes claim %r; keeping node %d", name, out[name]["node_id"])
         continue
       out[name] = {**info, "node_id": rep.metadata.src_node_id}
-      self.node_of[name] = rep.metadata.src_node_id
+      self.node_of[name] = rep.metadata.src_node_id  # the newest node of a hospital wins
     return out
 
   def send(self, kind: str, payloads: Mapping[str, dict[str, Any]], timeout: float
