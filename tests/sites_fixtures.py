@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from fedlora_jax import ledger as L
 from fedlora_jax.sites import job
 from fedlora_jax.sites.coordinator import Coordinator
 from fedlora_jax.sites.hospital import Hospital
@@ -28,14 +29,18 @@ class InProcessTransport:
   on its way to the server.
   """
 
-  def __init__(self, cfg, nodes, tamper: Callable[[str, str, dict], dict] | None = None):
+  def __init__(self, cfg, nodes, tamper: Callable[[str, str, dict], dict] | None = None,
+               impostors: dict[str, L.Identity] | None = None):
     self.cfg, self.nodes, self.tamper = cfg, nodes, tamper
+    self.impostors = impostors or {}  # hospitals whose node signs with another (unenrolled) key
     self.down: set[str] = set()
     self.restart()
 
   def restart(self) -> None:
     """New Hospital objects (what a node restart or Flower's fresh process per message gives)."""
     self.hospitals = {h: Hospital(node, self.cfg) for h, node in self.nodes.items()}
+    for h, identity in self.impostors.items():
+      self.hospitals[h].identity = identity
 
   def discover(self, payload, expected: int, timeout: float) -> dict[str, dict[str, Any]]:
     return {h: {**hosp.handle("query", payload)["result"], "node_id": i}
@@ -57,11 +62,11 @@ class InProcessTransport:
 
 
 def run_in_process(cfg, tamper=None, after_round: Callable[[InProcessTransport, str], None]
-                   | None = None) -> tuple[dict, Any, InProcessTransport]:
+                   | None = None, impostors=None) -> tuple[dict, Any, InProcessTransport]:
   """Enrols the hospitals of `cfg` under `<workdir>/deploy` and runs the coordinator."""
   enrolment = enrol_local(cfg, os.path.join(cfg.workdir, "deploy"))
   run_cfg = job.config_from_json(open(enrolment.job_config).read())
-  transport = InProcessTransport(run_cfg, enrolment.nodes, tamper)
+  transport = InProcessTransport(run_cfg, enrolment.nodes, tamper, impostors)
   coordinator = Coordinator(run_cfg)
   progress = (lambda line: after_round(transport, line)) if after_round else (lambda line: None)
   return coordinator.run(transport, progress=progress), enrolment, transport

@@ -95,9 +95,8 @@ class Coordinator:
     per_round = F.clients_per_round(n, count=cfg.fed.clients_per_round or None)
     self.receipts: dict[str, Reply] = {}  # each delivered with the hospital's next message
     if first:
-      acc = {h: float(self.info[h]["accuracy"]) for h in self.names if h in self.info}
       record = {"round": 0, "clients": [], "loss": [], "valid": [], "weights": [], "ledger": {},
-                "accuracy": acc, "summary": fairness_summary(list(acc.values())), "seconds": 0.0}
+                **_accuracy_record(self.info), "seconds": 0.0}
       self.metrics.append(record)
       progress(progress_line(record))
     last_accuracy = None
@@ -226,9 +225,7 @@ class Coordinator:
     payloads = {h: {"global": global_arrays, "task": {"round": round_no, "evaluate": True}}
                 for h in self.info}
     replies = self._send(transport, "evaluate", payloads)
-    acc = {h: float(replies[h]["accuracy"]) for h in self.names
-           if isinstance(replies.get(h), dict)}
-    return {"accuracy": acc, "summary": fairness_summary(list(acc.values()))}
+    return _accuracy_record({h: replies.get(h) for h in self.info})
 
   def _finish(self, accuracy: Mapping[str, float]) -> dict[str, Any]:
     cfg, workdir = self.cfg, self.workdir
@@ -239,9 +236,10 @@ class Coordinator:
                                               base_model_name_or_path=self.base_dir)
     names = [h for h in self.names if h in accuracy]
     own = np.asarray([accuracy[h] for h in names])
+    answered = ~np.isnan(own)
     sizes = np.asarray([self.info[h]["test"] for h in names], np.float64)
     personal = self.algorithm.name in ("fedsa_lora", "local")
-    overall = float(own @ sizes / sizes.sum())
+    overall = float(own[answered] @ sizes[answered] / sizes[answered].sum())
     matrix = (np.where(np.eye(len(names), dtype=bool), own[None], np.nan) if personal
               else own[None])
     summary: dict[str, Any] = {
@@ -250,7 +248,8 @@ class Coordinator:
         "clients": [{"client": h, **{k: self.info[h][k] for k in
                                      ("train", "test", "dominant", "dominant_share")}}
                     for h in names],
-        "accuracy": dict(zip(names, own.tolist())), "fairness": fairness_summary(own.tolist()),
+        "accuracy": dict(zip(names, own.tolist())),
+        "fairness": fairness_summary(own[answered].tolist()),
         # a global model's accuracy over all tests is the size-weighted mean of the hospitals'
         # own results; personal models are only tested at their own hospital
         "accuracy_all_tests": {h: (float("nan") if personal else overall) for h in names},
@@ -268,6 +267,15 @@ class Coordinator:
       json.dump(summary, f, indent=1)
     report.write_report(workdir, summary)
     return summary
+
+
+def _accuracy_record(replies: Mapping[str, Any]) -> dict[str, Any]:
+  """Accuracy per hospital (NaN for one that did not answer) and the fairness summary of the
+  hospitals that did."""
+  acc = {h: float(r["accuracy"]) if isinstance(r, dict) else float("nan")
+         for h, r in replies.items()}
+  return {"accuracy": acc,
+          "summary": fairness_summary([a for a in acc.values() if not np.isnan(a)])}
 
 
 def progress_line(record: Mapping[str, Any]) -> str:
