@@ -16,19 +16,12 @@ from fedlora_jax.run import experiment  # noqa: E402
 from fedlora_jax.sites import attest  # noqa: E402
 from fedlora_jax.sites.deploy import deploy  # noqa: E402
 from fedlora_jax.sites.local import group_alive  # noqa: E402
-from tests.run_fixtures import tiny_config  # noqa: E402
+from tests.sites_fixtures import sites_config  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]
 HOSPITALS = ("cardiology", "oncology", "trauma")
 # The Flower processes start fresh interpreters: give them the numerics conftest gives this one.
 SUBPROCESS_ENV = {"JAX_DEFAULT_MATMUL_PRECISION": "highest", "JAX_THREEFRY_PARTITIONABLE": "1"}
-
-
-def sites_config(workdir, cache_dir, **overrides):
-  cfg = tiny_config(workdir, cache_dir, **{"data.hospitals": HOSPITALS, "eval.every": 2,
-                                           **overrides})
-  cfg.sites.round_timeout = 300.0
-  return cfg
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +33,10 @@ def cache_dir(tmp_path_factory):
 def fedavg_runs(tmp_path_factory, cache_dir):
   os.environ.update(SUBPROCESS_ENV)
   sim_dir, site_dir = (str(tmp_path_factory.mktemp(n)) for n in ("sim", "sites"))
-  sim = experiment.run(sites_config(sim_dir, cache_dir))
+  sim = experiment.run(sites_config(sim_dir, cache_dir, HOSPITALS))
   started, lines = [], []
-  sites = deploy(sites_config(site_dir, cache_dir), on_record=lines.append, started=started)
+  sites = deploy(sites_config(site_dir, cache_dir, HOSPITALS),
+                 on_record=lambda rec, dep: lines.append(rec), started=started)
   return sim_dir, sim, site_dir, sites, started, lines
 
 
@@ -96,3 +90,30 @@ def test_flower_processes_are_gone(fedavg_runs):
   started = fedavg_runs[4]
   assert len(started) == 1 + 3 + 1  # SuperLink, SuperNodes, flwr run
   assert not [g for g in started if group_alive(g)]
+
+
+def test_killed_node_is_missing_then_rejoins_after_restart(tmp_path, cache_dir):
+  """trauma's SuperNode (its whole process group) is killed once round 1 is recorded and started
+  again at once: round 2 ends after `sites.round_timeout` with the other two and records trauma
+  as missing; in round 3 the restarted node (a new Flower node id) takes part again."""
+  os.environ.update(SUBPROCESS_ENV)
+  cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS, **{"fed.rounds": 3, "eval.every": 3})
+  cfg.sites.round_timeout = 150.0  # above a normal round here (about 90 s on 2 busy cores)
+  started, lines = [], []
+
+  def on_record(record, dep):
+    lines.append(record)
+    if record["round"] == 1:
+      dep.stop("supernode-trauma", grace=5.0)
+      dep.start_supernode(dep.nodes["trauma"])
+
+  deploy(cfg, on_record=on_record, started=started)
+  assert [r["round"] for r in lines] == [0, 1, 2, 3]
+  assert [r["ledger"]["accepted"] for r in lines[1:]] == [3, 2, 3]
+  assert list(lines[2]["ledger"]["missing"]) == ["trauma"]
+  assert lines[2]["valid"] == [True, True, False]
+  blocks = [b for b in L.Ledger.open(os.path.join(str(tmp_path), "ledger.jsonl")).blocks
+            if b["kind"] == "round"]
+  assert [sorted(p["name"] for p in b["participants"]) for b in blocks] == [
+      sorted(HOSPITALS), ["cardiology", "oncology"], sorted(HOSPITALS)]
+  assert len(started) == 1 + 3 + 1 + 1 and not [g for g in started if group_alive(g)]

@@ -44,7 +44,7 @@ def follow(dep: LocalDeployment, run_proc, workdir: str, progress=logging.info,
     for rec in records[seen:]:
       progress(progress_line(rec))
       if on_record is not None:
-        on_record(rec)
+        on_record(rec, dep)
     seen = max(seen, len(records))
     if done:
       return
@@ -55,7 +55,7 @@ def deploy(cfg: ml_collections.ConfigDict, on_record=None,
            started: list[int] | None = None) -> dict[str, Any]:
   """Runs the job across one SuperNode per hospital; returns the run's summary.
 
-  `on_record(record)` sees each metrics record as it is written; `started` (when given) gets the
+  `on_record(record, deployment)` sees each metrics record as it is written; `started` (when given) gets the
   process group id of every Flower process started.
   """
   workdir = expand(cfg.workdir)

@@ -101,6 +101,7 @@ class LocalDeployment:
     self.port = free_port()
     self.tls = generate_certificates(os.path.join(root, "certs")) if tls else None
     self.procs: dict[str, subprocess.Popen] = {}
+    self.nodes: dict[str, NodeConfig] = {}  # the node configs of the SuperNodes started
     pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
     self.env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": self.home, "PYTHONPATH": pythonpath}
     with open(os.path.join(self.home, "config.toml"), "w") as f:
@@ -131,6 +132,7 @@ class LocalDeployment:
                                      "--disable-runtime-dependency-installation"])
 
   def start_supernode(self, node: NodeConfig) -> subprocess.Popen:
+    self.nodes[node.hospital] = node
     tls = [] if self.tls is None else ["--root-certificates", self.tls["ca"]]
     return self._start(f"supernode-{node.hospital}", [
         self._bin("flower-supernode"), *self._security(), *tls,
