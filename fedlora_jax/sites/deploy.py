@@ -17,7 +17,7 @@ from fedlora_jax.sites.coordinator import progress_line
 from fedlora_jax.sites.local import LocalDeployment, enrol_local
 
 
-class DeployError(RuntimeError):
+class DeployError(ChildProcessError):
   """The Flower run failed; names the log to read."""
 
 

@@ -59,8 +59,8 @@ def enrol_local(cfg: ml_collections.ConfigDict, root: str) -> Enrolment:
   creates its key in its own keystore and its enrolment record, and the operator's server key
   and registry. Keys come from the OS's randomness and are reused when they exist (resume)."""
   job.check_job(cfg)
-  base = base_model_dir(cfg)  # the shared base every party is given (built once, cached)
   names, train, test, _ = client_records(cfg)
+  base = base_model_dir(cfg)  # the shared base every party is given (built once, cached)
   backend = cfg.ledger.backend
   operator = os.path.join(root, "operator")
   server = _identity("server", os.path.join(operator, "keys"), backend)
