@@ -117,3 +117,20 @@ def test_killed_node_is_missing_then_rejoins_after_restart(tmp_path, cache_dir):
   assert [sorted(p["name"] for p in b["participants"]) for b in blocks] == [
       sorted(HOSPITALS), ["cardiology", "oncology"], sorted(HOSPITALS)]
   assert len(started) == 1 + 3 + 1 + 1 and not [g for g in started if group_alive(g)]
+
+
+def test_local_deployment_with_tls(tmp_path, cache_dir):
+  """TLS on localhost with certificates the deployment generates: the SuperLink serves them,
+  the SuperNodes and `flwr run` verify them against the generated CA (no insecure channel)."""
+  os.environ.update(SUBPROCESS_ENV)
+  cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS[:2], **{"fed.rounds": 1})
+  cfg.sites.tls = True
+  started = []
+  summary = deploy(cfg, started=started)
+  assert summary["ledger"]["valid"] and len(summary["accuracy"]) == 2
+  logs = os.path.join(str(tmp_path), "deploy", "logs")
+  text = "".join(open(os.path.join(logs, n), errors="replace").read() for n in os.listdir(logs))
+  assert "insecure" not in text.lower()
+  assert open(os.path.join(str(tmp_path), "deploy", "flwr_home", "config.toml")).read().count(
+      "root-certificates") == 1
+  assert not [g for g in started if group_alive(g)]
