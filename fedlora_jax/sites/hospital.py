@@ -11,7 +11,6 @@ restart of the node.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from fedlora_jax.sites import attest, codec, job
 from fedlora_jax.sites.node_config import NodeConfig, read_records
 
 PyTree = Any
+_COMMITTED = re.compile(r"committed_(\d+)\.npz")
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -115,12 +115,13 @@ class Hospital:
   def client_state(self, round_no: int, global_lora: PyTree) -> PyTree:
     """The state committed by the latest round before `round_no` (initial state if none)."""
     like = self.algorithm.init_client_state(global_lora)
-    done = [p for p in glob.glob(self._path("committed", 0).replace("000000", "*"))
-            if int(re.findall(r"(\d+)\.npz$", p)[0]) < round_no]
+    done = [int(m[1]) for m in map(_COMMITTED.fullmatch, os.listdir(self.state_dir))
+            if m and int(m[1]) < round_no]
     if not done or not jax.tree.leaves(like):
       return like
-    with np.load(max(done)) as z:
-      return codec.tree_from_arrays(dict(z), like, f"client state {max(done)}")
+    path = self._path("committed", max(done))
+    with np.load(path) as z:
+      return codec.tree_from_arrays(dict(z), like, f"client state {path}")
 
   def settle(self, receipt: Mapping[str, Any]) -> bool:
     """Checks the server's receipt for this node's submission; commits the pending state when
