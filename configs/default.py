@@ -81,16 +81,46 @@ def get_config() -> ml_collections.ConfigDict:
   c.fed.server_b2 = 0.99
   c.fed.server_eps = 1e-3
   c.fed.fedprox_mu = 0.01
-  c.fed.num_devices = 0  # 0: all local devices (the client axis is sharded over them)
+  c.fed.client_group_size = 0  # clients of a device trained at once, groups in turn; 0: all
+
+  c.mesh = ml_collections.ConfigDict()  # the clients x model device mesh (every process's devices)
+  c.mesh.clients = 0  # devices along the client axis (may span hosts); 0: all devices / model
+  c.mesh.model = 0  # devices splitting the frozen base, tensor parallel, inside a host; 0: 1
+  c.fed.robust_rule = "mean"  # mean (no rule) median trimmed_mean krum multi_krum geometric_median
+  c.fed.robust_f = 1  # Byzantine clients tolerated: Krum's f; trimmed mean drops f from each end
+  c.fed.robust_norm_bound = 0.0  # > 0: clip every client's update to this norm before the rule
+  c.fed.robust_gm_nu = 0.1  # geometric median: Weiszfeld smoothing (min distance)
+  c.fed.robust_gm_iters = 3  # geometric median: Weiszfeld iterations
+
+  c.privacy = ml_collections.ConfigDict()
+  c.privacy.level = "none"  # none, example (patient-level DP-SGD), client (DP-FedAvg)
+  c.privacy.noise_multiplier = 0.0  # z; 0 with target_epsilon > 0: calibrated before training
+  c.privacy.clip_norm = 1.0  # C: per-example gradient / per-client update clip (adaptive: initial)
+  c.privacy.target_epsilon = 0.0  # > 0: the budget; the run stops before a round would exceed it
+  c.privacy.delta = 1e-5  # delta at which epsilon is reported
+  c.privacy.adaptive_clipping = False  # client level: move C toward a quantile (Andrew et al.)
+  c.privacy.target_quantile = 0.5  # adaptive clipping: quantile of update norms C tracks
+  c.privacy.clip_lr = 0.2  # adaptive clipping: geometric step eta
+  c.privacy.count_noise = 0.0  # adaptive clipping: std of the clipped-count noise; 0: m / 20
+
+  c.attack = ml_collections.ConfigDict()  # simulated compromised hospitals (evaluation only)
+  c.attack.kind = "none"  # none, sign_flip, scale (model replacement), gaussian, alie
+  c.attack.clients = ""  # attacking hospitals: comma-separated names, or a count (the first k)
+  c.attack.scale = 0.0  # the attack's factor / std / z; 0: the kind's default (attacks.py)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 1  # rounds
   c.eval.batch_size = 150
   c.eval.max_test_per_client = 0  # 0: the whole test set
+  c.eval.round_max_test_per_client = 0  # per-round evaluation on the first N (0: all); final: all
+  c.eval.group_size = 8  # (adapter, test batch) pairs each device scores at once
 
   c.ledger = ml_collections.ConfigDict()
   c.ledger.enabled = True
-  c.ledger.backend = "auto"  # auto (compiled arkworks when installed), arkworks, py_ecc
+  c.ledger.backend = "auto"  # auto (fastest installed: blspy, arkworks), blspy, arkworks, py_ecc
+  c.ledger.registry = ""  # enrolled hospitals (JSON lines from scripts/enroll.py); empty: self-enrol
+  c.ledger.keystores = ""  # directory of the hospitals' <name>/ keystores; empty: <workdir>/keys
+  c.ledger.max_samples_per_client = 0  # reject attestations claiming more samples; 0: no cap
 
   c.sites = ml_collections.ConfigDict()  # cross-silo mode (scripts/deploy_local.py, Flower)
   c.sites.registry = ""  # JSON lines of the hospitals' enrolment records (name, pk, pop)

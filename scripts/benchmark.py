@@ -4,6 +4,12 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
   python scripts/benchmark.py --sections=round --repeats=5
   python scripts/benchmark.py --sections=gpu                    # on a GPU machine
   python scripts/benchmark.py --sections=gpu --gpu_dry_run      # the GPU path, tiny, on CPU
+  python scripts/benchmark.py --sections=memory                 # qwen3-8b per-device memory on
+                                                                # 8 CPU devices (subprocess)
+  python scripts/benchmark.py --sections=dp --skip_torch        # a round with vs without DP-SGD
+
+A run of only the memory section updates its own key of --out_json and its own heading of
+--out_md, leaving the other sections' figures as they are.
 
 Writes every figure to --out_json and a summary table to --out_md.
 """
@@ -18,7 +24,7 @@ import sys
 from absl import app, flags
 
 _SECTIONS = flags.DEFINE_list("sections", ["round", "scaling", "ledger", "gpu"],
-                              "Sections to run: round, scaling, ledger, gpu.")
+                              "Sections to run: round, scaling, ledger, gpu, memory, dp.")
 _PRESET = flags.DEFINE_string("preset", "qwen3-tiny", "Model preset of the round section.")
 _CLIENTS = flags.DEFINE_integer("clients", 8, "Clients per round (round section).")
 _STEPS = flags.DEFINE_integer("local_steps", 4, "Local steps K.")
@@ -40,7 +46,8 @@ _SCALE_RANKS = flags.DEFINE_list("scaling_ranks", ["8", "16", "64"], "Ranks swep
 _SCALE_SEQS = flags.DEFINE_list("scaling_seqs", ["128", "512"], "Sequence lengths swept (8 clients).")
 _SCALE_REPEATS = flags.DEFINE_integer("scaling_repeats", 2, "Timed repetitions per scaling row.")
 _LEDGER_CLIENTS = flags.DEFINE_list("ledger_clients", ["4", "16", "64"], "Ledger client counts.")
-_LEDGER_BACKENDS = flags.DEFINE_list("ledger_backends", ["arkworks", "py_ecc"], "BLS backends.")
+_LEDGER_BACKENDS = flags.DEFINE_list("ledger_backends", ["blspy", "arkworks", "py_ecc"],
+                                     "BLS backends.")
 _PY_ECC_MAX = flags.DEFINE_integer("ledger_py_ecc_max_clients", 4,
                                    "Largest client count timed with the slow py_ecc backend.")
 _GPU_PRESETS = flags.DEFINE_list("gpu_presets", ["qwen3-1.7b", "qwen3-8b"],
@@ -49,6 +56,12 @@ _GPU_SHAPE = flags.DEFINE_list("gpu_shape", ["16", "1", "2", "512", "16"],
                                "C, K, B, S, r of the GPU section.")
 _GPU_CHUNK = flags.DEFINE_integer("gpu_logits_chunk", 128, "logits_chunk of the GPU section.")
 _GPU_DRY = flags.DEFINE_bool("gpu_dry_run", False, "Run the GPU section with a tiny model on CPU.")
+_MEM_PRESET = flags.DEFINE_string("memory_preset", "qwen3-8b", "Preset of the memory section.")
+_MEM_CLIENTS = flags.DEFINE_list("memory_clients", ["16", "64"], "Client counts (memory).")
+_MEM_MODEL = flags.DEFINE_list("memory_model_sizes", ["1", "2", "4", "8"], "mesh.model sizes.")
+_MEM_SHAPE = flags.DEFINE_list("memory_shape", ["1", "2", "512", "16"], "K, B, S, r (memory).")
+_MEM_LAYERS = flags.DEFINE_list("memory_layers", ["1", "2"],
+                                "Two depths compiled; the preset's depth is extrapolated.")
 _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS before JAX starts.")
 _OUT_JSON = flags.DEFINE_string("out_json", "benchmarks.json", "Where to write all figures.")
 _OUT_MD = flags.DEFINE_string("out_md", "BENCHMARKS.md", "Markdown summary ('' to skip).")
@@ -59,6 +72,23 @@ _FROM_JSON = flags.DEFINE_string("from_json", None,
 
 def _ints(xs):
   return [int(x) for x in xs]
+
+
+def _update_memory_only(memory: dict) -> None:
+  """Writes the memory figures into the existing --out_json and --out_md, nothing else."""
+  from fedlora_jax.benchmarks import report
+  old = {}
+  if os.path.exists(_OUT_JSON.value):
+    with open(_OUT_JSON.value) as f:
+      old = json.load(f)
+  old["memory"] = memory
+  with open(_OUT_JSON.value, "w") as f:
+    json.dump(old, f, indent=1, default=str)
+  if _OUT_MD.value:
+    text = open(_OUT_MD.value).read() if os.path.exists(_OUT_MD.value) else "# Benchmarks\n"
+    with open(_OUT_MD.value, "w") as f:
+      f.write(report.splice_section(text, report.MEMORY_HEADING, report.memory_lines(memory)))
+  print(f"wrote the memory section of {_OUT_JSON.value} and {_OUT_MD.value}", flush=True)
 
 
 def main(argv):
@@ -107,6 +137,11 @@ def main(argv):
         max_target_tokens=_MAX_TARGETS.value, answer_tokens=_ANSWER.value,
         torch_threads=cores, run_torch=not _NO_TORCH.value and on_cpu,
         run_sequential=not _NO_SEQ.value), peak, log)
+  if "dp" in sections:
+    log("dp ...")
+    res["dp"] = suite.dp_section(_PRESET.value, RoundShape(
+        _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
+        _CHUNK.value, log)
   if "scaling" in sections:
     log("scaling ...")
     k, b, s = _ints(_SCALE_SHAPE.value)
@@ -118,12 +153,26 @@ def main(argv):
   if "ledger" in sections:
     log("ledger ...")
     res["ledger"] = suite.ledger_section(_ints(_LEDGER_CLIENTS.value), _LEDGER_BACKENDS.value,
-                                         _PY_ECC_MAX.value, log)
+                                         _PY_ECC_MAX.value, _REPEATS.value, log)
   if "gpu" in sections:
     log("gpu ...")
     c, k, b, s, r = _ints(_GPU_SHAPE.value)
     res["gpu"] = suite.gpu_section(_GPU_PRESETS.value, RoundShape(c, k, b, s, r), _REPEATS.value,
                                    _GPU_CHUNK.value, _GPU_DRY.value, log)
+  if "memory" in sections:
+    log("memory ...")
+    from fedlora_jax.benchmarks import memory
+    k, b, s, r = _ints(_MEM_SHAPE.value)
+    res["memory"] = memory.run_in_subprocess(memory.MemoryOptions(
+        preset=_MEM_PRESET.value, clients=tuple(_ints(_MEM_CLIENTS.value)),
+        model_sizes=tuple(_ints(_MEM_MODEL.value)), local_steps=k, batch=b, seq=s, rank=r,
+        layers=tuple(_ints(_MEM_LAYERS.value))), _OUT_JSON.value + ".memory.tmp", log)
+    os.remove(_OUT_JSON.value + ".memory.tmp")
+    if sections == {"memory"}:
+      res["memory"].update(date=res["date"], command=res["command"],
+                           load_average_at_end=os.getloadavg())
+      _update_memory_only(res["memory"])
+      return
   res["host_max_rss_bytes"] = machine.max_rss_bytes()
   res["load_average_at_end"] = os.getloadavg()
   with open(_OUT_JSON.value, "w") as f:

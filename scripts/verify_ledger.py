@@ -1,8 +1,15 @@
-r"""Verifies an identity ledger file: hash links, proofs of possession, all signatures.
+r"""Verifies an identity ledger file: hash links, proofs of possession, all signatures, weights,
+and the trust anchors given (what the run published, the operator's registry, hospitals' receipts).
 
-  python scripts/verify_ledger.py --ledger=runs/demo/ledger.jsonl [--backend=auto]
+  python scripts/verify_ledger.py --ledger=runs/demo/ledger.jsonl \
+      [--server_public_key=HEX] [--genesis_hash=HEX] [--registry=registry.jsonl] \
+      [--receipts=runs/demo/receipts] [--backend=auto]
 
-Exit status: 0 valid; 1 invalid (prints the first bad block and why); 2 no such file.
+Without anchors a ledger is only shown self-consistent (anyone can build one with fresh keys).
+Exit status: 0 valid; 1 invalid, with one line naming the first problem (bad block, mismatched
+anchor, omitted or contradicted receipt), or a torn trailing line (an interrupted append: the
+complete blocks before it are checked and reported, but the file is not a clean ledger); 2 a
+missing or unreadable file (ledger, registry, receipts).
 """
 
 from __future__ import annotations
@@ -11,26 +18,37 @@ import sys
 
 from absl import app, flags
 
-from fedlora_jax.ledger import BACKEND_NAMES, LedgerError, verify_ledger
+from fedlora_jax.ledger import BACKEND_NAMES, verify_ledger
 
 _LEDGER = flags.DEFINE_string("ledger", None, "Path of the ledger (JSON lines).", required=True)
+_SERVER_PK = flags.DEFINE_string("server_public_key", None,
+                                 "Pinned server public key (hex), from the run's summary.json.")
+_GENESIS = flags.DEFINE_string("genesis_hash", None, "Pinned genesis block hash (hex).")
+_REGISTRY = flags.DEFINE_string("registry", None,
+                                "Operator's registry file (JSON lines of registrations).")
+_RECEIPTS = flags.DEFINE_string("receipts", None,
+                                "Directory of receipts (*.json, searched recursively).")
 _BACKEND = flags.DEFINE_enum("backend", "auto", list(BACKEND_NAMES), "BLS backend.")
 
 
 def main(argv: list[str]) -> int:
   del argv
   try:
-    result = verify_ledger(_LEDGER.value, backend=_BACKEND.value)
-  except (LedgerError, OSError) as e:
+    result = verify_ledger(_LEDGER.value, backend=_BACKEND.value,
+                           server_public_key=_SERVER_PK.value, genesis_hash=_GENESIS.value,
+                           registry=_REGISTRY.value, receipts=_RECEIPTS.value)
+  except (ValueError, OSError) as e:  # LedgerError is a ValueError
     print(f"error: {e}", file=sys.stderr)
     return 2
-  if result.torn_tail:
-    print(f"warning: ignored a torn trailing line after block {result.num_blocks - 1} "
-          "(interrupted append)")
   if not result.ok:
     print(f"INVALID: block {result.first_bad_block}: {result.reason}")
     return 1
-  print(f"OK: {result.num_blocks} blocks verified")
+  if result.torn_tail:
+    print(f"TORN: a torn trailing line follows block {result.num_blocks - 1} (interrupted "
+          f"append); the {result.num_blocks} complete blocks verify")
+    return 1
+  print(f"OK: {result.num_blocks} blocks verified"
+        + (f", {result.receipts} receipts in the ledger" if _RECEIPTS.value else ""))
   return 0
 
 

@@ -3,7 +3,12 @@
     python -m tests.sharded_worker sharded OUT_DIR
         with XLA_FLAGS=--xla_force_host_platform_device_count=8: two rounds of 8 clients, sharded
         over a `clients` mesh of 8 devices and unsharded, for FedAvg and SCAFFOLD;
-        writes OUT_DIR/results.npz (leaves of both runs) and OUT_DIR/report.json (shardings).
+        writes OUT_DIR/sharded.npz (leaves of both runs) and OUT_DIR/sharded.json (shardings).
+    python -m tests.sharded_worker mesh2d OUT_DIR
+        with 8 devices: two rounds of MESH_CLIENTS clients unsharded and on a `clients=2 x
+        model=4` mesh (the base split over `model`) with client groups, for FedAvg and SCAFFOLD,
+        and for FedAvg also without groups; the compiled program's per-device argument bytes;
+        mesh shapes that cannot be placed. Writes OUT_DIR/mesh2d.npz and OUT_DIR/mesh2d.json.
     python -m tests.sharded_worker process COORDINATOR NUM_PROCESSES PROCESS_ID OUT_DIR
         one process of a `jax.distributed` run (gloo CPU collectives): one FedAvg round of
         MP_CLIENTS clients on the global mesh; writes OUT_DIR/process_{id}.npz.
@@ -24,6 +29,24 @@ SHARDED_CLIENTS = 8
 SHARDED_ALGORITHMS = ("fedavg", "scaffold")
 MP_CLIENTS = 4
 MP_COUNTS = np.array([5, 10, 20, 40])
+MESH_CLIENTS = 4
+MESH_SHAPE = (2, 4)  # clients x model
+MESH_GROUP = 1  # client_group_size of the grouped runs (2 clients per shard: 2 groups)
+
+
+def spawn(mode: str, out_dir, devices: int = 8, timeout: int = 240) -> tuple[dict, dict]:
+  """Runs `python -m tests.sharded_worker MODE OUT_DIR` with `devices` forced CPU devices and
+  returns its (arrays of OUT_DIR/MODE.npz, OUT_DIR/MODE.json)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
+      f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"))
+  proc = subprocess.run([sys.executable, "-m", "tests.sharded_worker", mode, str(out_dir)],
+                        cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  with open(os.path.join(out_dir, f"{mode}.json")) as f:
+    report = json.load(f)
+  return dict(np.load(os.path.join(out_dir, f"{mode}.npz"))), report
 
 
 def _configure_jax():
@@ -84,7 +107,7 @@ def run_sharded(out_dir: str) -> None:
       metrics = []
       for rnd in range(2):
         batches, ids, counts = fed_round_inputs(n, rnd)
-        state, m = fr(state, base_m, batches, ids, counts)
+        state, base_m, m = fr(state, base_m, batches, ids, counts)
         metrics.append(m)
       tag = f"{name}/{mode}"
       results.update(flat_leaves(f"{tag}/global_lora", state["global_lora"]))
@@ -110,15 +133,103 @@ def run_sharded(out_dir: str) -> None:
         # ... and each device's arguments hold it once (base + small LoRA state and batches).
         mem = compiled.memory_analysis()
         report["per_device_argument_bytes"] = int(mem.argument_size_in_bytes)
-        # A round whose client count does not divide the devices is refused up front.
-        bad_batches = client_batches(6, K)
-        try:
-          fr(state, base_m, bad_batches, np.arange(6), np.ones(6))
-          report["indivisible_error"] = None
-        except Exception as e:  # pylint: disable=broad-except
-          report["indivisible_error"] = [type(e).__name__, str(e)]
-  np.savez(os.path.join(out_dir, "results.npz"), **results)
-  with open(os.path.join(out_dir, "report.json"), "w") as f:
+        # Six clients on eight devices: padded with two dummy clients, same result as 1 device.
+        for pmode in ("single", "sharded"):
+          pfr = F.FederatedRound(graphdef, alg, tr, num_clients=6,
+                                 sharding=sharding if pmode == "sharded" else None)
+          pstate, pbase = pfr.place(F.init_state(alg, lora, 6, seed=0), base)
+          batches, ids, counts = fed_round_inputs(n, 0)
+          pstate, _, pm = pfr(pstate, pbase, {k: v[:6] for k, v in batches.items()},
+                              np.arange(6), counts[:6])
+          results.update(flat_leaves(f"padded/{pmode}/global_lora", pstate["global_lora"]))
+          results.update(flat_leaves(f"padded/{pmode}/metrics", pm))
+  np.savez(os.path.join(out_dir, "sharded.npz"), **results)
+  with open(os.path.join(out_dir, "sharded.json"), "w") as f:
+    json.dump(report, f)
+
+
+def mesh_model():
+  """A small model whose base dominates the round's arguments, every split axis divisible by 4."""
+  from fedlora_jax import models  # pylint: disable=import-outside-toplevel
+  from tests.fed_fixtures import TINY, tiny_model  # pylint: disable=import-outside-toplevel
+  cfg = TINY.replace(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+  return tiny_model(cfg, models.LoRAConfig(rank=2, alpha=4.0))
+
+
+def _errors(calls) -> dict:
+  """{name: [exception type, message]} of calls that are expected to raise."""
+  out = {}
+  for name, call in calls.items():
+    try:
+      call()
+      out[name] = None
+    except Exception as e:  # pylint: disable=broad-except
+      out[name] = [type(e).__name__, str(e)]
+  return out
+
+
+def _place_tiny(F, tr, sharding, **cfg_overrides):
+  """Places the tiny model with config overrides on `sharding`'s mesh."""
+  from tests.fed_fixtures import TINY, tiny_model  # pylint: disable=import-outside-toplevel
+  graphdef, base, lora = tiny_model(TINY.replace(**cfg_overrides))
+  alg = F.make_algorithm("fedavg")
+  fr = F.FederatedRound(graphdef, alg, tr, num_clients=2, sharding=sharding)
+  return fr.place(F.init_state(alg, lora, 2, seed=0), base)
+
+
+def run_mesh2d(out_dir: str) -> None:
+  jax = _configure_jax()
+  from fedlora_jax import federated as F  # pylint: disable=import-outside-toplevel
+  from tests.fed_fixtures import client_batches  # pylint: disable=import-outside-toplevel
+
+  n = MESH_CLIENTS
+  graphdef, base, lora = mesh_model()
+  sharding = F.ClientSharding(F.make_mesh(*MESH_SHAPE))
+  tr = F.LocalTraining(local_steps=K, optimizer="sgd", learning_rate=1e-2)
+  results: dict[str, np.ndarray] = {}
+  report: dict = {"device_count": jax.device_count(), "mesh": dict(sharding.mesh.shape),
+                  "base_bytes": int(sum(x.nbytes for x in jax.tree.leaves(base)))}
+  results.update(flat_leaves("initial/lora", lora))
+  modes = {"single": (None, 0), "sharded": (sharding, 0), "sharded_groups": (sharding, MESH_GROUP)}
+  for name in SHARDED_ALGORITHMS:
+    alg = F.make_algorithm(name, local_lr=1e-2)
+    for mode, (sh, group) in modes.items():
+      if name != "fedavg" and mode == "sharded":
+        continue  # groups vs no groups once (FedAvg); the stateful algorithm with groups only
+      fr = F.FederatedRound(graphdef, alg, tr, num_clients=n, sharding=sh,
+                            client_group_size=group)
+      state, base_m = fr.place(F.init_state(alg, lora, n, seed=0), base)
+      for rnd in range(2):
+        batches, ids, counts = fed_round_inputs(n, rnd)
+        if rnd == 1 and mode == "sharded" and name == "fedavg":
+          compiled = fr.lower(state, base_m, batches, ids, counts).compile()
+          in_base = jax.tree.leaves(compiled.input_shardings[0][1])
+          report["compiled_base_specs"] = sorted({str(s.spec) for s in in_base})
+          report["base"] = [_describe(x) for x in jax.tree.leaves(base_m)]
+          # Per device: its quarter of the base, plus its shard of everything else.
+          others = (state, {k: sharding.put(v, sharding.by_client) for k, v in batches.items()})
+          report["other_bytes_per_device"] = int(sum(
+              x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(others))
+              + ids.nbytes + counts.nbytes)
+          report["per_device_argument_bytes"] = int(
+              compiled.memory_analysis().argument_size_in_bytes)
+        state, base_m, m = fr(state, base_m, batches, ids, counts)
+        results.update(flat_leaves(f"{name}/{mode}/metrics{rnd}", m))
+      for part in ("global_lora", "server_state", "client_states"):
+        results.update(flat_leaves(f"{name}/{mode}/{part}", state[part]))
+  alg = F.make_algorithm("fedavg")
+  report["errors"] = _errors({
+      "too_many": lambda: F.make_mesh(3, 3),
+      "wrong_devices": lambda: F.make_mesh(2, 4, devices=jax.devices()[:6]),
+      "zero": lambda: F.make_mesh(0, 4),
+      "indivisible_base": lambda: _place_tiny(F, tr, sharding, intermediate_size=50),
+      "groups": lambda: F.FederatedRound(graphdef, alg, tr, num_clients=6, sharding=sharding,
+                                         client_group_size=2)(
+          F.init_state(alg, lora, 6, 0), base, client_batches(6, K), np.arange(6), np.ones(6)),
+  })
+  np.savez(os.path.join(out_dir, "mesh2d.npz"), **results)
+  with open(os.path.join(out_dir, "mesh2d.json"), "w") as f:
     json.dump(report, f)
 
 
@@ -132,7 +243,7 @@ def mp_round(F, graphdef, base, lora, sharding):
   state, base = fr.place(F.init_state(alg, lora, MP_CLIENTS, seed=0), base)
   from tests.fed_fixtures import client_batches  # pylint: disable=import-outside-toplevel
   batches = client_batches(MP_CLIENTS, K, seed=7)
-  state, metrics = fr(state, base, batches, np.arange(MP_CLIENTS), MP_COUNTS)
+  state, _, metrics = fr(state, base, batches, np.arange(MP_CLIENTS), MP_COUNTS)
   return state, metrics
 
 
@@ -165,6 +276,10 @@ def run_process(coordinator: str, num_processes: int, process_id: int, out_dir: 
   sh = F.ClientSharding(mesh)
   loss_all = sh.put(loss, sh.replicated)
   out["loss_all"] = np.asarray(loss_all.addressable_data(0))
+  # Mesh shapes that cannot be placed over 2 processes x 2 devices.
+  for name, err in _errors({"one_process": lambda: distributed.global_mesh(clients=1, model=2),
+                            "model_across_hosts": lambda: F.make_mesh(1, 4)}).items():
+    out[f"error_{name}"] = np.array(" ".join(err) if err else "")
   np.savez(os.path.join(out_dir, f"process_{process_id}.npz"), **out)
   distributed.shutdown()
 
@@ -172,6 +287,8 @@ def run_process(coordinator: str, num_processes: int, process_id: int, out_dir: 
 def main(argv: list[str]) -> None:
   if argv[1] == "sharded":
     run_sharded(argv[2])
+  elif argv[1] == "mesh2d":
+    run_mesh2d(argv[2])
   elif argv[1] == "process":
     run_process(argv[2], int(argv[3]), int(argv[4]), argv[5])
   else:

@@ -69,6 +69,13 @@ def test_two_process_round_equals_single_process_round(tmp_path):
     np.testing.assert_allclose(got["loss_local"], expected_loss[mine], rtol=1e-5)
     # ... and `ClientSharding.put` reshards the global array to replicated across processes.
     np.testing.assert_allclose(got["loss_all"], expected_loss, rtol=1e-5)
+    # Meshes that leave a process out, or put a model row across hosts, are refused.
+    assert str(got["error_one_process"]).startswith(
+        "ValueError mesh clients=1 x model=2 spreads unevenly over the 2 processes "
+        "(2 local devices each): mesh devices per process {0: 2}"), got["error_one_process"]
+    assert str(got["error_model_across_hosts"]) == (
+        "ValueError mesh clients=1 x model=4: model=4 must divide the 2 mesh devices of each "
+        "process, so that a model row stays inside one host")
   # The round did move the adapter.
   assert max(np.abs(expected[k] - start[k]).max() for k in start) > 1e-4
 
@@ -86,9 +93,11 @@ def test_initialize_rejects_bad_arguments():
 
 def test_global_mesh_single_process():
   mesh = distributed.global_mesh()
-  assert mesh.axis_names == ("clients",) and mesh.devices.size == 1
+  assert mesh.axis_names == ("clients", "model") and mesh.devices.shape == (1, 1)
   with pytest.raises(ValueError, match="has 1 devices"):
     distributed.global_mesh(2)
+  with pytest.raises(ValueError, match=r"clients=1 x model=2"):
+    distributed.global_mesh(1, 2)
 
 
 def test_initialize_after_jax_started_is_a_clear_error():

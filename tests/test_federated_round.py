@@ -102,7 +102,7 @@ def test_nonfinite_client_is_quarantined_and_all_bad_round_changes_nothing(tiny)
   poison = lambda x: x.at[1].set(jnp.nan) if x.ndim == 3 else x
   state["client_states"] = jax.tree.map(poison, state["client_states"])
   g_before = jax.tree.map(np.asarray, state["global_lora"])
-  state, metrics = fr(state, base, client_batches(3, 1), [0, 1, 2], COUNTS)
+  state, _, metrics = fr(state, base, client_batches(3, 1), [0, 1, 2], COUNTS)
   np.testing.assert_array_equal(np.asarray(metrics["valid"]), [True, False, True])
   np.testing.assert_allclose(np.asarray(metrics["weights"]), [10 / 70, 0.0, 60 / 70], rtol=1e-6)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["global_lora"]))
@@ -115,7 +115,7 @@ def test_nonfinite_client_is_quarantined_and_all_bad_round_changes_nothing(tiny)
   state["client_states"] = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan),
                                         state["client_states"])
   g_before = jax.tree.map(np.asarray, state["global_lora"])
-  state, metrics = fr(state, base, client_batches(3, 1), [0, 1, 2], COUNTS)
+  state, _, metrics = fr(state, base, client_batches(3, 1), [0, 1, 2], COUNTS)
   assert not np.asarray(metrics["valid"]).any()
   for a, b in zip(jax.tree.leaves(state["global_lora"]), jax.tree.leaves(g_before)):
     np.testing.assert_array_equal(np.asarray(a), b)
@@ -186,17 +186,17 @@ def test_two_phase_round_equals_fused_and_rejected_client_is_excluded(tiny):
   tr = F.LocalTraining(local_steps=1, learning_rate=1e-2)
   fr = F.FederatedRound(graphdef, alg, tr, num_clients=3)
   batches = client_batches(3, 1, seed=3)
-  fused, _ = fr(F.init_state(alg, lora, 3, 0), base, batches, [0, 1, 2], COUNTS)
+  fused, _, _ = fr(F.init_state(alg, lora, 3, 0), base, batches, [0, 1, 2], COUNTS)
   state = F.init_state(alg, lora, 3, 0)
   trained = fr.train(state, base, batches, [0, 1, 2])
   local_c = trained[0]
-  two, metrics = fr.aggregate(state, base, trained, [0, 1, 2], COUNTS, [True, True, True])
+  two, _, metrics = fr.aggregate(state, base, trained, [0, 1, 2], COUNTS, [True, True, True])
   for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(two)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
   # Rejecting client 2 (e.g. a bad attestation): the global is the mean of clients 0 and 1 only.
   state = F.init_state(alg, lora, 3, 0)
   trained = fr.train(state, base, batches, [0, 1, 2])
-  rej, metrics = fr.aggregate(state, base, trained, [0, 1, 2], COUNTS, [True, True, False])
+  rej, _, metrics = fr.aggregate(state, base, trained, [0, 1, 2], COUNTS, [True, True, False])
   np.testing.assert_array_equal(np.asarray(metrics["valid"]), [True, True, False])
   expected = jax.tree.map(lambda x: (10 * x[0] + 30 * x[1]) / 40, local_c)
   for a, b in zip(jax.tree.leaves(rej["global_lora"]), jax.tree.leaves(expected)):

@@ -5,31 +5,15 @@ JAX fixes its device count at start-up, so the rounds run in a subprocess
 metrics of both runs, and a report of the output shardings, which this test checks.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from tests.sharded_worker import SHARDED_ALGORITHMS, SHARDED_CLIENTS
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.sharded_worker import SHARDED_ALGORITHMS, SHARDED_CLIENTS, spawn
 
 
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
-  out = tmp_path_factory.mktemp("sharded")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      f"--xla_force_host_platform_device_count={SHARDED_CLIENTS} "
-      "--xla_backend_optimization_level=0"))
-  proc = subprocess.run([sys.executable, "-m", "tests.sharded_worker", "sharded", str(out)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-  with open(out / "report.json") as f:
-    report = json.load(f)
-  return dict(np.load(out / "results.npz")), report
+  return spawn("sharded", tmp_path_factory.mktemp("sharded"), devices=SHARDED_CLIENTS)
 
 
 @pytest.mark.multidevice
@@ -95,8 +79,13 @@ def test_base_is_held_once_per_device_not_split_per_client(sharded_run):
 
 
 @pytest.mark.multidevice
-def test_client_count_not_divisible_by_devices_is_a_clear_error(sharded_run):
-  _, report = sharded_run
-  kind, message = report["indivisible_error"]
-  assert kind == "ValueError"
-  assert "6 clients per round cannot be split over 8 devices" in message
+def test_six_clients_on_eight_devices_are_padded_to_the_one_device_result(sharded_run):
+  results, _ = sharded_run
+  single = {k[len("padded/single/"):]: v for k, v in results.items()
+            if k.startswith("padded/single/")}
+  sharded = {k[len("padded/sharded/"):]: v for k, v in results.items()
+             if k.startswith("padded/sharded/")}
+  assert single and single.keys() == sharded.keys()
+  assert sharded["metrics/['loss']"].shape == (6, 2)  # the real clients only
+  for key, value in single.items():
+    np.testing.assert_allclose(sharded[key], value, atol=1e-5, err_msg=key)

@@ -4,12 +4,17 @@ import hashlib
 
 import pytest
 
-from fedlora_jax.ledger import arkworks_available, get_backend, key_gen
+from fedlora_jax.ledger import backend_available, get_backend, key_gen
 from fedlora_jax.ledger.bls import Backend
 
-needs_arkworks = pytest.mark.skipif(not arkworks_available(),
-                                    reason="py-arkworks-bls12381 not installed")
-BACKENDS = ["py_ecc", pytest.param("arkworks", marks=needs_arkworks)]
+
+def _installed(name: str):
+  return pytest.param(name, marks=pytest.mark.skipif(not backend_available(name),
+                                                     reason=f"{name} not installed"))
+
+
+BACKENDS = ["py_ecc", _installed("arkworks"), _installed("blspy")]
+FAST = [_installed("arkworks"), _installed("blspy")]
 
 # Ethereum consensus-spec BLS vector (sign case): secret key, message = 32 zero bytes.
 KAT_SK = bytes.fromhex("263dbd792f5b1be47ed85f8938c0f29586af0d3ac7b977f21c278fe1462040e3")
@@ -35,17 +40,17 @@ def test_known_answer(name: str) -> None:
   assert not backend.verify(KAT_PK, bytes(31), KAT_SIG)
 
 
-@needs_arkworks
-def test_backends_agree_byte_for_byte_and_cross_verify() -> None:
-  ref, fast = get_backend("py_ecc"), get_backend("arkworks")
-  sks = [_sk(0), _sk(1)]
-  msgs = [b"attestation a", b"attestation b"]
+@pytest.mark.parametrize("name", FAST)
+def test_backends_agree_byte_for_byte_and_cross_verify(name: str) -> None:
+  ref, fast = get_backend("py_ecc"), get_backend(name)
+  sks = [_sk(0), _sk(1), _sk(2)]
+  msgs = [b"attestation a", b"attestation b", b"attestation a"]  # PoP scheme: repeats allowed
   pks = [fast.sk_to_pk(sk) for sk in sks]
   assert pks == [ref.sk_to_pk(sk) for sk in sks]
   fast_sigs = [fast.sign(sk, m) for sk, m in zip(sks, msgs)]
   ref_sigs = [ref.sign(sk, m) for sk, m in zip(sks, msgs)]
   assert fast_sigs == ref_sigs
-  assert fast.pop_prove(sks[0]) == ref.pop_prove(sks[0])
+  assert [fast.pop_prove(sk) for sk in sks] == [ref.pop_prove(sk) for sk in sks]
   agg = fast.aggregate(fast_sigs)
   assert agg == ref.aggregate(ref_sigs)
   # Each verifies what the other produced (the outputs are equal, so this also covers "vice versa").
@@ -57,12 +62,24 @@ def test_backends_agree_byte_for_byte_and_cross_verify() -> None:
   # Domain separation: a PoP is not a signature on the public key and vice versa.
   assert not fast.verify(pks[0], pks[0], fast.pop_prove(sks[0]))
   assert not fast.pop_verify(pks[0], fast.sign(sks[0], pks[0]))
+  assert not fast.pop_verify(pks[1], fast.pop_prove(sks[0]))
 
 
-@needs_arkworks
-def test_arkworks_rejects_what_py_ecc_rejects() -> None:
+def test_all_installed_backends_agree_with_each_other() -> None:
+  names = [n for n in ("py_ecc", "arkworks", "blspy") if backend_available(n)]
+  sk, msg = _sk(5), b"one message"
+  outputs = {n: (get_backend(n).sk_to_pk(sk), get_backend(n).sign(sk, msg),
+                 get_backend(n).pop_prove(sk)) for n in names}
+  assert len(set(outputs.values())) == 1, names
+  pk, sig, pop = outputs["py_ecc"]
+  assert all(get_backend(n).verify(pk, msg, sig) and get_backend(n).pop_verify(pk, pop)
+             for n in names)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_fast_backend_rejects_what_py_ecc_rejects(name: str) -> None:
   """Same verdicts on malformed inputs (py_ecc only for the cheap decoding failures)."""
-  fast, ref = get_backend("arkworks"), get_backend("py_ecc")
+  fast, ref = get_backend(name), get_backend("py_ecc")
   sk = _sk(2)
   pk, sig = fast.sk_to_pk(sk), fast.sign(sk, b"m")
   identity_pk = bytes([0xC0]) + bytes(47)
@@ -77,6 +94,7 @@ def test_arkworks_rejects_what_py_ecc_rejects() -> None:
   for case in cases:
     assert fast.verify(*case) is False
     assert ref.verify(*case) is False
+  assert fast.pop_verify(identity_pk, identity_sig) is False
   assert fast.aggregate_verify([], [], sig) is False
   assert fast.aggregate_verify([pk], [b"m", b"n"], sig) is False
   with pytest.raises(ValueError):
@@ -100,7 +118,8 @@ def test_key_gen_and_backend_selection() -> None:
   assert len(key_gen(b"k" * 32)) == 32
   with pytest.raises(ValueError):
     key_gen(b"short")
-  expected = "arkworks" if arkworks_available() else "py_ecc"
+  # auto: the fastest installed (blspy, then arkworks; scripts/benchmark.py --sections=ledger).
+  expected = next((n for n in ("blspy", "arkworks") if backend_available(n)), "py_ecc")
   assert get_backend("auto").name == expected
   with pytest.raises(ValueError, match="unknown BLS backend"):
     get_backend("blst")

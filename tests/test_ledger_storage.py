@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from fedlora_jax.ledger import (
-    Attestation, BlockError, Identity, Ledger, LedgerError, arkworks_available, block_hash,
-    get_backend, tree_digest, verify_ledger,
+    Attestation, BlockError, Identity, Ledger, LedgerError, attestation_message, backend_available,
+    block_hash, get_backend, tree_digest, verify_ledger, weights_of,
 )
+from fedlora_jax.ledger.attestation import attestation_hash
 
 SEED = b"fedlora-jax ledger storage tests"  # 32 bytes
 
@@ -36,7 +37,7 @@ def _build(path: Path) -> tuple[Ledger, Identity, list[Identity]]:
                  subs[1][1])
     else:
       subs = [(Attestation.create(clients[0], ctx, _digest(0), 1, backend), _digest(1))]
-    ledger.append_round(r, *ledger.verify_round(r, subs), _digest(100 + r), "fedavg")
+    ledger.append_round(r, ledger.verify_round(r, subs), _digest(100 + r), "fedavg")
   return ledger, server, clients
 
 
@@ -79,7 +80,7 @@ def test_value_positions_helper() -> None:
   assert [line[p] for p in _value_positions(line)] == ["x", "1", "n", '"']
 
 
-@pytest.mark.skipif(not arkworks_available(),
+@pytest.mark.skipif(not backend_available("arkworks"),
                     reason="~600 full verifications: too slow on py_ecc alone")
 def test_every_tampered_value_detected_at_its_block(built) -> None:
   ledger, _, _ = built
@@ -112,16 +113,31 @@ def _reseal_from(lines: list[str], index: int, edit) -> list[str]:
   return [json.dumps(b, sort_keys=True, separators=(",", ":")) + "\n" for b in blocks]
 
 
+def _inflate(block: dict, ledger_id: str) -> None:
+  """Claims 1000 samples for the first participant, with a consistent hash and weights."""
+  p = block["participants"]
+  p[0]["num_samples"] = 1000
+  msg = attestation_message(ledger_id, block["round"], block["prev_hash"],
+                            p[0]["client_id"], p[0]["update_digest"], 1000)
+  p[0]["attestation_hash"] = attestation_hash(msg)
+  for x, w in zip(p, weights_of([x["num_samples"] for x in p], block["weighting"])):
+    x["weight"] = w
+
+
 @pytest.mark.parametrize("index,edit,reason", [
-    (0, lambda b: b["registrations"][1].update(name="impostor"), "server signature"),
-    (2, lambda b: b["participants"][0].update(num_samples=1000), "aggregate signature"),
-    (3, lambda b: b["rejected"][0].update(reason="unregistered"), "server signature"),
-    (3, lambda b: b.update(global_digest="ab" * 32), "server signature"),
+    (0, lambda b, _: b["registrations"][1].update(name="impostor"), "server signature"),
+    (0, lambda b, _: b.update(nonce="ab" * 32), "ledger_id does not end with"),
+    (2, lambda b, _: b["participants"][0].update(num_samples=1000), "attestation hash"),
+    (2, lambda b, _: b["participants"][0].update(weight=0.9), "weights are not"),
+    (2, _inflate, "aggregate signature"),
+    (3, lambda b, _: b["rejected"][0].update(reason="unregistered"), "server signature"),
+    (3, lambda b, _: b.update(global_digest="ab" * 32), "server signature"),
 ])
 def test_rehashed_tampering_caught_by_signatures(built, index, edit, reason) -> None:
   ledger, _, _ = built
   lines = ledger.path.read_text().splitlines(keepends=True)
-  ledger.path.write_text("".join(_reseal_from(lines, index, edit)))
+  ledger.path.write_text("".join(_reseal_from(lines, index,
+                                              lambda b: edit(b, ledger.ledger_id))))
   result = verify_ledger(ledger.path)
   assert not result.ok and result.first_bad_block == index and reason in result.reason
   with pytest.raises(BlockError, match=f"block {index}: .*{reason}"):
@@ -140,7 +156,7 @@ def test_torn_last_line_leaves_verifiable_prefix(built) -> None:
     reopened = Ledger.open(ledger.path, server_identity=server)
     assert reopened.torn_tail == last[:cut] and reopened.last_round == 0
   # The next append cuts the fragment off; the file is then clean and fully valid.
-  reopened.append_round(1, *reopened.verify_round(1, []), _digest(7), "fedavg")
+  reopened.append_round(1, reopened.verify_round(1, []), _digest(7), "fedavg")
   assert ledger.path.read_bytes().startswith(prefix)
   result = verify_ledger(ledger.path)
   assert result.ok and result.num_blocks == 4 and not result.torn_tail
@@ -173,6 +189,6 @@ def test_create_and_open_guards(built) -> None:
   with ledger.path.open("ab") as f:
     f.write(b"concurrent writer")
   with pytest.raises(LedgerError, match="changed on disk"):
-    writer.append_round(5, *writer.verify_round(5, []), _digest(5), "fedavg")
+    writer.append_round(5, writer.verify_round(5, []), _digest(5), "fedavg")
   tail_only = Ledger.open(Path(str(ledger.path)), full=False)
   assert tail_only.head_hash == writer.head_hash and tail_only.torn_tail == b"concurrent writer"

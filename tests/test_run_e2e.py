@@ -2,7 +2,9 @@
 exported adapter; the adapter loads in HF PEFT with the JAX model's logits; bad starts fail
 cleanly without touching the run directory."""
 
+import hashlib
 import json
+import logging
 import os
 
 import jax
@@ -21,11 +23,30 @@ def cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("cache"))
 
 
+class _Records(logging.Handler):
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.lines: list[str] = []
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, cache_dir):
   workdir = str(tmp_path_factory.mktemp("run"))
   cfg = tiny_config(workdir, cache_dir)
-  summary = experiment.run(cfg)
+  root, handler = logging.getLogger(), _Records()
+  level = root.level
+  root.addHandler(handler)
+  root.setLevel(logging.INFO)
+  try:
+    summary = experiment.run(cfg)
+  finally:
+    root.removeHandler(handler)
+    root.setLevel(level)
+  with open(os.path.join(workdir, "run.log"), "w") as f:  # what the run logged
+    f.write("\n".join(handler.lines))
   return cfg, workdir, summary
 
 
@@ -34,9 +55,10 @@ def test_run_writes_every_artifact(finished_run):
   for name in ("config.json", "metrics.jsonl", "ledger.jsonl", "summary.json", "report.md",
                "accuracy_curves.png", "client_test_heatmap.png",
                "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
-               "checkpoints/2", "keys/server.key", "keys/clinic.key"):
+               "checkpoints/2", "keys/server/server.key", "keys/clinic/clinic.key",
+               "receipts/clinic"):
     assert os.path.exists(os.path.join(workdir, name)), name
-  assert oct(os.stat(os.path.join(workdir, "keys/clinic.key")).st_mode & 0o777) == "0o600"
+  assert oct(os.stat(os.path.join(workdir, "keys/clinic/clinic.key")).st_mode & 0o777) == "0o600"
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["round"] for r in records] == [0, 1, 2]  # round 0: the base before training
   assert all(len(r["clients"]) == 6 and r["ledger"]["accepted"] == 6 for r in records[1:])
@@ -55,6 +77,41 @@ def test_run_writes_every_artifact(finished_run):
   assert summary["ledger"]["adapter_block"] == prov.block_index
   report = open(os.path.join(workdir, "report.md")).read()
   assert "clinic" in report and "harmonic mean" in report
+
+
+def test_ledger_is_anchored_weighted_by_signed_counts_and_keys_stay_secret(finished_run):
+  cfg, workdir, summary = finished_run
+  info, path = summary["ledger"], os.path.join(workdir, "ledger.jsonl")
+  blocks = [json.loads(line) for line in open(path)]
+  assert info["server_public_key"] == blocks[0]["server"]["pk"]
+  assert info["genesis_hash"] == blocks[0]["block_hash"]
+  assert blocks[0]["ledger_id"].endswith(":" + blocks[0]["nonce"])
+  log = open(os.path.join(workdir, "run.log")).read()
+  report = open(os.path.join(workdir, "report.md")).read()
+  for anchor in (info["server_public_key"], info["genesis_hash"]):
+    assert anchor in log and anchor in report
+  # Every hospital kept a receipt per round, and each is in the ledger.
+  assert info["receipts"] == 12 and info["valid"]
+  result = L.verify_ledger(path, server_public_key=info["server_public_key"],
+                           genesis_hash=info["genesis_hash"],
+                           receipts=os.path.join(workdir, "receipts"))
+  assert result.ok and result.receipts == 12
+  # The aggregation used the weights the block records: the signed counts, normalised.
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  for rec, block in zip(records[1:], blocks[1:]):
+    by_name = {p["name"]: p for p in block["participants"]}
+    counts = [by_name[n]["num_samples"] for n in rec["clients"]]
+    np.testing.assert_allclose(rec["weights"], np.asarray(counts) / sum(counts), rtol=1e-6)
+    np.testing.assert_allclose(rec["weights"], [by_name[n]["weight"] for n in rec["clients"]],
+                               rtol=1e-6)
+  # No secret key is written anywhere else, and the config seed no longer derives any of them.
+  texts = [open(os.path.join(workdir, f)).read()
+           for f in ("config.json", "metrics.jsonl", "ledger.jsonl", "run.log", "summary.json")]
+  old_ikm = hashlib.sha256(f"fedlora-jax identities, seed {cfg.seed}".encode()).digest()
+  for name in ["server", *summary["accuracy"]]:
+    sk = open(os.path.join(workdir, "keys", name, f"{name}.key")).read().strip()
+    assert len(sk) == 64 and not any(sk in t for t in texts)
+    assert L.key_gen(old_ikm, name.encode()).hex() != sk
 
 
 @pytest.mark.torch
@@ -119,3 +176,16 @@ def test_single_client_baseline_exports_each_hospitals_adapter(tmp_path, cache_d
   np.testing.assert_allclose(m @ sizes / sizes.sum(), list(summary["accuracy_all_tests"].values()))
   for name in summary["accuracy"]:
     assert os.path.exists(os.path.join(workdir, "adapters", name, "adapter_model.safetensors"))
+
+
+def test_fedex_lora_block_attests_the_shipped_base_residual(tmp_path, cache_dir):
+  from safetensors.numpy import load_file
+  workdir = str(tmp_path / "fedex")
+  cfg = tiny_config(workdir, cache_dir, **{"fed.algorithm": "fedex_lora", "fed.rounds": 1})
+  summary = experiment.run(cfg)
+  last = [json.loads(line) for line in open(os.path.join(workdir, "ledger.jsonl"))][-1]
+  shipped = load_file(os.path.join(workdir, "base_with_residuals", "model.safetensors"))
+  original = load_file(os.path.join(setup.base_model_dir(cfg), "model.safetensors"))
+  assert summary["ledger"]["valid"] and last["algorithm"] == "fedex_lora"
+  assert last["residual_digest"] == L.residual_digest(shipped, original).hex()
+  assert L.base_residual(shipped, original)  # the base really changed

@@ -59,6 +59,14 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["accuracy"] == reference["accuracy"]
   assert summary["ledger"]["valid"] and summary["ledger"]["blocks"] == 4  # genesis + 3 rounds
+  # Same config and seed, two runs: every party has a different key, each ledger its own nonce.
+  geneses = [json.loads(open(os.path.join(w, "ledger.jsonl")).readline())
+             for w in (str(tmp_path / "ref"), workdir)]
+  keys = [{r["name"]: r["pk"] for r in [g["server"], *g["registrations"]]} for g in geneses]
+  assert keys[0].keys() == keys[1].keys() and len(keys[0]) == 7
+  assert all(keys[0][n] != keys[1][n] for n in keys[0])
+  assert geneses[0]["nonce"] != geneses[1]["nonce"]
+  assert summary["ledger"]["genesis_hash"] == geneses[1]["block_hash"]  # kept across the resume
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):

@@ -22,6 +22,7 @@ from flax import nnx
 from fedlora_jax import federated, models
 from fedlora_jax.benchmarks.data import RoundShape, client_batches, trained_tokens
 from fedlora_jax.benchmarks.machine import PeakRSS, device_memory
+from fedlora_jax.federated.safeguards import Safeguards
 
 
 @dataclasses.dataclass
@@ -116,14 +117,16 @@ def _first_and_repeats(run_once: Callable[[], Any], repeats: int):
 def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
                 training: federated.LocalTraining | None = None,
                 sharding: federated.ClientSharding | None = None,
-                algorithm: str = "fedavg") -> RoundTiming:
+                algorithm: str = "fedavg", safeguards: Safeguards = Safeguards(),
+                name: str = "engine") -> RoundTiming:
   """All C clients in one jitted round, `repeats` timed rounds after compile and a first call."""
   tr = training or local_training(shape)
   alg = federated.make_algorithm(algorithm)
   c = shape.clients
-  fr = federated.FederatedRound(setup.graphdef, alg, tr, num_clients=c, sharding=sharding)
+  fr = federated.FederatedRound(setup.graphdef, alg, tr, num_clients=c, sharding=sharding,
+                                safeguards=safeguards)
   ids, counts = np.arange(c), np.full(c, 100.0)
-  state = federated.init_state(alg, setup.lora, c, seed=0)
+  state = federated.init_state(alg, setup.lora, c, seed=0, safeguards=safeguards)
   state, base = fr.place(state, setup.base)
   dev_batches = {k: jnp.asarray(v) for k, v in batches.items()}
   with PeakRSS() as mem:
@@ -133,12 +136,12 @@ def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
     carry = {"state": state}
 
     def run_once():
-      carry["state"], metrics = fr(carry["state"], base, dev_batches, ids, counts)
+      carry["state"], _, metrics = fr(carry["state"], base, dev_batches, ids, counts)
       return (carry["state"], metrics), metrics["loss"]
 
     first_s, first_losses, times = _first_and_repeats(run_once, repeats)
   return RoundTiming(
-      name="engine", round_s=times, compile_s=compile_s, first_call_s=first_s,
+      name=name, round_s=times, compile_s=compile_s, first_call_s=first_s,
       tokens=trained_tokens(batches), host_peak_rss_growth_bytes=mem.growth,
       device_memory=device_memory(), memory_analysis=_memory_analysis(compiled),
       losses=first_losses)

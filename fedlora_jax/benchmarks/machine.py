@@ -50,7 +50,7 @@ def _versions() -> dict[str, str | None]:
   import importlib.metadata as md
   out = {}
   for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers", "peft",
-               "py-ecc", "py-arkworks-bls12381"):
+               "py-ecc", "py-arkworks-bls12381", "blspy"):
     try:
       out[name] = md.version(name)
     except md.PackageNotFoundError:

@@ -26,6 +26,19 @@ def markdown(res: dict[str, Any]) -> str:
               + (f"; PyTorch: {res['torch_matmul_peak']['peak_flops'] / 1e9:.0f} GFLOP/s "
                  f"({res['torch_matmul_peak']['num_threads']} threads)"
                  if res.get("torch_matmul_peak") else "") + ".", ""]
+  dp = res.get("dp")
+  if dp:
+    s = dp["shape"]
+    lines += ["## Example-level DP-SGD: a round with vs without", "",
+              f"`{dp['preset']}`, C={s['clients']} x K={s['local_steps']} x B={s['batch']} x "
+              f"S={s['seq']}, r={s['rank']}, the same batches; DP-SGD with z = 1, C = 1 "
+              "(per-example gradients by vmap, clipping, Gaussian noise).", "",
+              "| variant | s/round (median) | tokens/s | compile s |", "|---|---|---|---|"]
+    for name in ("no_dp", "dp_sgd"):
+      d = dp[name]
+      lines.append(f"| {name} | {d['median_s']:.3f} | {d['tokens_per_s']:.0f} | "
+                   f"{d['compile_s']:.1f} |")
+    lines += ["", f"DP-SGD throughput / plain: **{dp['dp_over_no_dp_tokens_per_s']:.2f}**", ""]
   r = res.get("round")
   if r:
     s = r["shape"]
@@ -80,15 +93,17 @@ def markdown(res: dict[str, Any]) -> str:
     if "skipped" in led:
       lines.append(f"Skipped: {led['skipped']}")
     else:
-      lines += ["| backend | clients | sign (all clients) ms | aggregate ms | verify ms |",
-                "|---|---|---|---|---|"]
+      lines += ["| backend | clients | sign (all clients) ms | aggregate ms | verify ms (median) "
+                "| verify ms (every run) | verify CPU ms |", "|---|---|---|---|---|---|---|"]
       for row in led["rows"]:
         if "skipped" in row:
           lines.append(f"| {row['backend']} | {row.get('clients', '')} | skipped: "
-                       f"{row['skipped']} | | |")
+                       f"{row['skipped']} | | | | |")
         else:
+          runs = ", ".join(f"{v * 1e3:.1f}" for v in row.get("verify_s_runs", []))
           lines.append(f"| {row['backend']} | {row['clients']} | {row['sign_s'] * 1e3:.1f} | "
-                       f"{row['aggregate_s'] * 1e3:.2f} | {row['verify_s'] * 1e3:.1f} |")
+                       f"{row['aggregate_s'] * 1e3:.2f} | {row['verify_s'] * 1e3:.1f} | {runs} | "
+                       f"{row.get('verify_cpu_s', float('nan')) * 1e3:.1f} |")
     lines.append("")
   g = res.get("gpu")
   if g:
@@ -106,6 +121,64 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{row['compile_s']:.1f} | "
                      f"{_f(dm.get('peak_bytes_in_use', 0) / 2**30, '{:.1f}')} |")
     lines.append("")
+  if res.get("memory"):
+    lines += memory_lines(res["memory"])
   if res.get("notes"):
     lines += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
   return "\n".join(lines)
+
+
+MEMORY_HEADING = "## Memory: clients x model mesh (compiled, per device)"
+
+
+def memory_lines(mem: dict[str, Any]) -> list[str]:
+  """The memory section: XLA's per-device bytes for each mesh and client count, and fits."""
+  o, gb = mem["options"], 1e9
+  lines = [MEMORY_HEADING, "",
+           f"`{o['preset']}` architecture (bf16 params and activations, remat), abstract shapes "
+           f"only; FedAvg round of C clients x K={o['local_steps']} x B={o['batch']} x "
+           f"S={o['seq']}, LoRA r={o['rank']} on all seven projections, AdamW, logits chunk "
+           f"{o['logits_chunk']}; {o['devices']} forced CPU devices, mesh "
+           f"`clients = {o['devices']} / model` x `model`. `jax.jit(...).lower(...).compile()"
+           f".memory_analysis()` of XLA:CPU. Each point was compiled with {o['layers'][0]} and "
+           f"{o['layers'][1]} decoder layers and extrapolated linearly to all {mem['depth']} "
+           f"(compiling the full depth 16 times was too slow on this shared 2-core machine). "
+           f"Clients per shard = C / (devices / model): the clients one device trains.", "",
+           "These are XLA:CPU's buffers, not a GPU or TPU measurement: XLA:CPU converts bf16 "
+           "matmul operands to float32 (a one-matmul program's temporaries are the f32 copy of "
+           "its bf16 weight), so the temporaries hold f32 copies of the (per-device) weights, "
+           "and its schedule keeps far more of each layer's activations live than remat "
+           "implies (the JAX program does remat every layer: one `remat` per layer in the "
+           "jaxpr). The arguments column (the base split over `model`, plus LoRA state and "
+           "batches) is exact for any backend.", "",
+           "| model | C | clients per shard | arguments GB | temporaries GB | output GB | "
+           "total GB | base GB (whole) | temporaries per layer GB |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in mem["rows"]:
+    lines.append(f"| {r['model']} | {r['clients']} | {r['clients_per_shard']} | "
+                 f"{r['argument_bytes'] / gb:.2f} | {r['temp_bytes'] / gb:.2f} | "
+                 f"{r['output_bytes'] / gb:.3f} | {r['total_bytes'] / gb:.2f} | "
+                 f"{r['base_bytes'] / gb:.2f} | {r['temp_bytes_per_layer'] / gb:.3f} |")
+  caps = list(mem["fits"][0]["max_clients_per_shard"])
+  lines += ["", "Largest clients per shard that fit, from a line through the two client counts "
+            "(total = fixed + per client x clients per shard; total = arguments + temporaries + "
+            "outputs - donated aliases):", "",
+            "| model | fixed GB | per client GB | " + " | ".join(f"fits {c} GB" for c in caps)
+            + " |", "|---|---|---|" + "---|" * len(caps)]
+  for f in mem["fits"]:
+    lines.append(f"| {f['model']} | {f['fixed_bytes'] / gb:.2f} | {f['per_client_bytes'] / gb:.3f}"
+                 f" | " + " | ".join(str(f["max_clients_per_shard"][c]) for c in caps) + " |")
+  return lines + [""]
+
+
+def splice_section(markdown_text: str, heading: str, section: list[str]) -> str:
+  """Replaces the `heading` block (up to the next "## ") of a markdown text, or inserts it before
+  "## Notes" (or at the end), leaving every other section as it is."""
+  lines = markdown_text.rstrip("\n").split("\n")
+  if heading in lines:
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+  else:
+    start = end = lines.index("## Notes") if "## Notes" in lines else len(lines)
+  return "\n".join(lines[:start] + section + lines[end:]) + "\n"

@@ -88,6 +88,30 @@ def round_section(opt: RoundOptions, peak_flops: float | None, log: Log = print)
   return out
 
 
+def dp_section(preset: str, shape: RoundShape, repeats: int, logits_chunk: int,
+               log: Log = print) -> dict[str, Any]:
+  """Tokens/s of one round without and with example-level DP-SGD (z = 1, C = 1), same batches:
+  the cost of per-example gradients, clipping and noise."""
+  from fedlora_jax.federated.safeguards import Safeguards
+  from fedlora_jax.privacy import ExampleDP
+  cfg = models.preset(preset)
+  setup = jax_round.build(cfg, shape.rank)
+  batches = client_batches(shape, cfg.vocab_size)
+  tr = jax_round.local_training(shape, logits_chunk=logits_chunk)
+  dp = Safeguards(example_dp=ExampleDP(1.0, 1.0, float(shape.batch)))
+  out: dict[str, Any] = {"preset": preset, "shape": dataclasses.asdict(shape),
+                         "trained_tokens": trained_tokens(batches)}
+  for name, sg in (("no_dp", Safeguards()), ("dp_sgd", dp)):
+    t = jax_round.time_engine(setup, shape, batches, repeats=repeats, training=tr,
+                              safeguards=sg, name=name)
+    out[name] = t.to_dict()
+    log(f"  {name}: {t.median_s:7.3f} s/round  {t.tokens_per_s:8.0f} tok/s  "
+        f"(compile {t.compile_s:.1f} s)")
+  ratio = out["dp_sgd"]["tokens_per_s"] / out["no_dp"]["tokens_per_s"]
+  out["dp_over_no_dp_tokens_per_s"] = ratio
+  return out
+
+
 def scaling_section(preset: str, points: list[RoundShape], repeats: int, logits_chunk: int,
                     log: Log = print) -> dict[str, Any]:
   cfg = models.preset(preset)
@@ -108,15 +132,17 @@ def scaling_section(preset: str, points: list[RoundShape], repeats: int, logits_
 
 
 def ledger_section(clients: list[int], backends: list[str], py_ecc_max_clients: int,
-                   log: Log = print) -> dict[str, Any]:
+                   repeats: int = 3, log: Log = print) -> dict[str, Any]:
+  """Per backend and client count, `repeats` timed rounds (sign, aggregate, verify); each phase
+  is reported as its median with every run kept (`*_runs`), since the machine is shared."""
   try:
-    from fedlora_jax.ledger import arkworks_available, time_round
+    from fedlora_jax.ledger import backend_available, time_round
   except ImportError as e:  # the ledger package is optional for benchmarks
     return {"skipped": f"fedlora_jax.ledger.time_round unavailable: {e}"}
   rows = []
   for backend in backends:
-    if backend == "arkworks" and not arkworks_available():
-      rows.append({"backend": backend, "skipped": "py-arkworks-bls12381 not installed"})
+    if not backend_available(backend):
+      rows.append({"backend": backend, "skipped": f"{backend} is not installed"})
       continue
     for n in clients:
       if backend == "py_ecc" and n > py_ecc_max_clients:
@@ -124,11 +150,16 @@ def ledger_section(clients: list[int], backends: list[str], py_ecc_max_clients: 
                      "skipped": f"py_ecc limited to {py_ecc_max_clients} clients by flag"})
         continue
       time_round(backend, 2)  # warm-up (imports, caches)
-      t = time.perf_counter()
-      r = time_round(backend, n)
-      rows.append({"backend": backend, "clients": n, **r, "total_s": time.perf_counter() - t})
-      log(f"  ledger {backend:8s} N={n:3d}: sign {r['sign_s'] * 1e3:9.1f} ms, aggregate "
-          f"{r['aggregate_s'] * 1e3:7.2f} ms, verify {r['verify_s'] * 1e3:9.1f} ms")
+      runs = [time_round(backend, n) for _ in range(repeats)]
+      row: dict[str, Any] = {"backend": backend, "clients": n}
+      for phase in runs[0]:
+        row[phase + "_runs"] = [r[phase] for r in runs]
+        row[phase] = float(np.median(row[phase + "_runs"]))
+      rows.append(row)
+      log(f"  ledger {backend:8s} N={n:3d}: sign {row['sign_s'] * 1e3:9.1f} ms, aggregate "
+          f"{row['aggregate_s'] * 1e3:7.2f} ms, verify {row['verify_s'] * 1e3:9.1f} ms (runs: "
+          + ", ".join(f"{v * 1e3:.1f}" for v in row["verify_s_runs"]) + f"; CPU "
+          f"{row['verify_cpu_s'] * 1e3:.1f} ms)")
   return {"rows": rows}
 
 

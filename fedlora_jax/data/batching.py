@@ -60,3 +60,41 @@ def pooled(client_data: Sequence[TokenizedMCQ],
   """All clients' examples in one set (the centralized baseline is one client holding this)."""
   ids = range(len(client_data)) if client_ids is None else client_ids
   return TokenizedMCQ.concatenate([client_data[c] for c in ids])
+
+
+def poisson_round_batches(client_data: Sequence[TokenizedMCQ], *, local_steps: int,
+                          expected_batch_size: int, max_batch_size: int, seed: int,
+                          round_idx: int, client_ids: Sequence[int] | None = None
+                          ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Like `round_batches`, drawn as DP-SGD's accountant assumes (truncated Poisson sampling).
+
+  Every step of client c includes each of its n_c records independently with probability
+  q_c = expected_batch_size / n_c; a draw larger than max_batch_size keeps a uniformly random
+  subset of that size (accounted for by `TruncatedSubsampledGaussianDpEvent`). Rows are padded to
+  max_batch_size with an all-zero loss_mask, so padding has zero loss and zero gradient.
+  Returns arrays [C, K, max_batch_size, S] and num_samples [C] as `round_batches` does.
+  """
+  ids = list(range(len(client_data))) if client_ids is None else [int(c) for c in client_ids]
+  seq_lens = {client_data[c].seq_len for c in ids}
+  if len(seq_lens) != 1:
+    raise ValueError(f"clients have different sequence lengths {sorted(seq_lens)}")
+  batch = {k: [] for k in BATCH_KEYS}
+  for c in ids:
+    data = client_data[c]
+    n = len(data)
+    if n < expected_batch_size:
+      raise ValueError(f"client {c} has {n} examples, fewer than the expected batch size "
+                       f"{expected_batch_size}")
+    rng = np.random.default_rng([seed, _STREAM, round_idx, c, 1])
+    idx_kb = np.zeros((local_steps, max_batch_size), np.int64)
+    real_kb = np.zeros((local_steps, max_batch_size), bool)
+    for k in range(local_steps):
+      drawn = np.flatnonzero(rng.random(n) < expected_batch_size / n)
+      if len(drawn) > max_batch_size:
+        drawn = rng.choice(drawn, max_batch_size, replace=False)
+      idx_kb[k, :len(drawn)], real_kb[k, :len(drawn)] = drawn, True
+    for k in BATCH_KEYS:
+      rows = getattr(data, k)[idx_kb]                         # [K, B_max, S]
+      batch[k].append(rows * real_kb[..., None] if k == "loss_mask" else rows)
+  stacked = {k: np.stack(v) for k, v in batch.items()}
+  return stacked, np.asarray([len(client_data[c]) for c in ids], np.int32)

@@ -1,8 +1,8 @@
-"""Multi-host runs: start `jax.distributed` and build the global `clients` mesh.
+"""Multi-host runs: start `jax.distributed` and build the global `clients x model` mesh.
 
 Every process runs the same program. After `initialize`, `jax.devices()` lists the devices of all
 processes and `global_mesh()` spans them; `FederatedRound(..., sharding=ClientSharding(mesh))` then
-shards the client axis over every host's devices. Each process builds the same host-side inputs
+shards the client axis over every host's devices (and the base over each host's `model` rows). Each process builds the same host-side inputs
 (same seed: batches, client ids, counts) and `ClientSharding.put` copies only the shards its own
 devices hold, so no process ever needs the other processes' data on device.
 
@@ -16,12 +16,17 @@ On CPU, collectives across processes need `jax.config.update("jax_cpu_collective
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import jax
 from jax.sharding import Mesh
 
-from fedlora_jax.federated.sharding import make_mesh
+from fedlora_jax.federated.sharding import make_mesh, mesh_shape
+
+
+class LaunchError(RuntimeError):
+  """This process could not join the distributed job."""
 
 
 def initialize(coordinator_address: str, num_processes: int, process_id: int,
@@ -49,40 +54,73 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int,
       or not 0 <= process_id < num_processes):
     raise ValueError(f"process_id must be an int in [0, {num_processes}), got {process_id!r}")
   if jax.distributed.is_initialized():
-    raise RuntimeError("jax.distributed is already initialized in this process")
+    raise LaunchError("jax.distributed is already initialized in this process")
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
                                local_device_ids=local_device_ids,
                                initialization_timeout=initialization_timeout)
   except Exception as e:  # JaxRuntimeError / RuntimeError from the coordination service
-    raise RuntimeError(
+    raise LaunchError(
         f"jax.distributed.initialize failed for process {process_id} of {num_processes} with "
         f"coordinator {coordinator_address!r} (it must be called before any JAX computation, "
         f"and every process must reach the coordinator within {initialization_timeout} s): "
         f"{type(e).__name__}: {e}") from e
 
 
-def global_mesh(num_devices: int | None = None) -> Mesh:
-  """The 1-D `clients` mesh over the devices of all processes (all of them by default).
+def cluster_detected() -> str | None:
+  """The cluster environment that `jax.distributed.initialize()` can configure itself from
+  (a multi-worker TPU slice, a SLURM job step or an Open MPI launch of several tasks), or None."""
+  env = os.environ
+  if (len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+      or env.get("MEGASCALE_COORDINATOR_ADDRESS")):
+    return "tpu"
+  if int(env.get("SLURM_NTASKS", env.get("SLURM_STEP_NUM_TASKS", "1")) or 1) > 1 and (
+      "SLURM_PROCID" in env):
+    return "slurm"
+  if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+    return "openmpi"
+  return None
 
-  Raises ValueError when `num_devices` does not use whole processes: every process must own the
-  same number of mesh devices, or some would hold no clients while the others wait on them.
+
+def launch(coordinator_address: str | None = None, num_processes: int | None = None,
+           process_id: int | None = None) -> str:
+  """Joins a multi-process job if this is one; call first thing, before any JAX computation.
+
+  With all three arguments: an explicit job (any machines, or several processes on localhost).
+  With none: auto-detection on TPU pods, SLURM and Open MPI; otherwise one process. On CPU the
+  cross-process collectives use gloo. Returns "single", "explicit" or the detected cluster.
   """
-  total, local = jax.device_count(), jax.local_device_count()
-  n = total if num_devices is None else num_devices
-  if not 0 < n <= total:
-    raise ValueError(f"num_devices={n}, but the job has {total} devices")
-  mesh = make_mesh(n)
-  per_process: dict[int, int] = {}
-  for d in mesh.devices.flat:
-    per_process[d.process_index] = per_process.get(d.process_index, 0) + 1
-  if len(set(per_process.values())) != 1 or (
-      jax.process_count() > 1 and len(per_process) != jax.process_count()):
-    raise ValueError(f"a mesh of {n} devices spreads unevenly over the {jax.process_count()} "
-                     f"processes ({local} local devices each): devices per process "
-                     f"{per_process}; use a multiple of {local}")
-  return mesh
+  given = [a is not None for a in (coordinator_address, num_processes, process_id)]
+  if any(given) and not all(given):
+    raise ValueError("--coordinator_address, --num_processes and --process_id go together: give "
+                     "all three or none")
+  kind = "explicit" if all(given) else cluster_detected()
+  if kind is None:
+    return "single"
+  # Only the CPU backend reads this (CPU collectives across processes); GPUs and TPUs ignore it.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if kind == "explicit":
+    initialize(coordinator_address, int(num_processes), int(process_id))
+  else:
+    try:
+      jax.distributed.initialize()
+    except Exception as e:  # pylint: disable=broad-except
+      raise LaunchError(f"jax.distributed auto-initialisation on {kind} failed: "
+                         f"{type(e).__name__}: {e}") from e
+  return kind
+
+
+def global_mesh(clients: int = 0, model: int = 0) -> Mesh:
+  """The `clients x model` mesh over the devices of all processes (`config.mesh` sizes; 0 =
+  infer: model 1, clients every device left). `model` stays inside a process, `clients` spans
+  processes.
+
+  Raises ValueError naming the mesh and the counts when the shape cannot be placed (see
+  `sharding.make_mesh`): e.g. every process must own the same number of mesh devices, or some
+  would hold no clients while the others wait on them.
+  """
+  return make_mesh(*mesh_shape(clients, model, jax.device_count()))
 
 
 def shutdown() -> None:

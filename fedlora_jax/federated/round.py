@@ -8,10 +8,16 @@ State (a plain dict, checkpointed as is):
   client_states  tree, leaves [N, ...]  persistent per-client state of all N clients ({} if none)
 
 Clients run together: `jax.vmap` over the client axis of the LoRA params, optimizer states and
-batches, with the base params shared (`in_axes=None`), so the base exists once per device; each
-client's K steps are a `lax.scan`. With a mesh, the client axis is sharded over devices and the
-weighted mean over clients becomes an all-reduce inside the same program. Clients whose update is
-not finite are quarantined: weight 0, state kept, reported in `metrics["valid"]`.
+batches, with the base params shared (`in_axes=None`), so the base exists once per device (split
+over the mesh's `model` axis); each client's K steps are a `lax.scan`. With a mesh, the client axis
+is sharded over the `clients` axis and the weighted mean over clients becomes an all-reduce inside
+the same program; `client_group_size` runs each shard's clients in groups, one after another.
+Clients whose update is not finite are quarantined: weight 0, state kept, reported in `metrics["valid"]`.
+
+Padding: a round's client axis holds "slots". A slot whose client id is `PAD` (-1) is a dummy
+client: it trains on whatever batch it is given (zeros), is never valid, has weight 0 and writes
+no client state, so any number of clients runs on any number of devices
+(`ClientSharding.num_slots`).
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ import optax
 
 from fedlora_jax.federated.aggregation import all_finite_per_client, client_weights
 from fedlora_jax.federated.algorithms.base import Algorithm, ServerInputs, part_mask
-from fedlora_jax.federated.sharding import ClientSharding
-from fedlora_jax.models.functional import lm_loss
+from fedlora_jax.federated.sharding import ClientSharding, in_client_groups
+from fedlora_jax.models.functional import base_logical_axes, lm_loss
+from fedlora_jax.federated.safeguards import Safeguards
 
 PyTree = Any
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
+PAD = -1  # the client id of a padding slot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +68,8 @@ class LocalTraining:
     return opt
 
 
-def init_state(algorithm: Algorithm, global_lora: PyTree, num_clients: int, seed: int) -> dict:
+def init_state(algorithm: Algorithm, global_lora: PyTree, num_clients: int, seed: int,
+               safeguards: Safeguards = Safeguards()) -> dict:
   """The round-0 federated state (see module docstring); copies `global_lora`, since rounds
   donate (consume) the state they are given."""
   global_lora = jax.tree.map(jnp.array, global_lora)
@@ -69,7 +78,7 @@ def init_state(algorithm: Algorithm, global_lora: PyTree, num_clients: int, seed
       "round": jnp.zeros((), jnp.int32),
       "rng": jax.random.PRNGKey(seed),
       "global_lora": global_lora,
-      "server_state": algorithm.init_server_state(global_lora),
+      "server_state": safeguards.init_server_state(algorithm.init_server_state(global_lora)),
       "client_states": jax.tree.map(lambda x: jnp.broadcast_to(x, (num_clients,) + x.shape), one),
   }
 
@@ -82,16 +91,27 @@ class FederatedRound:
     algorithm: FedAvg or a variant.
     training: local training settings (K = training.local_steps).
     num_clients: N, all clients of the federation.
-    sharding: shard the client axis over this mesh (None: default device placement).
+    sharding: shard the client axis over the mesh's `clients` axis and the base over its `model`
+      axis (None: default device placement).
+    client_group_size: train at most this many clients per `clients` shard at once, the groups
+      one after another (bounds activation memory); 0: all of a shard's clients at once.
+    safeguards: privacy / robustness / attack plug-ins (default: none).
   """
 
   def __init__(self, graphdef, algorithm: Algorithm, training: LocalTraining, num_clients: int,
-               sharding: ClientSharding | None = None):
+               sharding: ClientSharding | None = None, client_group_size: int = 0,
+               safeguards: Safeguards = Safeguards()):
+    if client_group_size < 0:
+      raise ValueError(f"client_group_size must be >= 0, got {client_group_size}")
     self.graphdef = graphdef
     self.algorithm = algorithm
     self.training = training
     self.num_clients = num_clients
     self.sharding = sharding
+    self.client_group_size = client_group_size
+    self.base_sharding = (None if sharding is None
+                          else sharding.base(base_logical_axes(graphdef)))
+    self.safeguards = safeguards
     self._optimizer = training.make_optimizer()
     self._jitted: dict[int, Any] = {}
 
@@ -105,13 +125,14 @@ class FederatedRound:
     def step(carry, xs):
       lora, opt_state = carry
       batch, i = xs
+      step_key = jax.random.fold_in(key, i)
 
-      def objective(l):
-        loss, _ = lm_loss(self.graphdef, base, l, batch, max_target_tokens=tr.max_target_tokens,
-                          logits_chunk=tr.logits_chunk, dropout_rng=jax.random.fold_in(key, i))
+      def objective(l, b):
+        loss, _ = lm_loss(self.graphdef, base, l, b, max_target_tokens=tr.max_target_tokens,
+                          logits_chunk=tr.logits_chunk, dropout_rng=step_key)
         return loss + alg.penalty(l, start), loss
 
-      grads, loss = jax.grad(objective, has_aux=True)(lora)
+      grads, loss = self.safeguards.local_grads(objective, lora, batch, step_key, trainable)
       grads = alg.correct_grads(grads, client_state, server_state)
       updates, opt_state = self._optimizer.update(grads, opt_state, lora)
       updates = jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, trainable)
@@ -126,20 +147,23 @@ class FederatedRound:
   # --- the round -------------------------------------------------------------------------------
   def _train(self, state, base, batches, client_ids):
     """All sampled clients' local training: (local_c, new client states, losses [C, K])."""
-    old_cs = jax.tree.map(lambda x: x[client_ids], state["client_states"])
+    old_cs = self._gather_clients(state["client_states"], client_ids)
     round_key = jax.random.fold_in(state["rng"], state["round"])
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(client_ids)
-    return jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0))(
-        base, state["global_lora"], state["server_state"], old_cs, batches, keys)
+    train_c = jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0))
+    run = lambda xs: train_c(base, state["global_lora"], state["server_state"], *xs)
+    shards = 1 if self.sharding is None else self.sharding.num_shards
+    trained = in_client_groups(run, (old_cs, batches, keys), shards, self.client_group_size)
+    return self.safeguards.attack_updates(trained, state, client_ids, self.num_clients)
 
   def _aggregate(self, state, base, trained, client_ids, num_samples, accept_c):
     """Server step over the clients that trained finitely and were accepted (`accept_c`)."""
     alg = self.algorithm
     local_c, new_cs, losses_ck = trained
     g, ss = state["global_lora"], state["server_state"]
-    old_cs = jax.tree.map(lambda x: x[client_ids], state["client_states"])
+    old_cs = self._gather_clients(state["client_states"], client_ids)
     finite = all_finite_per_client(local_c) & jnp.all(jnp.isfinite(losses_ck), axis=1)
-    valid = finite & accept_c
+    valid = finite & accept_c & (client_ids != PAD)
     weights = client_weights(num_samples, valid, uniform=self.training.uniform_weights)
 
     def keep_valid(new, old):  # excluded clients contribute their old value, never NaN * 0
@@ -148,10 +172,10 @@ class FederatedRound:
 
     local_c = jax.tree.map(lambda l, gl: keep_valid(l, jnp.broadcast_to(gl, l.shape)), local_c, g)
     new_cs = jax.tree.map(keep_valid, new_cs, old_cs)
-    new_g, new_ss, new_base = alg.server_update(ServerInputs(
+    new_g, new_ss, new_base = self.safeguards.server_update(alg, ServerInputs(
         global_lora=g, server_state=ss, local_c=local_c, weights_c=weights, valid_c=valid,
         old_client_state_c=old_cs, new_client_state_c=new_cs, base=base,
-        num_clients=self.num_clients))
+        num_clients=self.num_clients), state)
     any_valid = jnp.any(valid)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(any_valid, a, b), new, old)
     new_state = {
@@ -159,59 +183,73 @@ class FederatedRound:
         "rng": state["rng"],
         "global_lora": keep(new_g, g),
         "server_state": keep(new_ss, ss),
-        "client_states": jax.tree.map(lambda a, u: a.at[client_ids].set(u),
-                                      state["client_states"], new_cs),
+        "client_states": jax.tree.map(
+            lambda a, u: a.at[self._scatter_index(client_ids)].set(u, mode="drop"),
+            state["client_states"], new_cs),
     }
     metrics = {"loss": losses_ck, "valid": valid, "finite": finite, "weights": weights}
-    if alg.updates_base:
-      return new_state, keep(new_base, base), metrics
-    return new_state, metrics
+    return new_state, keep(new_base, base) if alg.updates_base else base, metrics
+
+  def _scatter_index(self, client_ids):
+    """Padding slots point past the end (N), so a `mode="drop"` scatter skips them."""
+    return jnp.where(client_ids == PAD, self.num_clients, client_ids)
+
+  def _gather_clients(self, tree_n, client_ids):
+    """Rows `client_ids` of every [N, ...] leaf (a padding slot reads row 0, never used)."""
+    safe = jnp.where(client_ids == PAD, 0, client_ids)
+    return jax.tree.map(lambda x: jnp.take(x, safe, axis=0), tree_n)
 
   def _round(self, state, base, batches, client_ids, num_samples):
     trained = self._train(state, base, batches, client_ids)
     accept = jnp.ones(client_ids.shape, bool)
     return self._aggregate(state, base, trained, client_ids, num_samples, accept)
 
-  def _compiled(self, kind: str, num_round_clients: int):
-    """Jitted `kind` in {"round", "train", "aggregate"} for C clients, with shardings if any."""
-    key = (kind, num_round_clients)
+  def _compiled(self, kind: str, num_slots: int):
+    """Jitted `kind` in {"round", "train", "aggregate"} for `num_slots` clients, with shardings."""
+    key = (kind, num_slots)
     if key in self._jitted:
       return self._jitted[key]
-    updates_base = self.algorithm.updates_base
     kw: dict[str, Any] = {}
     if self.sharding is not None:
       sh = self.sharding
-      sh.check_clients(num_round_clients)
-      rep, by_c = sh.replicated, sh.by_client
+      sh.check_clients(num_slots)
+      rep, by_c, base_sh = sh.replicated, sh.by_client, self.base_sharding
       state_sh = self.state_shardings()
       metrics_sh = {"loss": by_c, "valid": by_c, "finite": by_c, "weights": by_c}
-      out_sh = (state_sh, rep, metrics_sh) if updates_base else (state_sh, metrics_sh)
+      out_sh = (state_sh, base_sh, metrics_sh)
       kw = {
-          "round": dict(in_shardings=(state_sh, rep, by_c, rep, rep), out_shardings=out_sh),
-          "train": dict(in_shardings=(state_sh, rep, by_c, rep), out_shardings=by_c),
-          "aggregate": dict(in_shardings=(state_sh, rep, by_c, rep, rep, rep),
+          "round": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep), out_shardings=out_sh),
+          "train": dict(in_shardings=(state_sh, base_sh, by_c, rep), out_shardings=by_c),
+          "aggregate": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep, rep),
                             out_shardings=out_sh),
       }[kind]
     fn = {"round": self._round, "train": self._train, "aggregate": self._aggregate}[kind]
-    donate = () if kind == "train" else ((0, 1) if updates_base else (0,))
+    donate = () if kind == "train" else ((0, 1) if self.algorithm.updates_base else (0,))
     jitted = jax.jit(fn, donate_argnums=donate, **kw)
     self._jitted[key] = jitted
     return jitted
 
   def state_shardings(self):
-    """Sharding tree prefix for the state dict (client states split by client when they divide)."""
+    """Sharding tree prefix for the state dict (client states split by client when they divide;
+    LoRA trees replicated over `model`)."""
     sh = self.sharding
     assert sh is not None
     return {"round": sh.replicated, "rng": sh.replicated, "global_lora": sh.replicated,
             "server_state": sh.replicated, "client_states": sh.leading(self.num_clients)}
 
   def place(self, state: dict, base: PyTree) -> tuple[dict, PyTree]:
-    """Puts state and base on the mesh (a no-op without sharding)."""
+    """Puts state and base on the mesh, the base split by `base_sharding` (a no-op without
+    sharding)."""
     if self.sharding is None:
       return state, base
     sh = self.sharding
     shardings = self.state_shardings()
-    return {k: sh.put(v, shardings[k]) for k, v in state.items()}, sh.put(base, sh.replicated)
+    return ({k: sh.put(v, shardings[k]) for k, v in state.items()},
+            sh.put(base, self.base_sharding))
+
+  def num_slots(self, num_clients: int) -> int:
+    """Slots a round of `num_clients` clients takes: a multiple of the mesh's client rows."""
+    return num_clients if self.sharding is None else self.sharding.num_slots(num_clients)
 
   def _check(self, batches, client_ids, num_samples=None):
     client_ids = np.asarray(client_ids, np.int32)
@@ -219,11 +257,12 @@ class FederatedRound:
     if missing:
       raise ValueError(f"batches lack {missing}")
     c = len(client_ids)
-    if c == 0:
+    real = client_ids[client_ids != PAD]
+    if len(real) == 0:
       raise ValueError("a round needs at least one participating client")
-    if (len(set(client_ids.tolist())) != c or client_ids.min() < 0
-        or client_ids.max() >= self.num_clients):
-      raise ValueError(f"client ids must be distinct and in [0, {self.num_clients}): {client_ids}")
+    if len(set(real.tolist())) != len(real) or real.min() < 0 or real.max() >= self.num_clients:
+      raise ValueError(f"client ids must be distinct and in [0, {self.num_clients}) (or {PAD} "
+                       f"for a padding slot): {client_ids}")
     shapes = {k: tuple(np.shape(batches[k])) for k in BATCH_KEYS}
     for k, s in shapes.items():
       if len(s) != 4 or s[0] != c or s[1] != self.training.local_steps or s != shapes["input_ids"]:
@@ -242,29 +281,39 @@ class FederatedRound:
     """Runs one round (training and aggregation in one compiled program).
 
     Args:
-      batches: `input_ids`, `attention_mask`, `loss_mask`, each [C, K, B, S].
+      batches: `input_ids`, `attention_mask`, `loss_mask`, each [C, K, B, S] host arrays.
       client_ids: [C] ids of this round's clients (distinct, in [0, N)).
       num_samples: [C] each client's training-set size (FedAvg weights).
     Returns:
-      (state, metrics) -- or (state, base, metrics) when the algorithm updates the base --
-      with metrics `loss` [C, K], `valid` [C], `finite` [C], `weights` [C]. The input state (and
-      base, for FedEx-LoRA) is donated.
+      (state, base, metrics) with metrics `loss` [C, K], `valid` [C], `finite` [C], `weights`
+      [C]. The base is the input base unless the algorithm changes it (FedEx-LoRA). The input
+      state (and base, for FedEx-LoRA) is donated. C clients that do not fill the mesh's client
+      rows are padded with dummy clients here; the metrics cover the C real ones.
     """
+    c = len(client_ids)
+    batches, client_ids, num_samples = pad_round(batches, client_ids, num_samples,
+                                                 self.num_slots(c))
     batches, client_ids = self._check(batches, client_ids, num_samples)
-    return self._compiled("round", len(client_ids))(
+    state, base, metrics = self._compiled("round", len(client_ids))(
         state, base, batches, client_ids, np.asarray(num_samples, np.float32))
+    if len(client_ids) != c:
+      metrics = jax.tree.map(lambda m: m[:c], metrics)
+    return state, base, metrics
 
   def train(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids):
     """Phase 1 of an attested round: local training only -> (local_c, client_states_c, loss_ck).
 
-    The host can then digest each client's `local_c` update and verify its attestation before
-    `aggregate` excludes the rejected ones.
+    Inputs are slot-level: `client_ids` [S] with `PAD` for dummy slots and S a multiple of the
+    mesh's client rows (`num_slots`); `batches` [S, K, B, S] host or global arrays. The host can
+    then digest each client's `local_c` update and verify its attestation before `aggregate`
+    excludes the rejected ones.
     """
     batches, client_ids = self._check(batches, client_ids)
     return self._compiled("train", len(client_ids))(state, base, batches, client_ids)
 
   def aggregate(self, state: dict, base: PyTree, trained, client_ids, num_samples, accept):
-    """Phase 2: the server step over accepted ([C] bool) clients; returns like `__call__`."""
+    """Phase 2: the server step over accepted ([S] bool) slots; returns like `__call__` (with
+    [S] slot-level metrics)."""
     client_ids = np.asarray(client_ids, np.int32)
     accept = np.asarray(accept, bool)
     if accept.shape != client_ids.shape or np.shape(num_samples) != client_ids.shape:
@@ -279,3 +328,15 @@ class FederatedRound:
     return self._compiled("round", len(client_ids)).lower(
         state, base, batches, np.asarray(client_ids, np.int32),
         np.asarray(num_samples, np.float32))
+
+
+def pad_round(batches: dict[str, Any], client_ids, num_samples, num_slots: int):
+  """Appends dummy clients (id `PAD`, zero batches, zero samples) up to `num_slots`."""
+  client_ids = np.asarray(client_ids, np.int32)
+  extra = num_slots - len(client_ids)
+  if extra <= 0:
+    return batches, client_ids, num_samples
+  pad = lambda x: np.concatenate([np.asarray(x), np.zeros((extra,) + np.shape(x)[1:],
+                                                          np.asarray(x).dtype)])
+  return ({k: pad(v) for k, v in batches.items()},
+          np.concatenate([client_ids, np.full(extra, PAD, np.int32)]), pad(num_samples))

@@ -1,4 +1,4 @@
-"""Signed statements: client attestations, registrations, and their canonical messages.
+"""Signed statements: client attestations, server receipts, registrations, canonical messages.
 
 Every signed message starts with a distinct domain tag, then fixed-layout fields (u64 big-endian
 integers, u64 length-prefixed strings, raw 32-byte hashes), so no two statements of different
@@ -8,16 +8,21 @@ kinds or contents share a byte encoding.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import operator
 import struct
 from typing import Any, Mapping
 
+from fedlora_jax.ledger.block import canonical_json
 from fedlora_jax.ledger.bls import Backend, resolve_backend
+from fedlora_jax.ledger.errors import LedgerError
 from fedlora_jax.ledger.identity import Identity, identity_id
 
 ATTESTATION_TAG = b"fedlora-jax/ledger/attestation/v1\x00"
 SERVER_TAG = b"fedlora-jax/ledger/server-block/v1\x00"
+RECEIPT_TAG = b"fedlora-jax/ledger/receipt/v1\x00"
 HASH_LEN = 32
+ACCEPTED = "accepted"  # a receipt's verdict; otherwise the rejection reason
 
 
 def _u64(n: int) -> bytes:
@@ -58,13 +63,45 @@ def server_message(ledger_id: str, index: int, body_hash: bytes) -> bytes:
   return SERVER_TAG + _lp(ledger_id) + _u64(index) + body_hash
 
 
+def receipt_message(ledger_id: str, round: int, client_id: str, attestation_hash: str,
+                    verdict: str) -> bytes:
+  """The bytes the server signs when it answers a submission (client_id as claimed)."""
+  return b"".join([RECEIPT_TAG, _lp(ledger_id), _u64(round), _lp(client_id),
+                   _hash32(attestation_hash, "attestation_hash"), _lp(verdict)])
+
+
+def attestation_hash(message: bytes) -> str:
+  """Hex SHA-256 of an attestation's signed bytes: how blocks and receipts name a submission."""
+  return hashlib.sha256(message).hexdigest()
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], hex_fields: tuple[str, ...] = ()) -> Any:
+  """Builds a dataclass from its `to_dict` form, refusing missing or unknown fields."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  if not isinstance(data, Mapping) or set(data) != names:
+    got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+    raise LedgerError(f"malformed {cls.__name__}: expected fields {sorted(names)}, got {got}")
+  try:
+    return cls(**{**data, **{k: bytes.fromhex(data[k]) for k in hex_fields}})
+  except (TypeError, ValueError) as e:
+    raise LedgerError(f"malformed {cls.__name__}: {e}") from e
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundContext:
-  """What a client must bind its attestation to: the ledger, the round, the current head."""
+  """What a client must bind its attestation to: the ledger (its id carries the genesis nonce),
+  the round, the current head."""
 
   ledger_id: str
   round: int
   prev_hash: str
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]) -> RoundContext:
+    return _from_dict(cls, data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +136,58 @@ class Attestation:
         self.num_samples,
     )
 
+  def hash(self) -> str:
+    """`attestation_hash` of the signed bytes; of the canonical JSON when malformed."""
+    try:
+      return attestation_hash(self.message())
+    except ValueError:
+      return attestation_hash(canonical_json(self.to_dict()).encode("ascii"))
+
   def to_dict(self) -> dict[str, Any]:
     return {**dataclasses.asdict(self), "signature": self.signature.hex()}
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]) -> Attestation:
-    return cls(**{**data, "signature": bytes.fromhex(data["signature"])})
+    return _from_dict(cls, data, ("signature",))
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+  """The server's signed answer to one submission: round, claimed client id, attestation hash
+  and verdict (`ACCEPTED` or the rejection reason). A hospital keeps it as evidence."""
+
+  ledger_id: str
+  round: int
+  client_id: str
+  attestation_hash: str
+  verdict: str
+  signature: bytes
+
+  @classmethod
+  def create(cls, server: Identity, ledger_id: str, round: int, att: Attestation, verdict: str,
+             backend: Backend | str | None = None) -> Receipt:
+    fields = dict(ledger_id=ledger_id, round=round, client_id=str(att.client_id)[:128],
+                  attestation_hash=att.hash(), verdict=verdict)
+    return cls(**fields, signature=server.sign(receipt_message(**fields), backend))
+
+  def message(self) -> bytes:
+    return receipt_message(self.ledger_id, self.round, self.client_id, self.attestation_hash,
+                           self.verdict)
+
+  def verify(self, server_pk: bytes, backend: Backend | str | None = None) -> bool:
+    """Whether the server key `server_pk` signed this receipt (False when malformed)."""
+    try:
+      message = self.message()
+    except ValueError:
+      return False
+    return resolve_backend(backend).verify(server_pk, message, self.signature)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self), "signature": self.signature.hex()}
+
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]) -> Receipt:
+    return _from_dict(cls, data, ("signature",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,3 +212,17 @@ class Registration:
 
   def to_dict(self) -> dict[str, str]:
     return {"name": self.name, "id": self.id, "pk": self.pk.hex(), "pop": self.pop.hex()}
+
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]) -> Registration:
+    """From `to_dict` output (the `id` field, when present, must be sha256 of the key)."""
+    if not isinstance(data, Mapping) or not {"name", "pk", "pop"} <= set(data) <= {
+        "name", "id", "pk", "pop"}:
+      raise LedgerError("malformed registration: expected fields name, pk, pop (and id)")
+    try:
+      reg = cls(data["name"], bytes.fromhex(data["pk"]), bytes.fromhex(data["pop"]))
+    except (TypeError, ValueError) as e:
+      raise LedgerError(f"malformed registration {data.get('name')!r}: {e}") from e
+    if data.get("id", reg.id) != reg.id:
+      raise LedgerError(f"registration {reg.name!r}: id is not sha256(pk)")
+    return reg

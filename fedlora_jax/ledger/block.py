@@ -12,11 +12,32 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 GENESIS_PREV_HASH = "00" * 32
-FORMAT_VERSION = 1
-REJECT_REASONS = ("unregistered", "bad_signature", "replay", "digest_mismatch", "duplicate_client")
+FORMAT_VERSION = 2
+REJECT_REASONS = ("unregistered", "bad_signature", "replay", "digest_mismatch", "duplicate_client",
+                  "over_cap")
+WEIGHTINGS = ("num_samples", "uniform")  # how a round's aggregation weights follow from the counts
+NONCE_LEN = 32
+
+
+def ledger_id_of(label: str, nonce: str) -> str:
+  """A ledger's id: the operator's label and the genesis nonce (hex), so no two ledgers share it."""
+  return f"{label}:{nonce}"
+
+
+def weights_of(num_samples: Sequence[int], weighting: str) -> list[float]:
+  """Normalised aggregation weights of the accepted participants, from their signed counts.
+
+  'num_samples': n_i / sum(n) (all 0.0 when the sum is 0); 'uniform': 1 / k each.
+  """
+  if weighting not in WEIGHTINGS:
+    raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+  if weighting == "uniform":
+    return [1.0 / len(num_samples) for _ in num_samples]
+  total = sum(num_samples)
+  return [n / total if total else 0.0 for n in num_samples]
 
 
 def canonical_json(obj: Any) -> str:

@@ -1,15 +1,16 @@
 """BLS signatures, ciphersuite BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_.
 
 Public keys are 48-byte compressed G1 points, signatures and proofs of possession 96-byte compressed
-G2 points, secret keys 32-byte big-endian integers in [1, r). Two backends implement the same
-`Backend` protocol and produce byte-identical outputs: `py_ecc` (pure Python, the reference, slow)
-and `arkworks` (compiled, via `py-arkworks-bls12381`; optional). All curve arithmetic comes from
-those libraries.
+G2 points, secret keys 32-byte big-endian integers in [1, r). Three backends implement the same
+`Backend` protocol and produce byte-identical outputs: `py_ecc` (pure Python, the reference, slow),
+`arkworks` (compiled, via `py-arkworks-bls12381`; optional) and `blspy` (blst via Chia's bindings,
+the fastest; optional). All curve arithmetic comes from those libraries.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Protocol, Sequence, runtime_checkable
 
 from py_ecc.bls import G2ProofOfPossession
@@ -18,7 +19,9 @@ SIG_DST = G2ProofOfPossession.DST  # b"BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_PO
 POP_DST = G2ProofOfPossession.POP_TAG  # b"BLS_POP_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_"
 CURVE_ORDER = 0x73EDA753299D7D483339D80809A1D80553BDA402FFFE5BFEFFFFFFFF00000001
 SK_LEN, PK_LEN, SIG_LEN = 32, 48, 96
-BACKEND_NAMES = ("auto", "py_ecc", "arkworks")
+BACKEND_NAMES = ("auto", "py_ecc", "arkworks", "blspy")
+# Compiled backends, fastest first (64-client verification, scripts/benchmark.py --sections=ledger).
+_MODULES = {"blspy": "blspy", "arkworks": "py_arkworks_bls12381"}
 
 
 @runtime_checkable
@@ -61,10 +64,14 @@ def key_gen(ikm: bytes, key_info: bytes = b"") -> bytes:
   return G2ProofOfPossession.KeyGen(ikm, key_info).to_bytes(SK_LEN, "big")
 
 
-def arkworks_available() -> bool:
-  """Whether the compiled backend can be imported."""
+def backend_available(name: str) -> bool:
+  """Whether backend `name`'s library can be imported (py_ecc always can)."""
+  if name == "py_ecc":
+    return True
+  if name not in _MODULES:
+    raise ValueError(f"unknown BLS backend {name!r}; expected one of {BACKEND_NAMES}")
   try:
-    import py_arkworks_bls12381  # noqa: F401
+    importlib.import_module(_MODULES[name])
   except ImportError:
     return False
   return True
@@ -72,9 +79,9 @@ def arkworks_available() -> bool:
 
 @functools.cache
 def get_backend(name: str = "auto") -> Backend:
-  """Returns a backend: 'py_ecc', 'arkworks', or 'auto' (arkworks when importable)."""
+  """Returns a backend: 'py_ecc', 'arkworks', 'blspy', or 'auto' (the fastest installed)."""
   if name == "auto":
-    name = "arkworks" if arkworks_available() else "py_ecc"
+    name = next((n for n in _MODULES if backend_available(n)), "py_ecc")
   if name == "py_ecc":
     from fedlora_jax.ledger.bls_py_ecc import PyEccBackend
 
@@ -83,6 +90,10 @@ def get_backend(name: str = "auto") -> Backend:
     from fedlora_jax.ledger.bls_arkworks import ArkworksBackend
 
     return ArkworksBackend()
+  if name == "blspy":
+    from fedlora_jax.ledger.bls_blspy import BlspyBackend
+
+    return BlspyBackend()
   raise ValueError(f"unknown BLS backend {name!r}; expected one of {BACKEND_NAMES}")
 
 

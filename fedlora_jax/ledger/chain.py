@@ -11,9 +11,12 @@ import dataclasses
 import json
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from fedlora_jax.ledger.attestation import Registration, attestation_message, server_message
+from fedlora_jax.ledger.attestation import (
+    Registration, attestation_hash, attestation_message, server_message,
+)
 from fedlora_jax.ledger.block import (
-    FORMAT_VERSION, GENESIS_PREV_HASH, REJECT_REASONS, block_hash, body_hash, canonical_json,
+    FORMAT_VERSION, GENESIS_PREV_HASH, NONCE_LEN, REJECT_REASONS, WEIGHTINGS, block_hash,
+    body_hash, canonical_json, weights_of,
 )
 from fedlora_jax.ledger.bls import Backend
 from fedlora_jax.ledger.errors import BlockError
@@ -21,15 +24,17 @@ from fedlora_jax.ledger.identity import Identity, check_name
 
 _COMMON = {"index", "kind", "prev_hash", "server_signature", "block_hash"}
 KEYS = {
-    "genesis": _COMMON | {"version", "ledger_id", "server", "registrations"},
+    "genesis": _COMMON | {"version", "ledger_id", "nonce", "server", "registrations"},
     "register": _COMMON | {"registrations"},
     "round": _COMMON | {
         "round", "algorithm", "participants", "aggregate_signature", "global_digest", "rejected",
+        "weighting", "residual_digest",
     },
 }
 _REG_KEYS = {"name", "id", "pk", "pop"}
-_PARTICIPANT_KEYS = {"client_id", "name", "update_digest", "num_samples"}
-_REJECTED_KEYS = {"client_id", "reason", "detail"}
+_PARTICIPANT_KEYS = {"client_id", "name", "update_digest", "num_samples", "weight",
+                     "attestation_hash"}
+_REJECTED_KEYS = {"client_id", "reason", "detail", "attestation_hash"}
 
 
 @dataclasses.dataclass
@@ -136,8 +141,10 @@ def _genesis(block: dict[str, Any], backend: Backend, check_sigs: bool) -> Chain
   version = block["version"]
   _check(0, is_u64(version) and version == FORMAT_VERSION, f"unsupported version {version!r}")
   _check(0, block["prev_hash"] == GENESIS_PREV_HASH, "genesis prev_hash is not zero")
-  ledger_id = block["ledger_id"]
-  _check(0, isinstance(ledger_id, str) and bool(ledger_id), "malformed ledger_id")
+  ledger_id, nonce = block["ledger_id"], block["nonce"]
+  _check(0, is_hex(nonce, NONCE_LEN), "malformed genesis nonce")
+  _check(0, isinstance(ledger_id, str) and ledger_id.endswith(":" + nonce)
+         and len(ledger_id) > len(nonce) + 1, "ledger_id does not end with ':' + the nonce")
   taken: set[str] = set()
   names: set[str] = set()
   (server,) = _registrations(0, [block["server"]], taken, names, backend, check_sigs)
@@ -156,6 +163,10 @@ def _round(index: int, block: dict[str, Any], state: ChainState, backend: Backen
   _check(index, isinstance(block["algorithm"], str) and bool(block["algorithm"]),
          "malformed algorithm name")
   _check(index, is_hex(block["global_digest"], 32), "malformed global digest")
+  residual = block["residual_digest"]
+  _check(index, residual is None or is_hex(residual, 32), "malformed residual digest")
+  weighting = block["weighting"]
+  _check(index, weighting in WEIGHTINGS, f"unknown weighting {weighting!r}")
   participants = block["participants"]
   _check(index, isinstance(participants, list), "participants is not a list")
   pks, messages, seen = [], [], set()
@@ -173,10 +184,16 @@ def _round(index: int, block: dict[str, Any], state: ChainState, backend: Backen
     pks.append(client.pk)
     messages.append(attestation_message(state.ledger_id, r, state.head_hash, client.id,
                                         p["update_digest"], p["num_samples"]))
+    _check(index, p["attestation_hash"] == attestation_hash(messages[-1]),
+           f"participant {client.name!r}: attestation hash does not match its fields")
+  weights = weights_of([p["num_samples"] for p in participants], weighting)
+  _check(index, [p["weight"] for p in participants] == weights,
+         f"weights are not the {weighting} weights of the signed sample counts")
   for rej in _as_list(index, block["rejected"], "rejected"):
     ok = isinstance(rej, dict) and set(rej) == _REJECTED_KEYS
     _check(index, ok and all(isinstance(v, str) for v in rej.values()), "malformed rejection")
     _check(index, rej["reason"] in REJECT_REASONS, f"unknown rejection reason {rej['reason']!r}")
+    _check(index, is_hex(rej["attestation_hash"], 32), "malformed rejected attestation hash")
   agg = block["aggregate_signature"]
   if not participants:
     _check(index, agg is None, "aggregate signature without participants")

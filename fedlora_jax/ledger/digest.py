@@ -66,6 +66,28 @@ def tree_digest(tree: Any) -> bytes:
   return h.digest()
 
 
+def base_residual(adapted: Mapping[str, Any], original: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """{name: adapted - original} of flat {HF tensor name: array} dicts, for every tensor that
+  changed (FedEx-LoRA's residuals folded into the base); both dicts must hold the same tensors
+  with the same shapes and dtypes. The difference is taken in that dtype."""
+  if set(adapted) != set(original):
+    raise ValueError(f"tensor names differ: {sorted(set(adapted) ^ set(original))[:4]}")
+  out = {}
+  for name in sorted(adapted):
+    new, old = np.asarray(adapted[name]), np.asarray(original[name])
+    if new.shape != old.shape or new.dtype != old.dtype:
+      raise ValueError(f"tensor {name}: {new.dtype}{list(new.shape)} vs "
+                       f"{old.dtype}{list(old.shape)}")
+    if not np.array_equal(new, old):
+      out[name] = new - old
+  return out
+
+
+def residual_digest(adapted: Mapping[str, Any], original: Mapping[str, Any]) -> bytes:
+  """`tree_digest` of `base_residual`: what a FedEx-LoRA block attests as `residual_digest`."""
+  return tree_digest(base_residual(adapted, original))
+
+
 def adapter_file_digest(path: str | os.PathLike[str]) -> bytes:
   """Digest of a (PEFT) adapter safetensors file: `tree_digest` of its flat {name: array} dict."""
   from safetensors.numpy import load_file

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-class LedgerError(Exception):
+class LedgerError(ValueError):
   """Base class of all ledger failures."""
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import secrets
 import stat
 from pathlib import Path
 
@@ -68,11 +69,12 @@ class Identity:
   def generate(
       cls, name: str, seed: bytes | None = None, backend: Backend | str | None = None
   ) -> Identity:
-    """New key pair; deterministic from `seed` (>= 32 bytes, for simulation) or from os.urandom.
+    """New key pair from the operating system's randomness (`secrets`). A `seed` (>= 32 bytes)
+    makes it deterministic: for tests and benchmarks only, never for a run's parties.
 
     The name is the KeyGen key_info, so one seed gives every client a distinct key.
     """
-    ikm = os.urandom(32) if seed is None else seed
+    ikm = secrets.token_bytes(32) if seed is None else seed
     return cls.from_secret(name, key_gen(ikm, check_name(name).encode()), backend)
 
   def public(self) -> Identity:
@@ -93,7 +95,9 @@ class Identity:
   def save(self, keystore: str | os.PathLike[str]) -> Path:
     """Writes `<keystore>/<name>.key` with mode 0600 (refuses to overwrite)."""
     directory = Path(keystore)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not directory.is_dir():
+      directory.mkdir(mode=0o700, parents=True)
+      directory.chmod(0o700)  # mkdir's mode is masked by the umask
     path = directory / (self.name + _KEY_SUFFIX)
     try:
       fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,5 +1,9 @@
 """The server's ledger: create/open, register clients, verify a round, append its block.
 
+Every submission gets a receipt signed by the server (its verdict); the block of the round records
+the accepted attestations with the weights computed from their signed sample counts, and every
+rejection with the hash of the rejected attestation, so receipts can be checked against it.
+
 Single writer: one `Ledger` object appends to a file at a time. Every write is one line written
 with a single `write`, flushed and fsync'ed; a torn trailing line left by a crash is reported on
 open (`torn_tail`) and cut off before the next append.
@@ -8,15 +12,19 @@ open (`torn_tail`) and cut off before the next append.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import operator
 import os
+import secrets
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
+import numpy as np
+
 from fedlora_jax.ledger import block as blk
 from fedlora_jax.ledger.attestation import (
-    Attestation, Registration, RoundContext, server_message,
+    ACCEPTED, Attestation, Receipt, Registration, RoundContext, server_message,
 )
 from fedlora_jax.ledger.bls import Backend, resolve_backend
 from fedlora_jax.ledger.chain import (
@@ -29,18 +37,47 @@ log = logging.getLogger(__name__)
 
 
 class Rejection(NamedTuple):
-  """A submission excluded from a round: claimed client id, reason (`REJECT_REASONS`), detail."""
+  """A submission excluded from a round: claimed client id, reason (`REJECT_REASONS`), detail,
+  and the hash of the rejected attestation (`Attestation.hash`)."""
 
   client_id: str
   reason: str
   detail: str
+  attestation_hash: str
 
 
-class RoundVerdict(NamedTuple):
-  """Outcome of `Ledger.verify_round`; unpacks as `accepted, rejected = verdict`."""
+@dataclasses.dataclass(frozen=True)
+class RoundVerdict:
+  """Outcome of `Ledger.verify_round`, aligned with its submissions [S].
 
-  accepted: list[Attestation]
-  rejected: list[Rejection]
+  `outcomes[s]` is `ACCEPTED` or the rejection reason; `receipts[s]` the server's signed answer.
+  """
+
+  round: int
+  submissions: tuple[Attestation, ...]
+  outcomes: tuple[str, ...]
+  accepted: tuple[Attestation, ...]
+  rejected: tuple[Rejection, ...]
+  receipts: tuple[Receipt, ...]
+  weighting: str
+
+  @property
+  def accept(self) -> np.ndarray:
+    """[S] bool: which submissions the aggregation may use."""
+    return np.asarray([o == ACCEPTED for o in self.outcomes], bool)
+
+  @property
+  def num_samples(self) -> np.ndarray:
+    """[S] int64: the signed count of each accepted submission, 0 for rejected ones (the
+    `num_samples` the aggregation is given)."""
+    return np.asarray([a.num_samples if o == ACCEPTED else 0
+                       for a, o in zip(self.submissions, self.outcomes)], np.int64)
+
+  @property
+  def weights(self) -> np.ndarray:
+    """[S] float64: normalised aggregation weights (0 for rejected), as the block records."""
+    accepted = iter(blk.weights_of([a.num_samples for a in self.accepted], self.weighting))
+    return np.asarray([next(accepted) if o == ACCEPTED else 0.0 for o in self.outcomes])
 
 
 def _as_registration(client: Identity | Registration, backend: Backend) -> Registration:
@@ -79,23 +116,27 @@ class Ledger:
   # Construction.
 
   @classmethod
-  def create(cls, path: str | os.PathLike[str], ledger_id: str, server_identity: Identity,
+  def create(cls, path: str | os.PathLike[str], label: str, server_identity: Identity,
              clients: Sequence[Identity | Registration] = (),
              backend: Backend | str | None = None) -> Ledger:
     """Writes a new ledger whose genesis block registers the server and `clients`.
 
-    Raises RegistrationError naming the first client whose registration is refused (bad PoP,
-    duplicate key or name) and LedgerError when `path` exists.
+    The ledger id is `label:nonce` with a fresh random 32-byte nonce, so attestations and blocks
+    of one ledger never verify in another, even of the same config. Raises RegistrationError
+    naming the first client whose registration is refused (bad PoP, duplicate key or name) and
+    LedgerError when `path` exists.
     """
     backend = resolve_backend(backend)
-    if not isinstance(ledger_id, str) or not ledger_id:
-      raise LedgerError("ledger_id must be a non-empty string")
+    if not isinstance(label, str) or not label:
+      raise LedgerError("ledger label must be a non-empty string")
+    nonce = secrets.token_hex(blk.NONCE_LEN)
+    ledger_id = blk.ledger_id_of(label, nonce)
     server_reg = _as_registration(server_identity, backend)
     regs = [_as_registration(c, backend) for c in clients]
     _check_registrations(regs, {server_reg.id}, {server_reg.name}, backend)
     block = {
         "index": 0, "kind": "genesis", "version": blk.FORMAT_VERSION, "ledger_id": ledger_id,
-        "prev_hash": blk.GENESIS_PREV_HASH, "server": server_reg.to_dict(),
+        "nonce": nonce, "prev_hash": blk.GENESIS_PREV_HASH, "server": server_reg.to_dict(),
         "registrations": [r.to_dict() for r in regs],
     }
     line = _seal(block, ledger_id, server_identity, backend)
@@ -150,6 +191,11 @@ class Ledger:
     return self._state.head_hash
 
   @property
+  def genesis_hash(self) -> str:
+    """Hex hash of block 0: with the server key, the anchor a hospital pins."""
+    return self._state.blocks[0]["block_hash"]
+
+  @property
   def last_round(self) -> int | None:
     return self._state.last_round
 
@@ -173,57 +219,68 @@ class Ledger:
         "registrations": [r.to_dict() for r in regs],
     })
 
-  def verify_round(self, round: int,
-                   submissions: Sequence[tuple[Attestation, bytes]]) -> RoundVerdict:
+  def verify_round(self, round: int, submissions: Sequence[tuple[Attestation, bytes]], *,
+                   max_samples: int = 0, weighting: str = "num_samples") -> RoundVerdict:
     """Checks each (attestation, digest of the update actually received) for `round`.
 
     Rejections, in the order checked: 'unregistered' (unknown client id), 'replay' (another
     ledger, another round, or a previous block as prev_hash), 'digest_mismatch' (the update is
-    not the one signed), 'bad_signature' (forged, malformed, or signed by another key), and
-    'duplicate_client' (a later valid submission of an already accepted client).
+    not the one signed), 'bad_signature' (forged, malformed, or signed by another key),
+    'over_cap' (a signed count above `max_samples`, when > 0), and 'duplicate_client' (a later
+    valid submission of an already accepted client). Every submission gets a signed receipt.
 
     Signatures: one AggregateVerify over the first submission of every client (fast path).
     Only when it fails is each of them verified on its own to find the culprits; repeated
     submissions of a client are always verified one by one.
     """
     round = self._check_next_round(round)
-    rejected: list[Rejection] = []
-    candidates: list[Attestation] = []
-    for att, actual_digest in submissions:
-      problem = self._precheck(att, round, actual_digest)
-      if problem is None:
-        candidates.append(att)
-      else:
-        rejected.append(Rejection(str(att.client_id)[:128], *problem))
+    server = self._signing_server()
+    blk.weights_of([], weighting)  # validates the name
+    problems: list[tuple[str, str] | None] = []
     firsts: dict[str, Attestation] = {}
-    for att in candidates:
-      firsts.setdefault(att.client_id, att)
+    for att, actual_digest in submissions:
+      problems.append(self._precheck(att, round, actual_digest))
+      if problems[-1] is None:
+        firsts.setdefault(att.client_id, att)
     valid = self._verify_signatures(list(firsts.values()))
-    valid |= {a for a in candidates if a not in firsts.values() and self._verify_one(a)}
-    accepted: list[Attestation] = []
-    for att in candidates:
-      if att not in valid:
-        rejected.append(Rejection(att.client_id, "bad_signature",
-                                  "signature does not verify under the client's key"))
-      elif any(a.client_id == att.client_id for a in accepted):
-        rejected.append(Rejection(att.client_id, "duplicate_client",
-                                  "client already has an accepted attestation this round"))
+    accepted_ids: set[str] = set()
+    for i, (att, _) in enumerate(submissions):
+      if problems[i] is not None:
+        continue
+      if att not in valid and (att in firsts.values() or not self._verify_one(att)):
+        problems[i] = ("bad_signature", "signature does not verify under the client's key")
+      elif max_samples and att.num_samples > max_samples:
+        problems[i] = ("over_cap", f"signed count {att.num_samples} exceeds the cap "
+                       f"ledger.max_samples_per_client={max_samples}")
+      elif att.client_id in accepted_ids:
+        problems[i] = ("duplicate_client", "client already has an accepted attestation this "
+                       "round")
       else:
-        accepted.append(att)
+        accepted_ids.add(att.client_id)
+    atts = tuple(att for att, _ in submissions)
+    outcomes = tuple(ACCEPTED if p is None else p[0] for p in problems)
+    accepted = tuple(a for a, o in zip(atts, outcomes) if o == ACCEPTED)
+    rejected = tuple(Rejection(str(a.client_id)[:128], *p, a.hash())
+                     for a, p in zip(atts, problems) if p is not None)
+    receipts = tuple(Receipt.create(server, self.ledger_id, round, a, o, self.backend)
+                     for a, o in zip(atts, outcomes))
     self._verified = (round, self.head_hash, set(accepted))
-    return RoundVerdict(accepted, rejected)
+    return RoundVerdict(round, atts, outcomes, accepted, rejected, receipts, weighting)
 
-  def append_round(self, round: int, accepted: Sequence[Attestation],
-                   rejected: Sequence[Rejection], global_digest: bytes,
-                   algorithm: str) -> dict[str, Any]:
-    """Appends the block of `round` (accepted must come from `verify_round` of this round).
+  def append_round(self, round: int, verdict: RoundVerdict, global_digest: bytes,
+                   algorithm: str, residual_digest: bytes | None = None) -> dict[str, Any]:
+    """Appends the block of `round` from the `verify_round` verdict of this round and head.
 
-    The server signs the block body, which includes `global_digest`; a round with no accepted
-    client is recorded too (aggregate signature null).
+    The server signs the block body: participants with their signed counts and the weights
+    derived from them, rejections, `global_digest` (the new global adapter) and, for algorithms
+    that change the base (FedEx-LoRA), `residual_digest`. A round with no accepted client is
+    recorded too (aggregate signature null).
     """
     round = self._check_next_round(round)
     round_, head, verified = self._verified or (None, None, set())
-    if round_ != round or head != self.head_hash or not set(accepted) <= verified:
+    accepted, rejected = verdict.accepted, verdict.rejected
+    if (round_ != round or verdict.round != round or head != self.head_hash
+        or not set(accepted) <= verified):
       raise LedgerError(f"round {round}: accepted attestations were not verified by "
                         "verify_round for this round and head")
     if len({a.client_id for a in accepted}) != len(accepted):
@@ -231,22 +288,28 @@ class Ledger:
     for rej in rejected:
       if not isinstance(rej, Rejection) or rej.reason not in blk.REJECT_REASONS:
         raise LedgerError(f"round {round}: malformed rejection {rej!r}")
-    if not isinstance(global_digest, bytes) or len(global_digest) != 32:
-      raise LedgerError(f"round {round}: global digest must be 32 bytes")
+    for what, digest in (("global", global_digest), ("residual", residual_digest)):
+      if (digest is not None or what == "global") and (
+          not isinstance(digest, bytes) or len(digest) != 32):
+        raise LedgerError(f"round {round}: {what} digest must be 32 bytes")
     if not isinstance(algorithm, str) or not algorithm:
       raise LedgerError(f"round {round}: algorithm name must be a non-empty string")
     clients = self._state.clients
     aggregate = self.backend.aggregate([a.signature for a in accepted]) if accepted else None
+    weights = blk.weights_of([a.num_samples for a in accepted], verdict.weighting)
     block = self._append({
         "index": len(self._state.blocks), "kind": "round", "round": round,
         "prev_hash": self.head_hash, "algorithm": algorithm,
         "participants": [
             {"client_id": a.client_id, "name": clients[a.client_id].name,
-             "update_digest": a.update_digest, "num_samples": a.num_samples}
-            for a in accepted
+             "update_digest": a.update_digest, "num_samples": a.num_samples, "weight": w,
+             "attestation_hash": a.hash()}
+            for a, w in zip(accepted, weights)
         ],
+        "weighting": verdict.weighting,
         "aggregate_signature": aggregate.hex() if aggregate is not None else None,
         "global_digest": global_digest.hex(),
+        "residual_digest": None if residual_digest is None else residual_digest.hex(),
         "rejected": [r._asdict() for r in rejected],
     })
     self._verified = None
@@ -297,10 +360,13 @@ class Ledger:
     log.info("aggregate verification failed; verifying %d attestations one by one", len(atts))
     return {a for a in atts if self._verify_one(a)}
 
-  def _append(self, block: dict[str, Any]) -> dict[str, Any]:
+  def _signing_server(self) -> Identity:
     if self._server is None or not self._server.has_secret:
-      raise LedgerError("appending needs the server identity with its secret key")
-    line = _seal(block, self.ledger_id, self._server, self.backend)
+      raise LedgerError("verifying and appending need the server identity with its secret key")
+    return self._server
+
+  def _append(self, block: dict[str, Any]) -> dict[str, Any]:
+    line = _seal(block, self.ledger_id, self._signing_server(), self.backend)
     new_state = apply_block(_copy_state(self._state), block["index"], parse_line(
         block["index"], line[:-1]), self.backend, check_sigs=False)
     on_disk = self.path.stat().st_size

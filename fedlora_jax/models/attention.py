@@ -21,13 +21,15 @@ class Attention(nnx.Module):
     d, h = cfg.hidden_size, cfg.head_dim
     n, k = cfg.num_attention_heads, cfg.num_key_value_heads
     kw = dict(param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype, rngs=rngs)
-    self.q_proj = Linear(d, n * h, use_bias=cfg.attention_bias, **kw)
-    self.k_proj = Linear(d, k * h, use_bias=cfg.attention_bias, **kw)
-    self.v_proj = Linear(d, k * h, use_bias=cfg.attention_bias, **kw)
-    self.o_proj = Linear(n * h, d, use_bias=cfg.attention_bias, **kw)
+    bias = cfg.attention_bias
+    self.q_proj = Linear(d, n * h, axes=("heads", "embed"), use_bias=bias, **kw)
+    self.k_proj = Linear(d, k * h, axes=("kv_heads", "embed"), use_bias=bias, **kw)
+    self.v_proj = Linear(d, k * h, axes=("kv_heads", "embed"), use_bias=bias, **kw)
+    self.o_proj = Linear(n * h, d, axes=("embed", "heads"), use_bias=bias, **kw)
     if cfg.qk_norm:
-      self.q_norm = nnx.data(RMSNorm(h, cfg.rms_norm_eps, param_dtype=cfg.jnp_param_dtype))
-      self.k_norm = nnx.data(RMSNorm(h, cfg.rms_norm_eps, param_dtype=cfg.jnp_param_dtype))
+      norm = dict(param_dtype=cfg.jnp_param_dtype, axes=("head_dim",))
+      self.q_norm = nnx.data(RMSNorm(h, cfg.rms_norm_eps, **norm))
+      self.k_norm = nnx.data(RMSNorm(h, cfg.rms_norm_eps, **norm))
     else:
       self.q_norm = nnx.data(None)
       self.k_norm = nnx.data(None)

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.custom_derivatives import SymbolicZero
 
 from fedlora_jax.models.lora import LoRAParam
@@ -27,6 +27,16 @@ def split_lora(model: CausalLM) -> tuple[nnx.GraphDef, Params, Params]:
   """(graphdef, base params, LoRA params); the param trees are pure nested dicts of arrays."""
   graphdef, lora, base = nnx.split(model, LoRAParam, ...)
   return graphdef, base.to_pure_dict(), lora.to_pure_dict()
+
+
+def base_logical_axes(graphdef: nnx.GraphDef) -> Params:
+  """The base params' logical axis names (see `models.partitioning`): a nested dict shaped like
+  the base from `split_lora`, each leaf a tuple of names, one per axis (() when undeclared)."""
+  skeleton = nnx.merge(graphdef, [None] * graphdef.num_leaves)  # metadata only, no arrays
+  _, _, base = nnx.split(skeleton, LoRAParam, ...)
+  return traverse_util.unflatten_dict(
+      {path: tuple(var.get_metadata().get("out_sharding") or ())
+       for path, var in nnx.to_flat_state(base)})
 
 
 def merge(graphdef: nnx.GraphDef, base: Params, lora: Params) -> CausalLM:

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -31,26 +31,6 @@ _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 
 class CheckpointError(ValueError):
   """A checkpoint that does not match the model: missing, unexpected or mis-shaped tensors."""
-
-
-def _flatten(tree: dict, prefix: tuple = ()) -> dict[tuple, Any]:
-  out: dict[tuple, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def _unflatten(flat: dict[tuple, Any]) -> dict:
-  tree: dict = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
 
 
 def hf_name(path: tuple) -> str:
@@ -82,7 +62,8 @@ def load_hf_checkpoint(model_dir: str | os.PathLike, **config_overrides: Any) ->
   cfg = ModelConfig.from_hf_config(model_dir, **config_overrides)
   abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
-  expected = {hf_name(p): (p, v) for p, v in _flatten(abstract_state.to_pure_dict()).items()}
+  flat = traverse_util.flatten_dict(abstract_state.to_pure_dict())
+  expected = {hf_name(p): (p, v) for p, v in flat.items()}
   files = _tensor_files(model_dir)
   present = set(files)
   if cfg.tie_word_embeddings:
@@ -107,7 +88,7 @@ def load_hf_checkpoint(model_dir: str | os.PathLike, **config_overrides: Any) ->
           raise CheckpointError(f"{model_dir}: tensor {name} has shape {shape}, "
                                 f"the config expects {tuple(spec.shape)}")
         values[path] = jnp.asarray(f.get_tensor(name), dtype=spec.dtype)
-  return nnx.merge(graphdef, _unflatten(values))
+  return nnx.merge(graphdef, traverse_util.unflatten_dict(values))
 
 
 def save_hf_checkpoint(model: CausalLM, model_dir: str | os.PathLike) -> None:
@@ -115,7 +96,8 @@ def save_hf_checkpoint(model: CausalLM, model_dir: str | os.PathLike) -> None:
   model_dir = os.fspath(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   _, _, base = nnx.split(model, LoRAParam, ...)
-  tensors = {hf_name(p): np.asarray(v) for p, v in _flatten(base.to_pure_dict()).items()}
+  tensors = {hf_name(p): np.asarray(v)
+             for p, v in traverse_util.flatten_dict(base.to_pure_dict()).items()}
   save_file(tensors, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(model_dir, "config.json"), "w") as f:
     json.dump(model.cfg.to_hf_config(), f, indent=2)
@@ -184,7 +166,7 @@ def load_peft_adapter(adapter_dir: str | os.PathLike, like: dict) -> dict:
   path = os.path.join(os.fspath(adapter_dir), "adapter_model.safetensors")
   if not os.path.exists(path):
     raise CheckpointError(f"no adapter_model.safetensors in {adapter_dir}")
-  flat_like = _flatten(like)
+  flat_like = traverse_util.flatten_dict(like)
   out = {}
   with safe_open(path, framework="numpy") as f:
     keys = set(f.keys())
@@ -196,4 +178,4 @@ def load_peft_adapter(adapter_dir: str | os.PathLike, like: dict) -> dict:
       if arr.shape != tuple(ref.shape):
         raise CheckpointError(f"{path}: tensor {name} has shape {arr.shape}, expected {ref.shape}")
       out[p] = jnp.asarray(arr, ref.dtype)
-  return _unflatten(out)
+  return traverse_util.unflatten_dict(out)

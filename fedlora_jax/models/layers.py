@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fedlora_jax.models.config import RopeScaling
+from fedlora_jax.models.partitioning import LogicalAxes, param
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -21,8 +22,9 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 class RMSNorm(nnx.Module):
   """HF-compatible RMSNorm: `weight` of shape [dim], initialised to ones."""
 
-  def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32):
-    self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+  def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32,
+               axes: LogicalAxes = ("embed",)):
+    self.weight = param(jnp.ones((dim,), param_dtype), axes)
     self.eps = eps
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -65,8 +67,8 @@ class Embed(nnx.Module):
   """Token embedding with HF's parameter name: `weight` [V, D]."""
 
   def __init__(self, vocab_size: int, dim: int, *, param_dtype, dtype, rngs: nnx.Rngs):
-    self.weight = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (vocab_size, dim),
-                                                          param_dtype))
+    self.weight = param(nnx.initializers.normal(0.02)(rngs.params(), (vocab_size, dim),
+                                                      param_dtype), ("vocab", "embed"))
     self.dtype = dtype
 
   def __call__(self, ids_bt: jax.Array) -> jax.Array:

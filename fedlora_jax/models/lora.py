@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fedlora_jax.models.partitioning import LogicalAxes, param
+
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -73,13 +75,15 @@ class LoRAConfig:
 
 
 class Linear(nnx.Module):
-  """y = x W^T (+ b) with an optional LoRA branch. W: [out, in] as in HF."""
+  """y = x W^T (+ b) with an optional LoRA branch. W: [out, in] as in HF; `axes` names its two
+  logical axes (out, in), e.g. ("heads", "embed")."""
 
-  def __init__(self, in_features: int, out_features: int, *, use_bias: bool, param_dtype,
-               dtype, rngs: nnx.Rngs):
+  def __init__(self, in_features: int, out_features: int, *, axes: LogicalAxes, use_bias: bool,
+               param_dtype, dtype, rngs: nnx.Rngs):
     init = nnx.initializers.normal(0.02)
-    self.weight = nnx.Param(init(rngs.params(), (out_features, in_features), param_dtype))
-    self.bias = nnx.data(nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None)
+    self.weight = param(init(rngs.params(), (out_features, in_features), param_dtype), axes)
+    self.bias = nnx.data(param(jnp.zeros((out_features,), param_dtype), axes[:1])
+                         if use_bias else None)
     self.lora_A = nnx.data(None)
     self.lora_B = nnx.data(None)
     self.lora_scaling = 0.0

@@ -14,9 +14,9 @@ class MLP(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d, f = cfg.hidden_size, cfg.intermediate_size
     kw = dict(use_bias=False, param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype, rngs=rngs)
-    self.gate_proj = Linear(d, f, **kw)
-    self.up_proj = Linear(d, f, **kw)
-    self.down_proj = Linear(f, d, **kw)
+    self.gate_proj = Linear(d, f, axes=("mlp", "embed"), **kw)
+    self.up_proj = Linear(d, f, axes=("mlp", "embed"), **kw)
+    self.down_proj = Linear(f, d, axes=("embed", "mlp"), **kw)
 
   def __call__(self, x_btd: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
     """[B, T, D] -> [B, T, D]."""

@@ -14,6 +14,7 @@ from fedlora_jax.models.attention import Attention
 from fedlora_jax.models.config import ModelConfig
 from fedlora_jax.models.layers import Embed, RMSNorm, rope_cos_sin, rope_inv_freq
 from fedlora_jax.models.mlp import MLP
+from fedlora_jax.models.partitioning import param
 
 
 class DecoderLayer(nnx.Module):
@@ -102,4 +103,4 @@ class CausalLM(nnx.Module):
 class _LMHead(nnx.Module):
 
   def __init__(self, weight: jax.Array):
-    self.weight = nnx.Param(weight)
+    self.weight = param(weight, ("vocab", "embed"))

@@ -20,10 +20,11 @@ def quiet_library_logs() -> None:
 
 def run_cli(fn: Callable[[], object]) -> int:
   """Runs `fn`; a bad input (ValueError, OSError, KeyError) is one clear line and exit code 2."""
+  from fedlora_jax.federated.distributed import LaunchError  # pylint: disable=import-outside-toplevel
   quiet_library_logs()
   try:
     fn()
-  except (ValueError, OSError, KeyError) as e:
+  except (ValueError, OSError, KeyError, LaunchError) as e:
     logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     return 2

@@ -80,7 +80,11 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
     lg = summary["ledger"]
     lines += [f"Ledger: `{os.path.basename(lg['path'])}`, {lg['blocks']} blocks, "
               f"{'valid' if lg['valid'] else 'INVALID'}; the exported adapter (digest "
-              f"`{lg['adapter_digest'][:16]}…`) is recorded in block {lg['adapter_block']}.", ""]
+              f"`{lg['adapter_digest'][:16]}…`) is recorded in block {lg['adapter_block']}.", "",
+              "Trust anchors to pin (`scripts/verify_ledger.py --server_public_key=... "
+              "--genesis_hash=...`):", "",
+              f"- server public key: `{lg['server_public_key']}`",
+              f"- genesis hash: `{lg['genesis_hash']}`", ""]
   lines += [f"Adapter (PEFT format): `{os.path.relpath(summary['adapter'], workdir)}`", ""]
   path = os.path.join(workdir, "report.md")
   with open(path, "w") as fh:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -26,17 +27,30 @@ class SetupError(ValueError):
 class ClientData:
   """Training clients and evaluation test sets (the same hospitals, except when centralized).
 
+  Only this process's hospitals are tokenized and held (`train`, `test` are keyed by index);
+  names and sizes are known for all of them.
+
   Attributes:
-    train_names / train: who trains, with their tokenized training sets.
-    test_names / test: every hospital's test set.
-    summary: one dict per hospital (sizes, dominant label and share).
+    train_names: every training client, in id order.
+    train: {client id: tokenized training set} for this process's clients.
+    test_names: every hospital with a test set, in order.
+    test: {test index: tokenized test set} for this process's test sets.
+    summary: one dict per hospital (sizes, dominant label and share), all hospitals.
+    train_sizes: [N] every training client's number of examples.
+    max_target_tokens: the most answer tokens in any training example of any client.
   """
 
   train_names: list[str]
-  train: list[D.TokenizedMCQ]
+  train: dict[int, D.TokenizedMCQ]
   test_names: list[str]
-  test: list[D.TokenizedMCQ]
+  test: dict[int, D.TokenizedMCQ]
   summary: list[dict[str, Any]]
+  train_sizes: list[int]
+  max_target_tokens: int
+
+  @property
+  def test_sizes(self) -> list[int]:
+    return [s["test"] for s in self.summary]
 
 
 def expand(path: str) -> str:
@@ -57,6 +71,15 @@ def algorithm(cfg: ml_collections.ConfigDict) -> F.Algorithm:
                           server_b1=f.server_b1, server_b2=f.server_b2, server_eps=f.server_eps,
                           fedprox_mu=f.fedprox_mu, local_lr=f.local_lr,
                           lora_scaling=lora_config(cfg).scaling)
+
+
+def local_training(cfg: ml_collections.ConfigDict, max_target_tokens: int) -> F.LocalTraining:
+  """Each client's local optimisation (`max_target_tokens`: the max over all clients)."""
+  f = cfg.fed
+  return F.LocalTraining(
+      local_steps=f.local_steps, optimizer=f.local_optimizer, learning_rate=f.local_lr,
+      weight_decay=f.weight_decay, grad_clip_norm=f.grad_clip_norm or None,
+      uniform_weights=f.uniform_weights, max_target_tokens=max_target_tokens)
 
 
 def _icd_benchmark(cfg) -> D.ICD10Benchmark:
@@ -116,20 +139,29 @@ def load_model(cfg) -> tuple[models.CausalLM, Tokenizer, str]:
   return model, D.load_hf_tokenizer(base_dir), base_dir
 
 
-def _file_records(cfg) -> list[list[D.MCQRecord]]:
-  loaders = (("medqa", D.load_medqa), ("medmcqa", D.load_medmcqa), ("pubmedqa", D.load_pubmedqa))
-  sources = [(name, fn, expand(cfg.data[name])) for name, fn in loaders if cfg.data[name]]
+FILE_SOURCES = (("medqa", D.load_medqa), ("medmcqa", D.load_medmcqa),
+                ("pubmedqa", D.load_pubmedqa))
+
+
+def _file_sources(cfg) -> list[tuple[str, Any, str]]:
+  sources = [(name, fn, expand(cfg.data[name])) for name, fn in FILE_SOURCES if cfg.data[name]]
   if not sources:
     raise SetupError("data.source='files' needs at least one of data.medqa, data.medmcqa, "
                      "data.pubmedqa")
-  return [fn(path) for _, fn, path in sources]
+  return sources
 
 
-def _partition_files(cfg) -> tuple[list[str], list[list[D.MCQRecord]]]:
-  per_source = _file_records(cfg)
+def _partition_files(cfg, wanted: set[int]) -> tuple[list[str], dict[int, list[D.MCQRecord]]]:
+  """(client names, {client id: records}) for the `wanted` clients.
+
+  The natural partition (one client per file) reads only the wanted files; the synthetic ones
+  (dirichlet, iid, quantity) split the pooled records and so read every file.
+  """
+  sources = _file_sources(cfg)
   if cfg.data.partition == "natural":
-    return [recs[0].source for recs in per_source], per_source
-  records = [r for recs in per_source for r in recs]
+    return ([name for name, _, _ in sources],
+            {i: fn(path) for i, (_, fn, path) in enumerate(sources) if i in wanted})
+  records = [r for _, fn, path in sources for r in fn(path)]
   n, k = len(records), cfg.data.num_clients
   if cfg.data.partition == "iid":
     parts = D.iid_partition(n, k, cfg.seed)
@@ -141,7 +173,37 @@ def _partition_files(cfg) -> tuple[list[str], list[list[D.MCQRecord]]]:
   else:
     raise SetupError(f"unknown data.partition {cfg.data.partition!r} "
                      "(natural, dirichlet, iid, quantity)")
-  return [f"client{i}" for i in range(k)], [[records[j] for j in p] for p in parts]
+  return ([f"client{i}" for i in range(k)],
+          {i: [records[j] for j in p] for i, p in enumerate(parts) if i in wanted})
+
+
+def _source_names(cfg) -> list[str]:
+  """Every hospital of the configured data source, in order (reads no records)."""
+  if cfg.data.source == "icd10":
+    return list(_icd_benchmark(cfg).client_names)
+  if cfg.data.source == "files":
+    if cfg.data.partition == "natural":
+      return [name for name, _, _ in _file_sources(cfg)]
+    return [f"client{i}" for i in range(cfg.data.num_clients)]
+  raise SetupError(f"unknown data.source {cfg.data.source!r} (icd10, files)")
+
+
+def _selected(cfg, names: Sequence[str]) -> list[int]:
+  """Positions among the source's `names` of the hospitals `data.hospitals` keeps (all when
+  empty)."""
+  if not cfg.data.hospitals:
+    return list(range(len(names)))
+  unknown = sorted(set(cfg.data.hospitals) - set(names))
+  if unknown:
+    raise SetupError(f"data.hospitals names unknown hospitals {unknown} (known: {list(names)})")
+  return [i for i, n in enumerate(names) if n in set(cfg.data.hospitals)]
+
+
+def hospital_names(cfg) -> list[str]:
+  """The hospitals of the run (`data.hospitals` of the source's, else all), in id order (reads
+  no records)."""
+  names = _source_names(cfg)
+  return [names[i] for i in _selected(cfg, names)]
 
 
 def _split_train_test(records, fraction: float, seed: int, name: str):
@@ -153,47 +215,71 @@ def _split_train_test(records, fraction: float, seed: int, name: str):
   return [records[i] for i in order[n_test:]], [records[i] for i in order[:n_test]]
 
 
-def client_records(cfg) -> tuple[list[str], list[list[D.MCQRecord]], list[list[D.MCQRecord]],
-                                 dict[str, tuple[str, float]]]:
-  """(names, train records, test records, dominant label and share per name) of every hospital,
-  restricted to `data.hospitals` when it is set (their data is the same as in the full set)."""
+def client_records(cfg, wanted: set[int]):
+  """(names, {hospital: train records}, {hospital: test records}, {hospital: dominant share})
+  of the `wanted` hospital ids of the run (`hospital_names` order); their records are the same
+  as in the source's full set."""
+  keep = _selected(cfg, _source_names(cfg))
+  names, train, test, shares = _source_records(cfg, {keep[i] for i in wanted})
+  run_id = {k: i for i, k in enumerate(keep)}
+  return ([names[k] for k in keep], *({run_id[k]: v for k, v in d.items()}
+                                      for d in (train, test, shares)))
+
+
+def _source_records(cfg, wanted: set[int]):
+  """`client_records` with ids among all of the source's hospitals."""
   if cfg.data.source == "icd10":
     bench = _icd_benchmark(cfg)
-    names = bench.client_names
-    train_recs = [bench.clients[n].train for n in names]
-    test_recs = [bench.clients[n].test for n in names]
+    names = list(bench.client_names)
     shares = bench.dominant_shares("train")
-  elif cfg.data.source == "files":
-    names, recs = _partition_files(cfg)
-    pairs = [_split_train_test(r, cfg.data.test_fraction, cfg.seed, n) for n, r in zip(names, recs)]
-    train_recs, test_recs = [p[0] for p in pairs], [p[1] for p in pairs]
-    shares = {n: D.dominant_chapter_share(r) for n, r in zip(names, train_recs)}
-  else:
-    raise SetupError(f"unknown data.source {cfg.data.source!r} (icd10, files)")
-  if cfg.data.hospitals:
-    unknown = sorted(set(cfg.data.hospitals) - set(names))
-    if unknown:
-      raise SetupError(f"data.hospitals names unknown hospitals {unknown} (known: {list(names)})")
-    keep = [i for i, n in enumerate(names) if n in set(cfg.data.hospitals)]
-    names = [names[i] for i in keep]
-    train_recs, test_recs = [train_recs[i] for i in keep], [test_recs[i] for i in keep]
-  return list(names), train_recs, test_recs, shares
+    return (names, {i: bench.clients[names[i]].train for i in wanted},
+            {i: bench.clients[names[i]].test for i in wanted},
+            {i: shares[names[i]] for i in wanted})
+  if cfg.data.source == "files":
+    names, recs = _partition_files(cfg, wanted)
+    pairs = {i: _split_train_test(r, cfg.data.test_fraction, cfg.seed, names[i])
+             for i, r in recs.items()}
+    return (names, {i: p[0] for i, p in pairs.items()}, {i: p[1] for i, p in pairs.items()},
+            {i: D.dominant_chapter_share(p[0]) for i, p in pairs.items()})
+  raise SetupError(f"unknown data.source {cfg.data.source!r} (icd10, files)")
 
 
-def load_client_data(cfg, tokenizer: Tokenizer) -> ClientData:
-  """Every hospital's tokenized train and test sets (the natural non-IID split)."""
-  names, train_recs, test_recs, shares = client_records(cfg)
-  train = [D.tokenize_mcq(tokenizer, r, cfg.data.max_len) for r in train_recs]
-  test = [D.tokenize_mcq(tokenizer, r, cfg.data.max_len) for r in test_recs]
+def load_client_data(cfg, tokenizer: Tokenizer, hospitals: Sequence[int] | None = None,
+                     gather: Callable[[Any], list[Any]] = lambda x: [x],
+                     pooled_here: bool = True) -> ClientData:
+  """The tokenized train and test sets of `hospitals` (default: all), natural non-IID split.
+
+  `gather` shares each process's small per-hospital summary with the others (multi-process
+  runs pass `multihost.allgather_json`), so every process knows every hospital's sizes without
+  seeing its records. With `fed.centralized` the single training client pools every hospital's
+  training data; it is built only where `pooled_here` (the process that runs it).
+  """
+  every = range(len(hospital_names(cfg)))
+  wanted = set(every if hospitals is None else hospitals)
+  centralized = bool(cfg.fed.centralized)
+  names, train_recs, test_recs, shares = client_records(cfg, wanted)
+  train = {i: D.tokenize_mcq(tokenizer, r, cfg.data.max_len) for i, r in train_recs.items()}
+  test = {i: D.tokenize_mcq(tokenizer, r, cfg.data.max_len) for i, r in test_recs.items()}
   if cfg.eval.max_test_per_client:
-    test = [t.take(np.arange(min(len(t), cfg.eval.max_test_per_client))) for t in test]
-  summary = [{"client": n, "train": len(tr), "test": len(te), "dominant": shares[n][0],
-              "dominant_share": round(float(shares[n][1]), 3),
-              "truncated": int(tr.num_truncated + te.num_truncated)}
-             for n, tr, te in zip(names, train, test)]
+    test = {i: t.take(np.arange(min(len(t), cfg.eval.max_test_per_client)))
+            for i, t in test.items()}
+  local = [{"client": names[i], "train": len(train[i]), "test": len(test[i]),
+            "dominant": shares[i][0], "dominant_share": round(float(shares[i][1]), 3),
+            "truncated": int(train[i].num_truncated + test[i].num_truncated),
+            "max_targets": int(train[i].loss_mask.sum(axis=1).max())} for i in sorted(wanted)]
+  summary = sorted((s for part in gather(local) for s in part),
+                   key=lambda s: names.index(s["client"]))
   truncated = sum(s["truncated"] for s in summary)
   if truncated:
     logging.warning("%d prompts were cut to data.max_len=%d", truncated, cfg.data.max_len)
-  if cfg.fed.centralized:
-    return ClientData(["pooled"], [D.pooled(train)], names, test, summary)
-  return ClientData(list(names), train, list(names), test, summary)
+  max_targets = max(s.pop("max_targets") for s in summary)
+  if not centralized:
+    return ClientData(names, train, names, test, summary, [s["train"] for s in summary],
+                      max_targets)
+  pooled = {}
+  if pooled_here:
+    others = client_records(cfg, set(every) - wanted)[1]
+    train.update({i: D.tokenize_mcq(tokenizer, r, cfg.data.max_len) for i, r in others.items()})
+    pooled = {0: D.pooled([train[i] for i in every])}
+  return ClientData(["pooled"], pooled, names, test, summary,
+                    [sum(s["train"] for s in summary)], max_targets)

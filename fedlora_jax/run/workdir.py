@@ -15,7 +15,9 @@ import ml_collections
 
 # Fields a resumed run may change (more rounds, other bookkeeping); everything else must match.
 RESUMABLE_FIELDS = ("workdir", "resume", "fed.rounds", "eval.every", "eval.batch_size",
-                    "checkpoint.every", "checkpoint.keep", "cache_dir")
+                    "eval.group_size", "eval.round_max_test_per_client", "fed.client_group_size",
+                    "checkpoint.every",
+                    "checkpoint.keep", "cache_dir", "mesh.clients", "mesh.model")
 
 
 class WorkdirError(ValueError):
@@ -61,13 +63,19 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, *, has_checkpoin
       raise WorkdirError(f"{workdir} has {leftovers} but no config.json; not overwriting them")
 
 
+def write_json(path: str, value: Any, **kw) -> None:
+  """Writes `value` as JSON atomically: a crash leaves the old file or the new one, never half."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=1, **kw)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + ".tmp", path)
+
+
 def write_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
   """config.json (the resolved config), written atomically once setup has succeeded."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(flat_config(cfg), f, indent=1, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  write_json(os.path.join(workdir, "config.json"), flat_config(cfg), sort_keys=True)
 
 
 class MetricsLog:

@@ -1,0 +1,9 @@
+"""Differential privacy: patient-level DP-SGD, client-level DP-FedAvg, accounting.
+
+The round reaches them through `fedlora_jax.federated.safeguards.Safeguards`.
+"""
+
+from fedlora_jax.privacy.dp_fedavg import AdaptiveClipping, ClientDP
+from fedlora_jax.privacy.dp_sgd import ExampleDP
+
+__all__ = ["AdaptiveClipping", "ClientDP", "ExampleDP"]

@@ -1,0 +1,214 @@
+"""Between local training and aggregation: who is accepted, with what weight, and the record.
+
+A gate sees each client's trained update where it lives (the process holding that hospital),
+decides on process 0 (the server), and returns the same [S] accept mask and sample counts to every
+process, since aggregation is one SPMD program. `OpenGate` accepts every trained client with its
+training-set size; `LedgerGate` has each client sign an attestation of its update's digest and
+count, verifies all of them on the server in one aggregate check, weights by the signed counts
+and appends the round's block to the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from fedlora_jax import ledger as L
+from fedlora_jax import models
+from fedlora_jax.federated.round import PAD
+from fedlora_jax.run import multihost
+
+
+class Gate(Protocol):
+
+  def admit(self, round_no: int, slot_ids: np.ndarray, local_c: Any
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """([S] accept, [S] sample counts) for round `round_no` (1-based) on every process."""
+
+  def record(self, round_no: int, global_lora: Any, base: Any) -> dict[str, Any]:
+    """The round's record after aggregation (what metrics.jsonl shows under "ledger")."""
+
+  def summary(self, adapter_file: str | None) -> dict[str, Any]:
+    """What summary.json shows under "ledger" ({} without a ledger)."""
+
+
+class OpenGate:
+  """No ledger: every trained client is accepted, weighted by its training-set size."""
+
+  def __init__(self, train_sizes: Sequence[int]):
+    self.train_sizes = np.asarray(train_sizes, np.float32)
+
+  def admit(self, round_no, slot_ids, local_c):
+    del round_no, local_c
+    real = slot_ids != PAD
+    return real, np.where(real, self.train_sizes[np.maximum(slot_ids, 0)], 0.0)
+
+  def record(self, round_no, global_lora, base):
+    del round_no, global_lora, base
+    return {}
+
+  def summary(self, adapter_file):
+    del adapter_file
+    return {}
+
+
+def update_tensors(tree: Any) -> dict[str, np.ndarray]:
+  """One client's adapter as PEFT-named tensors: the encoding that is digested and exported."""
+  return models.peft_tensors(jax.tree.map(np.asarray, tree))
+
+
+def local_updates(local_c: Any, slot_ids: np.ndarray) -> dict[int, Any]:
+  """{slot: that client's trained adapter (numpy tree)} for the real slots held on this process."""
+  leaves, treedef = jax.tree.flatten(local_c)
+  rows = [multihost.host_rows(x) for x in leaves]
+  slots = set(rows[0]) if rows else set()
+  return {s: jax.tree.unflatten(treedef, [r[s] for r in rows])
+          for s in sorted(slots) if slot_ids[s] != PAD}
+
+
+def base_tensors(base: Any) -> dict[str, np.ndarray]:
+  """{HF tensor name: array} of the base params (what `save_hf_checkpoint` writes), from this
+  process's own shards."""
+  flat = traverse_util.flatten_dict(base)
+  return {".".join(str(k) for k in path): multihost.host_value(v) for path, v in flat.items()}
+
+
+def _registrations(ledger_cfg, keystores: str, local_names: Sequence[str],
+                   backend) -> list[L.Registration] | None:
+  """The genesis registrations, on process 0: the operator's registry file, or (simulation)
+  every hospital enrolling itself in its own keystore on the process that runs it."""
+  if ledger_cfg.registry:
+    return L.load_registry(os.path.expanduser(ledger_cfg.registry), backend) if (
+        multihost.is_writer()) else None
+  mine = [L.enroll(n, os.path.join(keystores, n), backend).to_dict() for n in local_names]
+  return [L.Registration.from_dict(r) for part in multihost.allgather_json(mine) for r in part]
+
+
+class LedgerGate:
+  """Attested rounds: each hospital signs where it lives, process 0 verifies and keeps the ledger.
+
+  Every party has its own keystore (keys from the operating system's randomness): the server's
+  under `<workdir>/keys/server/`, opened only by process 0's `LedgerServer`; each hospital's under
+  `ledger.keystores` (default `<workdir>/keys`)`/<hospital>/`, opened only by the `HospitalSigner`
+  on the process that runs that hospital, which also checks and keeps the server's receipts
+  (`<workdir>/receipts/<hospital>/`). Aggregation weights are the signed sample counts of the
+  accepted attestations. For an algorithm that changes the base (FedEx-LoRA), each block also
+  binds the digest of the base's change since the start (`original_base`, HF-named tensors).
+  """
+
+  def __init__(self, workdir: str, ledger_cfg, *, label: str, weighting: str,
+               train_names: Sequence[str], train_sizes: Sequence[int],
+               local_clients: Sequence[int], algorithm: str,
+               original_base: dict[str, np.ndarray] | None = None):
+    backend = L.get_backend(ledger_cfg.backend)
+    self.backend = backend
+    self.names = list(train_names)
+    self.train_sizes = [int(n) for n in train_sizes]
+    self.algorithm = algorithm
+    self.original_base = original_base
+    self.receipts = os.path.join(workdir, "receipts")
+    keystores = os.path.expanduser(ledger_cfg.keystores) or os.path.join(workdir, "keys")
+    regs = _registrations(ledger_cfg, keystores, [self.names[c] for c in local_clients], backend)
+    self.server: L.LedgerServer | None = None
+
+    def open_server():
+      missing = sorted(set(self.names) - {r.name for r in regs})
+      if missing:
+        raise L.LedgerError(f"ledger.registry {ledger_cfg.registry} has no registration for "
+                            f"{missing}")
+      self.server = L.LedgerServer.open_or_create(
+          os.path.join(workdir, "ledger.jsonl"), os.path.join(workdir, "keys", "server"), regs,
+          label=label, max_samples_per_client=ledger_cfg.max_samples_per_client,
+          weighting=weighting, backend=backend)
+      logging.info("ledger %s: server public key %s, genesis hash %s", self.server.path,
+                   self.server.server_public_key.hex(), self.server.genesis_hash)
+      return {**self.server.info(),
+              "registered": {r["name"]: r["pk"] for r in self.server.ledger.blocks[0][
+                  "registrations"]}}
+
+    self.info = multihost.on_writer(open_server)
+    registered = self.info.pop("registered")
+    self.signers = {c: L.HospitalSigner(self.names[c], os.path.join(keystores, self.names[c]),
+                                        os.path.join(self.receipts, self.names[c]),
+                                        bytes.fromhex(self.info["server_public_key"]), backend)
+                    for c in local_clients}
+    wrong = [s.name for s in self.signers.values() if s.public_key.hex() != registered[s.name]]
+    if wrong:
+      raise L.LedgerError(f"keystores of {wrong} do not hold the registered keys")
+    self._verdict: L.RoundVerdict | None = None
+    self._recorded: dict[str, Any] | None = None
+
+  @property
+  def head_hash(self) -> str | None:
+    return None if self.server is None else self.server.head_hash
+
+  def admit(self, round_no, slot_ids, local_c):
+    def context():
+      self._recorded = self.server.recorded_block(round_no)
+      return self.server.round_context(round_no).to_dict()
+
+    ctx = L.RoundContext.from_dict(multihost.on_writer(context))
+    mine = []
+    for s, update in local_updates(local_c, slot_ids).items():  # each hospital, where it lives
+      c = int(slot_ids[s])
+      digest = L.tree_digest(update_tensors(update))
+      att = self.signers[c].attest(ctx, digest, self.train_sizes[c])
+      mine.append((s, att.to_dict(), digest.hex()))
+    submissions = [sub for part in multihost.allgather_json(mine) for sub in part]
+    decision = multihost.on_writer(lambda: self._verify(round_no, len(slot_ids), submissions))
+    for s, receipt in decision["receipts"].items():  # back to each hospital, where it lives
+      c = int(slot_ids[int(s)])
+      if c in self.signers:
+        self.signers[c].accept_receipt(L.Receipt.from_dict(receipt))
+    return np.asarray(decision["accept"], bool), np.asarray(decision["counts"], np.float32)
+
+  def _verify(self, round_no: int, num_slots: int, submissions) -> dict[str, Any]:
+    """The server's verdict over [S] slots: accept, signed counts, a receipt per submission."""
+    accept, counts, receipts = [False] * num_slots, [0] * num_slots, {}
+    if self._recorded is not None:  # re-running a round whose block was written before a crash
+      signed = {p["name"]: p["num_samples"] for p in self._recorded["participants"]}
+      by_id = {p["client_id"]: p["name"] for p in self._recorded["participants"]}
+      for s, att, _ in submissions:
+        if att["client_id"] in by_id:
+          accept[s], counts[s] = True, signed[by_id[att["client_id"]]]
+      return {"accept": accept, "counts": counts, "receipts": receipts}
+    self._verdict = self.server.verify(round_no, [
+        (L.Attestation.from_dict(att), bytes.fromhex(d)) for _, att, d in submissions])
+    for (s, _, _), ok, n, receipt in zip(submissions, self._verdict.accept,
+                                         self._verdict.num_samples, self._verdict.receipts):
+      accept[s], counts[s], receipts[s] = bool(ok), int(n), receipt.to_dict()
+    return {"accept": accept, "counts": counts, "receipts": receipts}
+
+  def record(self, round_no, global_lora, base):
+    def append():
+      gdigest = L.tree_digest(update_tensors(jax.tree.map(multihost.host_value, global_lora)))
+      residual = (None if self.original_base is None
+                  else L.residual_digest(base_tensors(base), self.original_base))
+      block = self._recorded
+      if block is None:
+        block = self.server.record(round_no, self._verdict, gdigest, self.algorithm, residual)
+      elif (block["global_digest"] != gdigest.hex()
+            or block["residual_digest"] != (residual and residual.hex())):
+        raise L.LedgerError(f"round {round_no}: recomputed global adapter differs from the "
+                            "ledger's record (non-deterministic resume?)")
+      return {"accepted": len(block["participants"]),
+              "rejected": [x["reason"] for x in block["rejected"]], "block": block["index"]}
+    return multihost.on_writer(append)
+
+  def summary(self, adapter_file):
+    """Provenance of the exported adapter and the ledger checked against its own anchors and
+    the hospitals' receipts (process 0)."""
+    digest = L.adapter_file_digest(adapter_file)
+    anchors = {k: self.info[k] for k in ("server_public_key", "genesis_hash")}
+    prov = L.find_provenance(self.server.path, digest, **anchors)
+    receipts = self.receipts if os.path.isdir(self.receipts) else None
+    check = L.verify_ledger(self.server.path, **anchors, receipts=receipts)
+    return {"path": str(self.server.path), "valid": check.ok, "blocks": check.num_blocks,
+            "receipts": check.receipts, "adapter_digest": digest.hex(),
+            "adapter_block": None if prov is None else prov.block_index, **self.info}

@@ -1,0 +1,107 @@
+"""The round loop: sample, batch where the data lives, train, gate, aggregate, then the hooks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fedlora_jax import federated as F
+from fedlora_jax.data import poisson_round_batches, round_batches
+from fedlora_jax.data.batching import BATCH_KEYS
+from fedlora_jax.federated.placement import ClientPlacement
+from fedlora_jax.federated.round import PAD
+from fedlora_jax.run import multihost
+from fedlora_jax.run.gates import Gate
+from fedlora_jax.run.hooks import Hook, Job
+from fedlora_jax.run.setup import ClientData
+
+
+class RoundRunner:
+  """One federated round over the mesh, each process feeding only its own clients' batches."""
+
+  def __init__(self, engine: F.FederatedRound, placement: ClientPlacement, data: ClientData, *,
+               clients_per_round: int, local_steps: int, batch_size: int, seed: int,
+               max_batch_size: int | None = None):
+    self.engine = engine
+    self.placement = placement
+    self.data = data
+    self.per_round = clients_per_round
+    self.local_steps = local_steps
+    self.batch_size = batch_size
+    self.seed = seed
+    self.max_batch_size = max_batch_size  # DP-SGD: Poisson batches of this fixed shape
+
+  def _local_batches(self, client_ids: list[int], round_idx: int):
+    if self.max_batch_size:
+      return poisson_round_batches(
+          self.data.train, local_steps=self.local_steps, expected_batch_size=self.batch_size,
+          max_batch_size=self.max_batch_size, seed=self.seed, round_idx=round_idx,
+          client_ids=client_ids)
+    return round_batches(self.data.train, local_steps=self.local_steps,
+                         batch_size=self.batch_size, seed=self.seed, round_idx=round_idx,
+                         client_ids=client_ids)
+
+  def batches(self, slot_ids: np.ndarray, round_idx: int) -> dict[str, Any]:
+    """[S, K, B, L] batches; this process builds the rows of its own (real) slots only."""
+    import jax  # pylint: disable=import-outside-toplevel
+    mine = self.placement.local_slots(slot_ids, jax.process_index())
+    real = [s for s in mine if slot_ids[s] != PAD]
+    local = (self._local_batches([int(slot_ids[s]) for s in real], round_idx)[0]
+             if real else {})
+    row_of = {s: i for i, s in enumerate(real)}
+    seq = multihost.allgather_json(
+        int(next(iter(self.data.train.values())).seq_len) if self.data.train else 0)
+    shape = (len(slot_ids), self.local_steps, self.max_batch_size or self.batch_size, max(seq))
+    dtypes = {"input_ids": np.int32, "attention_mask": np.int32, "loss_mask": np.float32}
+
+    def rows(key):
+      def row(s):
+        if s in row_of:
+          return local[key][row_of[s]]
+        return np.zeros(shape[1:], dtypes[key])
+      return row
+
+    if self.engine.sharding is None:
+      return {k: np.stack([rows(k)(s) for s in range(len(slot_ids))]) for k in BATCH_KEYS}
+    return {k: multihost.global_from_rows(shape, dtypes[k], self.engine.sharding.by_client,
+                                          rows(k)) for k in BATCH_KEYS}
+
+  def __call__(self, job: Job, gate: Gate, round_idx: int) -> dict[str, Any]:
+    """Runs round `round_idx` (0-based) on `job` in place; returns its metrics record."""
+    t0 = time.time()
+    ids = F.sample_clients(len(self.data.train_names), self.per_round, seed=self.seed,
+                           round_idx=round_idx)
+    slot_ids = self.placement.slot_ids(ids)
+    batches = self.batches(slot_ids, round_idx)
+    timing = {"data_s": time.time() - t0}
+    trained = self.engine.train(job.state, job.base, batches, slot_ids)
+    accept, num_samples = gate.admit(round_idx + 1, slot_ids, trained[0])
+    timing["train_and_gate_s"] = time.time() - t0 - timing["data_s"]
+    job.state, job.base, m = self.engine.aggregate(job.state, job.base, trained, slot_ids,
+                                                   num_samples, accept)
+    ledger = gate.record(round_idx + 1, job.state["global_lora"], job.base)
+    real = np.flatnonzero(slot_ids != PAD)
+    real = real[np.argsort(slot_ids[real])]  # in client-id order
+    host = {k: multihost.gather_rows(m[k])[real] for k in ("loss", "valid", "weights")}
+    timing["round_s"] = time.time() - t0
+    return {
+        "round": round_idx + 1, "clients": [self.data.train_names[c] for c in slot_ids[real]],
+        "loss": host["loss"].mean(axis=1).round(5).tolist(), "valid": host["valid"].tolist(),
+        "weights": host["weights"].tolist(), "ledger": ledger,
+        "timing": {k: round(v, 3) for k, v in timing.items()},
+    }
+
+
+def run_rounds(job: Job, runner: RoundRunner, gate: Gate, hooks: Sequence[Hook],
+               start: int) -> None:
+  """Rounds `start` .. `job.rounds - 1`, each followed by the hooks in order."""
+  for r in range(start, job.rounds):
+    job.round_started = time.time()
+    record = runner(job, gate, r)
+    for hook in hooks:
+      hook.after_round(job, record)
+    if job.stop:
+      break

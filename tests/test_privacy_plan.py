@@ -1,0 +1,72 @@
+"""Config -> plan: which safeguards and accountant a config yields, and clear errors for bad
+combinations (unknown level, no noise, adaptive clipping at example level, DP with a robust
+rule, unknown attacking hospitals)."""
+
+import pytest
+
+from fedlora_jax.privacy import accounting as A
+from fedlora_jax.privacy.plan import attackers, privacy_plan
+from fedlora_jax.run.configs import load_config_file
+from tests.run_fixtures import DEFAULT
+
+NAMES = ["a", "b", "c", "d", "e", "f"]
+SIZES = [100, 120, 140, 160, 180, 200]
+
+
+def _cfg(**kw):
+  cfg = load_config_file(DEFAULT)
+  for key, value in kw.items():
+    section, leaf = key.split("__")
+    cfg[section][leaf] = value
+  return cfg
+
+
+def test_no_privacy_by_default():
+  plan = privacy_plan(_cfg(), NAMES, SIZES, 6)
+  assert plan.accountant is None and plan.max_batch_size is None
+  assert plan.safeguards.example_dp is None and plan.safeguards.client_dp is None
+  assert not plan.safeguards.robust.active and not plan.safeguards.attack.active
+
+
+def test_example_level_plan():
+  plan = privacy_plan(_cfg(privacy__level="example", privacy__noise_multiplier=1.1,
+                           privacy__clip_norm=0.5), NAMES, SIZES, 6)
+  dp = plan.safeguards.example_dp
+  assert (dp.noise_multiplier, dp.clip_norm, dp.expected_batch_size) == (1.1, 0.5, 8)
+  assert plan.max_batch_size == A.poisson_max_batch(SIZES, 8)
+  assert isinstance(plan.accountant, A.ExampleAccountant) and plan.accountant.local_steps == 10
+
+
+def test_client_level_plan_with_adaptive_clipping():
+  plan = privacy_plan(_cfg(privacy__level="client", privacy__noise_multiplier=0.5,
+                           privacy__adaptive_clipping=True), NAMES, SIZES, 6)
+  dp = plan.safeguards.client_dp
+  assert dp.clients_per_round == 6 and dp.adaptive.count_noise == pytest.approx(0.3)
+  assert isinstance(plan.accountant, A.ClientAccountant)
+
+
+def test_robust_rule_and_attack_from_config():
+  plan = privacy_plan(_cfg(fed__robust_rule="krum", fed__robust_f=1, attack__kind="scale",
+                           attack__clients="b,e"), NAMES, SIZES, 6)
+  assert plan.safeguards.robust.name == "krum" and plan.safeguards.attack.attackers == (1, 4)
+  assert attackers("2", NAMES) == (0, 1) and attackers("", NAMES) == ()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(privacy__level="patient"), "unknown privacy.level"),
+    (dict(privacy__level="example"), "needs privacy.noise_multiplier > 0"),
+    (dict(privacy__level="example", privacy__noise_multiplier=1.0,
+          privacy__adaptive_clipping=True), "adaptive_clipping applies to"),
+    (dict(privacy__level="client", privacy__noise_multiplier=1.0,
+          fed__robust_rule="median"), "cannot be combined with robust rule"),
+    (dict(privacy__level="client", privacy__noise_multiplier=1.0,
+          privacy__adaptive_clipping=True), "count noise"),
+    (dict(privacy__level="example", privacy__noise_multiplier=1.0, privacy__delta=0.0),
+     "privacy.delta"),
+    (dict(attack__kind="sign_flip", attack__clients="zz"), "unknown clients"),
+    (dict(attack__kind="sign_flip", attack__clients="9"), "attack.clients=9"),
+    (dict(fed__robust_rule="krum", fed__robust_f=3), "more than 6 clients"),
+])
+def test_bad_configs_are_clear_errors(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    privacy_plan(_cfg(**overrides), NAMES, SIZES, 6)
