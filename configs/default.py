@@ -123,7 +123,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.ledger.max_samples_per_client = 0  # reject attestations claiming more samples; 0: no cap
 
   c.sites = ml_collections.ConfigDict()  # cross-silo mode (scripts/deploy_local.py, Flower)
-  c.sites.registry = ""  # JSON lines of the hospitals' enrolment records (name, pk, pop)
   c.sites.server_keystore = ""  # the operator's keystore directory holding server.key
   c.sites.round_timeout = 600.0  # seconds the server waits for a round's replies
   c.sites.tls = False  # deploy_local: TLS with certificates it generates (else insecure)

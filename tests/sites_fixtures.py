@@ -30,17 +30,19 @@ class InProcessTransport:
   """
 
   def __init__(self, cfg, nodes, tamper: Callable[[str, str, dict], dict] | None = None,
-               impostors: dict[str, L.Identity] | None = None):
+               impostors: dict[str, str] | None = None):
     self.cfg, self.nodes, self.tamper = cfg, nodes, tamper
-    self.impostors = impostors or {}  # hospitals whose node signs with another (unenrolled) key
+    self.impostors = impostors or {}  # {hospital: keystore of another (unenrolled) key it signs with}
     self.down: set[str] = set()
     self.restart()
 
   def restart(self) -> None:
     """New Hospital objects (what a node restart or Flower's fresh process per message gives)."""
     self.hospitals = {h: Hospital(node, self.cfg) for h, node in self.nodes.items()}
-    for h, identity in self.impostors.items():
-      self.hospitals[h].identity = identity
+    for h, keystore in self.impostors.items():
+      node = self.nodes[h]
+      self.hospitals[h].signer = L.HospitalSigner(h, keystore, Hospital.receipts_dir(node),
+                                                  node.server_public_key, self.cfg.ledger.backend)
 
   def discover(self, payload, expected: int, timeout: float) -> dict[str, dict[str, Any]]:
     return {h: {**hosp.handle("query", payload)["result"], "node_id": i}

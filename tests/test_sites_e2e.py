@@ -13,7 +13,6 @@ pytest.importorskip("flwr")
 
 from fedlora_jax import ledger as L  # noqa: E402
 from fedlora_jax.run import experiment  # noqa: E402
-from fedlora_jax.sites import attest  # noqa: E402
 from fedlora_jax.sites.deploy import deploy  # noqa: E402
 from fedlora_jax.sites.local import group_alive  # noqa: E402
 from tests.sites_fixtures import sites_config  # noqa: E402
@@ -70,7 +69,7 @@ def test_flower_run_directory_ledger_and_receipts(fedavg_runs):
   assert not os.path.exists(os.path.join(site_dir, "keys"))  # no hospital key at the server
   ledger_path = os.path.join(site_dir, "ledger.jsonl")
   server = L.Identity.load(os.path.join(site_dir, "deploy", "operator", "keys"), "server")
-  assert L.verify_ledger(ledger_path).ok
+  assert L.verify_ledger(ledger_path, server_public_key=server.pk).ok
   ledger = L.Ledger.open(ledger_path)
   assert ledger.server.pk == server.pk  # the key the hospitals pinned
   digest = L.adapter_file_digest(os.path.join(site_dir, "adapter", "adapter_model.safetensors"))
@@ -81,9 +80,14 @@ def test_flower_run_directory_ledger_and_receipts(fedavg_runs):
     receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{state}/receipts/*.json"))]
     assert [r["round"] for r in receipts] == [1, 2] and all(
         r["verdict"] == "accepted" for r in receipts)
-    assert attest.receipts_agree(ledger_path, receipts, server.pk) == []
-    forged = {**receipts[0], "verdict": "rejected"}
-    assert attest.receipts_agree(ledger_path, [forged], server.pk) != []
+    check = L.verify_ledger(ledger_path, server_public_key=server.pk,
+                            receipts=f"{state}/receipts")
+    assert check.ok and check.receipts == 2, check
+    forged_dir = os.path.join(site_dir, "forged", h)
+    os.makedirs(forged_dir)
+    with open(os.path.join(forged_dir, "r1.json"), "w") as f:
+      json.dump({**receipts[0], "verdict": "bad_signature"}, f)
+    assert not L.verify_ledger(ledger_path, server_public_key=server.pk, receipts=forged_dir).ok
 
 
 def test_flower_processes_are_gone(fedavg_runs):

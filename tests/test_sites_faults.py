@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedlora_jax import ledger as L
-from fedlora_jax.sites import attest, codec
+from fedlora_jax.sites import codec
 from fedlora_jax.sites.node_config import NodeConfig, NodeConfigError
 from tests.sites_fixtures import run_in_process, sites_config
 
@@ -28,7 +28,9 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
   trauma signs with a key the registry does not hold; only maternity is aggregated. Round 2:
   maternity does not answer (missing); trauma is still unregistered."""
   cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS)
-  impostor = L.Identity.generate("trauma")
+  impostor = str(tmp_path / "impostor")
+  L.enroll("trauma", impostor)
+  forger = L.Identity.load(impostor, "trauma")
   updates = {}
 
   def tamper(kind, h, reply):
@@ -36,7 +38,7 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
       return reply
     att = dict(reply["attestation"])
     if h == "cardiology" and att["round"] == 1:
-      att["signature"] = impostor.sign(b"something else").hex()
+      att["signature"] = forger.sign(b"something else").hex()
     if h == "oncology" and att["round"] == 1:
       name = sorted(reply["update"])[0]
       reply["update"] = {**reply["update"], name: reply["update"][name] + 1e-3}
@@ -51,7 +53,8 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
   summary, enrolment, transport = run_in_process(cfg, tamper=tamper, after_round=silence,
                                                  impostors={"trauma": impostor})
   ledger_path = os.path.join(cfg.workdir, "ledger.jsonl")
-  assert L.verify_ledger(ledger_path).ok
+  server_pk = L.Ledger.open(ledger_path).server.pk
+  assert L.verify_ledger(ledger_path, server_public_key=server_pk).ok
   blocks = [b for b in L.Ledger.open(ledger_path).blocks if b["kind"] == "round"]
   reasons = lambda b: sorted(r["reason"] for r in b["rejected"])
   assert [p["name"] for p in blocks[0]["participants"]] == ["maternity"]
@@ -66,14 +69,16 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
   block1_global = blocks[0]["global_digest"]
   assert L.tree_digest(updates[("maternity", 1)]).hex() == block1_global
   # Receipts: every submission's verdict, signed by the server and matching the ledger.
-  server_pk = L.Ledger.open(ledger_path).server.pk
   for h in HOSPITALS:
     state = enrolment.nodes[h].state_dir
     receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{state}/receipts/*.json"))]
-    assert attest.receipts_agree(ledger_path, receipts, server_pk) == [], h
+    check = L.verify_ledger(ledger_path, server_public_key=server_pk,
+                            receipts=f"{state}/receipts")
+    assert check.ok and check.receipts == len(receipts), (h, check)
     verdicts = [r["verdict"] for r in receipts]
-    expected = {"cardiology": ["rejected", "accepted"], "oncology": ["rejected", "accepted"],
-                "trauma": ["rejected", "rejected"], "maternity": []}[h]  # its receipt waits
+    expected = {"cardiology": ["bad_signature", "accepted"],
+                "oncology": ["digest_mismatch", "accepted"],
+                "trauma": ["unregistered", "unregistered"], "maternity": []}[h]  # its receipt waits
     # for its next message (silent since round 2, and round 1 had no evaluation message)
     assert verdicts == expected, h
     # a rejected update never becomes the node's client state

@@ -28,7 +28,7 @@ from fedlora_jax.run import report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.setup import expand, load_model, lora_config
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, write_config
-from fedlora_jax.sites import attest, codec, job
+from fedlora_jax.sites import codec, job
 
 Reply = dict[str, Any]
 
@@ -56,7 +56,9 @@ class Coordinator:
     self.ckpt_dir = os.path.join(self.workdir, "checkpoints")
     has_ckpt = os.path.isdir(self.ckpt_dir) and any(n.isdigit() for n in os.listdir(self.ckpt_dir))
     check_workdir(self.workdir, cfg, has_checkpoint=has_ckpt, resume=cfg.resume)
-    self.registry = attest.read_registry(expand(cfg.sites.registry), cfg.ledger.backend)
+    if not cfg.ledger.registry:
+      raise ValueError("the sites mode needs ledger.registry (the hospitals' enrolment records)")
+    self.registry = L.load_registry(expand(cfg.ledger.registry), cfg.ledger.backend)
     self.names = [r.name for r in self.registry]  # client id = position in the registry
     self.model, _, self.base_dir = load_model(cfg)
     write_config(self.workdir, cfg)
@@ -69,9 +71,12 @@ class Coordinator:
       restored, meta = self.ckpt.restore(self.ckpt.latest_round(), {"state": self.state})
       self.state, self.start = restored["state"], int(meta["round"])
       logging.info("resumed %s at round %d", self.workdir, self.start)
-    self.ledger = attest.RoundLedger(os.path.join(self.workdir, "ledger.jsonl"),
-                                     expand(cfg.sites.server_keystore), self.registry,
-                                     cfg.ledger.backend)
+    self.ledger = L.LedgerServer.open_or_create(
+        os.path.join(self.workdir, "ledger.jsonl"), expand(cfg.sites.server_keystore),
+        self.registry, label="fedlora-jax-sites",  # the genesis adds a fresh random nonce
+        max_samples_per_client=cfg.ledger.max_samples_per_client,
+        weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
+        backend=cfg.ledger.backend)
     self.metrics = MetricsLog(os.path.join(self.workdir, "metrics.jsonl"),
                               keep_until_round=self.start if self.start else -1)
 
@@ -104,7 +109,7 @@ class Coordinator:
       record = self._round(transport, engine, r, per_round, max_targets)
       last_accuracy = record.get("accuracy", last_accuracy)
       self.ckpt.save(r + 1, {"state": self.state}, {"round": r + 1,
-                     "ledger_head": self.ledger.ledger.head_hash}, force=r + 1 == cfg.fed.rounds)
+                     "ledger_head": self.ledger.head_hash}, force=r + 1 == cfg.fed.rounds)
       self.metrics.append(record)
       progress(progress_line(record))
     self.ckpt.close()
@@ -119,7 +124,7 @@ class Coordinator:
     ids = F.sample_clients(len(self.names), per_round, seed=cfg.seed, round_idx=r)
     joined = transport.rejoin({"task": {"evaluate": False}}, min(cfg.sites.round_timeout, 60.0))
     self.info.update({h: info for h, info in joined.items() if h in self.names})
-    context = self.ledger.context(round_no)
+    context = self.ledger.round_context(round_no).to_dict()
     global_arrays = self._global_arrays()
     server_arrays = codec.tree_arrays(self.state["server_state"])
     payloads = {self.names[c]: {
@@ -139,29 +144,30 @@ class Coordinator:
       except (codec.MessageError, KeyError, ValueError) as e:
         missing[h] = f"malformed reply: {e}"
         continue
-      submissions.append(attest.Submission(h, dict(rep["attestation"]), digest))
+      submissions.append((h, _attestation(rep.get("attestation"), round_no), digest))
     recorded = self.ledger.recorded_block(round_no)
     if recorded is None:
-      accepted, verdict = self.ledger.verify(round_no, submissions)
-    else:  # re-running a round whose block was written before a crash
-      names = {p["name"] for p in recorded["participants"]}
-      accepted = {s.hospital: None for s in submissions if s.hospital in names}
-    accept = np.asarray([self.names[c] in accepted for c in ids])
-    counts = np.asarray([accepted[self.names[c]].num_samples if self.names[c] in accepted
-                         and accepted[self.names[c]] is not None
-                         else answered.get(self.names[c], {}).get("num_samples", 1)
-                         for c in ids], np.float32)  # the signed counts are the weights
+      verdict = self.ledger.verify(round_no, [(att, d) for _, att, d in submissions])
+      signed = {h: int(n) for (h, _, _), ok, n in zip(submissions, verdict.accept,
+                                                     verdict.num_samples) if ok}
+    else:  # re-running a round whose block was written before a crash (no new receipts)
+      signed = {p["name"]: p["num_samples"] for p in recorded["participants"]}
+      signed = {h: signed[h] for h, _, _ in submissions if h in signed}
+    accept = np.asarray([self.names[c] in signed for c in ids])
+    counts = np.asarray([signed.get(self.names[c], 0) for c in ids], np.float32)  # signed counts
     trained = self._stack(ids, answered, updates)
-    self.state, m = engine.aggregate(self.state, self.base, trained, ids, counts, accept)
+    self.state, self.base, m = engine.aggregate(self.state, self.base, trained, ids, counts,
+                                                accept)
     global_digest = L.tree_digest(self._global_arrays())
     if recorded is None:
-      block = self.ledger.append(round_no, verdict, global_digest, self.algorithm.name)
+      block = self.ledger.record(round_no, verdict, global_digest, self.algorithm.name)
+      self.receipts.update({h: r.to_dict() for (h, _, _), r in zip(submissions,
+                                                                    verdict.receipts)})
     elif recorded["global_digest"] != global_digest.hex():
       raise L.LedgerError(f"round {round_no}: recomputed global adapter differs from the "
                           "ledger's record")
     else:
       block = recorded
-    self.receipts.update(self.ledger.receipts(block, submissions))
     record: dict[str, Any] = {
         "round": round_no, "clients": [self.names[c] for c in ids],
         "loss": [float(np.mean(answered[self.names[c]]["loss"])) if self.names[c] in answered
@@ -257,16 +263,25 @@ class Coordinator:
         "adapter": adapter_file,
     }
     digest = L.adapter_file_digest(adapter_file)
-    prov = L.find_provenance(self.ledger.path, digest)
-    check = L.verify_ledger(self.ledger.path)
-    summary["ledger"] = {"path": self.ledger.path, "valid": check.ok, "blocks": check.num_blocks,
-                         "adapter_digest": digest.hex(),
-                         "server_public_key": self.ledger.server.pk.hex(),
-                         "adapter_block": None if prov is None else prov.block_index}
+    anchors = {k: self.ledger.info()[k] for k in ("server_public_key", "genesis_hash")}
+    prov = L.find_provenance(self.ledger.path, digest, **anchors)
+    check = L.verify_ledger(self.ledger.path, **anchors)
+    summary["ledger"] = {"path": str(self.ledger.path), "valid": check.ok,
+                         "blocks": check.num_blocks, "adapter_digest": digest.hex(),
+                         "adapter_block": None if prov is None else prov.block_index,
+                         **self.ledger.info()}
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
     report.write_report(workdir, summary)
     return summary
+
+
+def _attestation(data: Any, round_no: int) -> L.Attestation:
+  """A reply's attestation; a malformed one becomes one the ledger rejects as unregistered."""
+  try:
+    return L.Attestation.from_dict(data)
+  except L.LedgerError:
+    return L.Attestation("", round_no, "", "malformed", "", 0, b"")
 
 
 def _accuracy_record(replies: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ restart of the node.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Mapping
@@ -24,9 +23,10 @@ from fedlora_jax import data as D
 from fedlora_jax import ledger as L
 from fedlora_jax import federated as F
 from fedlora_jax import models
-from fedlora_jax.run.evaluation import accuracy_matrix
+from fedlora_jax.federated.placement import ClientPlacement
+from fedlora_jax.run.evaluation import Evaluator
 from fedlora_jax.run.setup import load_model
-from fedlora_jax.sites import attest, codec, job
+from fedlora_jax.sites import codec, job
 from fedlora_jax.sites.node_config import NodeConfig, read_records
 
 PyTree = Any
@@ -57,15 +57,23 @@ class Hospital:
     self.train_data = D.tokenize_mcq(tokenizer, self.train_records, cfg.data.max_len)
     self.test_data = test
     self.algorithm = job.algorithm(cfg)
-    self.identity = L.Identity.load(node.keystore, node.hospital, cfg.ledger.backend)
+    self.signer = L.HospitalSigner(node.hospital, node.keystore, self.receipts_dir(node),
+                                   node.server_public_key, cfg.ledger.backend)
+    self.evaluator = Evaluator(self.graphdef, {0: test}, ClientPlacement.create(1, None), None,
+                               batch_size=cfg.eval.batch_size, group_size=cfg.eval.group_size)
     self._jitted: dict[int, Any] = {}
     self.state_dir = os.path.join(node.state_dir, "client_state")
     os.makedirs(self.state_dir, exist_ok=True)
 
+  @staticmethod
+  def receipts_dir(node: NodeConfig) -> str:
+    """Where the node keeps the server's receipts (and the attestations it issued)."""
+    return os.path.join(node.state_dir, "receipts")
+
   def describe(self) -> dict[str, Any]:
     """What the server learns at the start: name, key, set sizes, longest answer span."""
     label, share = D.dominant_chapter_share(self.train_records)
-    return {"hospital": self.node.hospital, "public_key": self.identity.pk.hex(),
+    return {"hospital": self.node.hospital, "public_key": self.signer.public_key.hex(),
             "train": len(self.train_data), "test": len(self.test_data), "dominant": label,
             "dominant_share": round(float(share), 3),
             "max_target_tokens": int(self.train_data.loss_mask.sum(axis=1).max())}
@@ -102,8 +110,8 @@ class Hospital:
     update = codec.lora_arrays(local)
     new_arrays = codec.tree_arrays(new_state)
     np.savez(self._path("pending", round_no), **new_arrays)
-    attestation = attest.sign_update(self.identity, context, L.tree_digest(update),
-                                     int(counts[0]), cfg.ledger.backend)
+    attestation = self.signer.attest(L.RoundContext.from_dict(context), L.tree_digest(update),
+                                     int(counts[0])).to_dict()
     return {"update": update, "client_state_old": codec.tree_arrays(old_state),
             "client_state_new": new_arrays, "attestation": attestation,
             "loss": np.asarray(losses).tolist(), "num_samples": int(counts[0])}
@@ -124,19 +132,18 @@ class Hospital:
       return codec.tree_from_arrays(dict(z), like, f"client state {path}")
 
   def settle(self, receipt: Mapping[str, Any]) -> bool:
-    """Checks the server's receipt for this node's submission; commits the pending state when
-    accepted (drops it otherwise); stores the receipt. False when the receipt does not verify."""
-    if not attest.check_receipt(receipt, self.node.server_public_key, self.cfg.ledger.backend):
+    """Checks the server's receipt for this node's submission (`HospitalSigner.accept_receipt`,
+    which stores it); commits the pending state when accepted (drops it otherwise). False when
+    the receipt is malformed, not signed by the pinned server key, or not for this node."""
+    try:
+      answer = L.Receipt.from_dict(receipt)
+      self.signer.accept_receipt(answer)
+    except L.LedgerError:
       return False
-    round_no = int(receipt["round"])
-    receipts = os.path.join(self.node.state_dir, "receipts")
-    os.makedirs(receipts, exist_ok=True)
-    with open(os.path.join(receipts, f"round_{round_no:06d}.json"), "w") as f:
-      json.dump(dict(receipt), f, sort_keys=True)
-    pending = self._path("pending", round_no)
+    pending = self._path("pending", answer.round)
     if os.path.exists(pending):
-      if receipt["verdict"] == "accepted":
-        os.replace(pending, self._path("committed", round_no))
+      if answer.verdict == L.ACCEPTED:
+        os.replace(pending, self._path("committed", answer.round))
       else:
         os.remove(pending)
     return True
@@ -148,7 +155,8 @@ class Hospital:
     message it gets and is settled first. Returns the reply payload (array dicts + "result")."""
     task = payload["task"]
     if task.get("receipt") and not self.settle(task["receipt"]):
-      raise ValueError("the server's receipt does not verify under the pinned server key")
+      raise ValueError("the server's receipt does not verify under the pinned server key or "
+                       "answers no attestation of this node")
     if kind == "query":
       info = self.describe()
       if task["evaluate"]:
@@ -169,6 +177,5 @@ class Hospital:
     """Accuracy of this hospital's model (personal for FedSA-LoRA / local) on its own test set."""
     global_lora = codec.lora_from_arrays(global_arrays, self.lora_like)
     lora = self.algorithm.personal_lora(global_lora, self.client_state(round_no + 1, global_lora))
-    acc = accuracy_matrix(self.graphdef, self.base, jax.tree.map(lambda x: x[None], lora),
-                          [self.test_data], self.cfg.eval.batch_size)
+    acc = self.evaluator.accuracy(self.base, jax.tree.map(lambda x: x[None], lora), [(0, 0)])
     return {"accuracy": float(acc[0, 0]), "test": len(self.test_data)}

@@ -21,8 +21,8 @@ from typing import Any
 import ml_collections
 
 from fedlora_jax import ledger as L
-from fedlora_jax.run.setup import base_model_dir, client_records
-from fedlora_jax.sites import attest, job
+from fedlora_jax.run.setup import base_model_dir, client_records, hospital_names
+from fedlora_jax.sites import job
 from fedlora_jax.sites.node_config import NodeConfig, write_records
 
 APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flwr_app")
@@ -45,42 +45,33 @@ class Enrolment:
   nodes: dict[str, NodeConfig]
 
 
-def _identity(name: str, keystore: str, backend: str) -> L.Identity:
-  """The party's key from its keystore; created (OS randomness) on first use only."""
-  if os.path.exists(os.path.join(keystore, name + ".key")):
-    return L.Identity.load(keystore, name, backend)
-  ident = L.Identity.generate(name, backend=backend)
-  ident.save(keystore)
-  return ident
-
-
 def enrol_local(cfg: ml_collections.ConfigDict, root: str) -> Enrolment:
   """Plays every party of a local demo: exports each hospital's questions to its own directory,
   creates its key in its own keystore and its enrolment record, and the operator's server key
   and registry. Keys come from the OS's randomness and are reused when they exist (resume)."""
   job.check_job(cfg)
-  names, train, test, _ = client_records(cfg)
+  names, train, test, _ = client_records(cfg, set(range(len(hospital_names(cfg)))))
   base = base_model_dir(cfg)  # the shared base every party is given (built once, cached)
   backend = cfg.ledger.backend
   operator = os.path.join(root, "operator")
-  server = _identity("server", os.path.join(operator, "keys"), backend)
-  records, nodes = [], {}
-  for name, tr, te in zip(names, train, test):
+  server = L.enroll("server", os.path.join(operator, "keys"), backend)
+  registrations, nodes = [], {}
+  for i, name in enumerate(names):
     site = os.path.join(root, "hospitals", name)
     os.makedirs(site, exist_ok=True)
-    write_records(os.path.join(site, "train.jsonl"), tr)
-    write_records(os.path.join(site, "test.jsonl"), te)
-    ident = _identity(name, os.path.join(site, "keys"), backend)
-    records.append(attest.registration_record(ident, backend))
+    write_records(os.path.join(site, "train.jsonl"), train[i])
+    write_records(os.path.join(site, "test.jsonl"), test[i])
+    registrations.append(L.enroll(name, os.path.join(site, "keys"), backend))
     nodes[name] = NodeConfig.parse({
         "hospital": name, "train-file": os.path.join(site, "train.jsonl"),
         "test-file": os.path.join(site, "test.jsonl"), "keystore": os.path.join(site, "keys"),
         "state-dir": os.path.join(site, "state"), "base-model": base,
         "server-public-key": server.pk.hex()})
   registry = os.path.join(operator, "registry.jsonl")
-  attest.write_registry(registry, records)
+  with open(registry, "w") as f:
+    f.writelines(L.registry_line(reg) + "\n" for reg in registrations)
   run_cfg = ml_collections.ConfigDict(cfg.to_dict())
-  run_cfg.sites.registry = registry
+  run_cfg.ledger.registry = registry
   run_cfg.sites.server_keystore = os.path.join(operator, "keys")
   path = os.path.join(operator, "job.json")
   with open(path, "w") as f:
