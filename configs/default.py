@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "icd10"  # "icd10" (embedded) or "files" (MedQA / MedMCQA / PubMedQA paths)
+  c.data.seed = -1  # icd10 split and tiny-base pretraining; -1: the run's seed (compare fixes 0)
   c.data.level = "chapter"  # icd10: "chapter" (easier) or "block" (harder)
   c.data.tokenizer_vocab = 4096  # icd10 with the tiny base: BPE trained on ICD text
   c.data.max_len = 128

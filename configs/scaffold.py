@@ -1,4 +1,4 @@
-"""The default CPU demo with SCAFFOLD (control variates, option II).
+"""The default CPU demo with SCAFFOLD (control variates from the applied, clipped gradients).
 
     python scripts/train.py --config=configs/scaffold.py --config.workdir=runs/scaffold
 """
@@ -10,6 +10,4 @@ def get_config():
   c = sibling_config(__file__, "default")
   c.workdir = "runs/scaffold"
   c.fed.algorithm = "scaffold"
-  c.fed.local_optimizer = "sgd"  # SCAFFOLD's control variates assume SGD
-  c.fed.local_lr = 0.5
   return c

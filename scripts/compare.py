@@ -1,7 +1,10 @@
-"""Single-client LoRA vs FedAvg vs FedProx vs centralized on the same data and seed, one table.
+"""Single-client LoRA vs the federated variants vs centralized, per seed, scored by the paper's
+cross-client protocol and the own-test protocol (mean ± std over seeds, paired bootstrap
+intervals for the gaps).
 
-    python scripts/compare.py --config=configs/default.py --root=runs/compare \
-        [--variants=local,fedavg,fedprox,centralized] [--config.fed.rounds=15 ...]
+    python scripts/compare.py --config=configs/default.py --root=runs/compare --seeds=0,1,2 \
+        [--variants=local,fedavg,fedprox,fedsa_lora,ffa_lora,fedex_lora,scaffold,centralized] \
+        [--config.fed.rounds=15 ...]
     python scripts/compare.py --table=attack --root=runs/compare   # robust rules under attack
     python scripts/compare.py --table=privacy --root=runs/compare  # DP-SGD at epsilon 1, 3, 8
 """
@@ -13,22 +16,34 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Base run config.",
                                           lock_config=True)
-_ROOT = flags.DEFINE_string("root", "runs/compare", "Folder for the variants' run directories.")
-_VARIANTS = flags.DEFINE_list("variants", ["local", "fedavg", "fedprox", "centralized"],
-                              "Methods to compare (local, fedavg, fedprox, centralized).")
+_ROOT = flags.DEFINE_string("root", "runs/compare", "Folder for the runs and compare.{md,json}.")
+_VARIANTS = flags.DEFINE_list(
+    "variants", ["local", "fedavg", "fedprox", "fedsa_lora", "ffa_lora", "fedex_lora", "scaffold",
+                 "centralized"], "Methods to compare (see fedlora_jax.run.compare.VARIANTS).")
+_SEEDS = flags.DEFINE_list("seeds", [], "Seeds to run every method with (default: config.seed).")
+_DRAWS = flags.DEFINE_integer("bootstrap_draws", 2000, "Paired bootstrap resamples.")
 _TABLE = flags.DEFINE_enum("table", "methods", ["methods", "attack", "privacy"],
-                           "methods: the comparison above; attack / privacy: issue 14's tables.")
+                           "methods: the comparison above; attack / privacy: robustness under "
+                           "attack and the privacy-utility table.")
 
 
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from fedlora_jax.run.cli import run_cli
-  from fedlora_jax.run.compare import compare
+  from fedlora_jax.run.compare import VARIANTS, compare
   if _TABLE.value != "methods":
     from fedlora_jax.run.safeguard_tables import safeguard_table
     return run_cli(lambda: print(safeguard_table(_CONFIG.value, _TABLE.value, _ROOT.value)))
-  return run_cli(lambda: print(compare(_CONFIG.value, _VARIANTS.value, _ROOT.value)))
+  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  if unknown:
+    raise app.UsageError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+  except ValueError as e:
+    raise app.UsageError(f"--seeds must be integers: {_SEEDS.value}") from e
+  return run_cli(lambda: print(compare(_CONFIG.value, _VARIANTS.value, _ROOT.value, seeds,
+                                       draws=_DRAWS.value)))
 
 
 if __name__ == "__main__":

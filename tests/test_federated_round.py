@@ -101,6 +101,7 @@ def test_nonfinite_client_is_quarantined_and_all_bad_round_changes_nothing(tiny)
   state = F.init_state(alg, lora, 3, 0)
   poison = lambda x: x.at[1].set(jnp.nan) if x.ndim == 3 else x
   state["client_states"] = jax.tree.map(poison, state["client_states"])
+  state["client_states"]["trained"] = jnp.ones(3, bool)  # else client 1 starts from the global B
   g_before = jax.tree.map(np.asarray, state["global_lora"])
   state, _, metrics = fr(state, base, client_batches(3, 1), [0, 1, 2], COUNTS)
   np.testing.assert_array_equal(np.asarray(metrics["valid"]), [True, False, True])

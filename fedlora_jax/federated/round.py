@@ -31,10 +31,11 @@ import numpy as np
 import optax
 
 from fedlora_jax.federated.aggregation import all_finite_per_client, client_weights
-from fedlora_jax.federated.algorithms.base import Algorithm, ServerInputs, part_mask
+from fedlora_jax.federated.algorithms.base import (Algorithm, ServerInputs, merge_parts,
+                                                   split_parts)
+from fedlora_jax.federated.safeguards import Safeguards
 from fedlora_jax.federated.sharding import ClientSharding, in_client_groups
 from fedlora_jax.models.functional import base_logical_axes, lm_loss
-from fedlora_jax.federated.safeguards import Safeguards
 
 PyTree = Any
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
@@ -63,9 +64,7 @@ class LocalTraining:
       opt = optax.sgd(self.learning_rate)
     else:
       raise ValueError(f"unknown local optimizer {self.optimizer!r} (adamw, adam, sgd)")
-    if self.grad_clip_norm is not None:
-      opt = optax.chain(optax.clip_by_global_norm(self.grad_clip_norm), opt)
-    return opt
+    return opt  # gradients reach it already clipped (and corrected): see client_train
 
 
 def init_state(algorithm: Algorithm, global_lora: PyTree, num_clients: int, seed: int,
@@ -117,31 +116,45 @@ class FederatedRound:
 
   # --- one client ------------------------------------------------------------------------------
   def client_train(self, base, global_lora, server_state, client_state, batches_k, key):
-    """K local steps of one client. batches_k leaves: [K, B, S]. Returns (lora, state, losses[K])."""
+    """K local steps of one client. batches_k leaves: [K, B, S]. Returns (lora, state, losses[K]).
+
+    Only the algorithm's `trainable_parts` are differentiated, clipped (global norm over them)
+    and updated; the other parts stay bit-identical. Each step applies
+    optimizer(correct_grads(clip(grad))); the mean of the clipped, uncorrected gradients goes to
+    `client_final` (SCAFFOLD's control variate).
+    """
     alg, tr = self.algorithm, self.training
     start = alg.client_start(global_lora, client_state)
-    trainable = part_mask(start, alg.trainable_parts)
+    train0, frozen = split_parts(start, alg.trainable_parts)
+    clip = (optax.clip_by_global_norm(tr.grad_clip_norm) if tr.grad_clip_norm is not None
+            else optax.identity())
 
     def step(carry, xs):
-      lora, opt_state = carry
+      train, opt_state, grad_sum = carry
       batch, i = xs
       step_key = jax.random.fold_in(key, i)
 
-      def objective(l, b):
-        loss, _ = lm_loss(self.graphdef, base, l, b, max_target_tokens=tr.max_target_tokens,
+      def objective(t, b):
+        lora = merge_parts(t, frozen)
+        loss, _ = lm_loss(self.graphdef, base, lora, b, max_target_tokens=tr.max_target_tokens,
                           logits_chunk=tr.logits_chunk, dropout_rng=step_key)
-        return loss + alg.penalty(l, start), loss
+        return loss + alg.penalty(lora, start), loss
 
-      grads, loss = self.safeguards.local_grads(objective, lora, batch, step_key, trainable)
-      grads = alg.correct_grads(grads, client_state, server_state)
-      updates, opt_state = self._optimizer.update(grads, opt_state, lora)
-      updates = jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, trainable)
-      return (optax.apply_updates(lora, updates), opt_state), loss
+      # Plain gradients, or DP-SGD's clipped and noised per-example ones (Safeguards).
+      grads, loss = self.safeguards.local_grads(objective, train, batch, step_key,
+                                                jax.tree.map(lambda _: True, train))
+      grads, _ = clip.update(grads, clip.init(train))
+      updates, opt_state = self._optimizer.update(
+          alg.correct_grads(grads, client_state, server_state), opt_state, train)
+      grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      return (optax.apply_updates(train, updates), opt_state, grad_sum), loss
 
     steps = jnp.arange(tr.local_steps)
-    (local, _), losses = jax.lax.scan(step, (start, self._optimizer.init(start)),
-                                      (batches_k, steps))
-    new_state = alg.client_final(client_state, server_state, start, local, tr.local_steps)
+    carry0 = (train0, self._optimizer.init(train0), jax.tree.map(jnp.zeros_like, train0))
+    (train, _, grad_sum), losses = jax.lax.scan(step, carry0, (batches_k, steps))
+    local = merge_parts(train, frozen)
+    mean_grad = jax.tree.map(lambda g: g / tr.local_steps, grad_sum)
+    new_state = alg.client_final(client_state, server_state, start, local, mean_grad)
     return local, new_state, losses
 
   # --- the round -------------------------------------------------------------------------------

@@ -63,17 +63,11 @@ class Evaluator:
       self._jitted[num_slots] = jax.jit(predict, **kw)
     return self._jitted[num_slots]
 
-  def correct_counts(self, base, lora_m, pairs: Sequence[tuple[int, int]],
-                     max_questions: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(correct [M, T], questions [M, T]) for the (model m, test set t) `pairs`.
-
-    Every process passes the same pairs; each scores those whose test set it holds.
-    `max_questions` > 0 uses only the first questions of each test set.
-    """
-    num_models = jax.tree.leaves(lora_m)[0].shape[0]
-    num_tests = len(self.placement.home)
+  def _correct_here(self, base, lora_m, pairs, max_questions: int
+                    ) -> dict[tuple[int, int], np.ndarray]:
+    """{(m, t): [n] bool, question right} for the pairs whose test set this process holds."""
     me = jax.process_index()
-    items = []  # (model, test set, first question) of one batch each, this process's only
+    items = []  # (model, test set, first question, questions) of one batch each
     for m, t in pairs:
       if t in self.tests:
         n = len(self.tests[t]) if not max_questions else min(len(self.tests[t]), max_questions)
@@ -82,22 +76,36 @@ class Evaluator:
     needed = max(-(-count // r) for count, r in multihost.allgather_json([len(items), rows]))
     per_row = min(self.group_size, max(needed, 1))
     steps = -(-needed // per_row)
-    correct = np.zeros((num_models, num_tests), np.int64)
-    seen = np.zeros((num_models, num_tests), np.int64)
     slots = self.placement.num_rows * per_row
     positions = [i * per_row + j for i in self.placement.rows_of(me) for j in range(per_row)]
     predict = self._predict(slots)
+    right: dict[tuple[int, int], np.ndarray] = {}
     for step in range(steps):
       mine = dict(zip(positions, items[step * len(positions):(step + 1) * len(positions)]))
-      inputs = self._inputs(mine, slots)
-      pred_sb = predict(base, lora_m, *inputs)
+      pred_sb = predict(base, lora_m, *self._inputs(mine, slots))
       for s, rows_pred in multihost.host_rows(pred_sb).items():
         if s in mine:
           m, t, start, n = mine[s]
           count = min(self.batch_size, n - start)
-          labels = self.tests[t].labels[start:start + count]
-          correct[m, t] += int(np.sum(rows_pred[:count] == labels))
-          seen[m, t] += count
+          if (m, t) not in right:
+            right[(m, t)] = np.zeros(n, bool)
+          right[(m, t)][start:start + count] = (
+              rows_pred[:count] == self.tests[t].labels[start:start + count])
+    return right
+
+  def correct_counts(self, base, lora_m, pairs: Sequence[tuple[int, int]],
+                     max_questions: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(correct [M, T], questions [M, T]) for the (model m, test set t) `pairs`.
+
+    Every process passes the same pairs; each scores those whose test set it holds.
+    `max_questions` > 0 uses only the first questions of each test set.
+    """
+    num_models = jax.tree.leaves(lora_m)[0].shape[0]
+    shape = (num_models, len(self.placement.home))
+    correct, seen = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    here = self._correct_here(base, lora_m, pairs, max_questions)
+    for (m, t), right in here.items():
+      correct[m, t], seen[m, t] = int(right.sum()), len(right)
     totals = multihost.allgather_json([correct.tolist(), seen.tolist()])
     return (np.sum([np.asarray(c) for c, _ in totals], axis=0),
             np.sum([np.asarray(n) for _, n in totals], axis=0))
@@ -108,6 +116,20 @@ class Evaluator:
     correct, seen = self.correct_counts(base, lora_m, pairs, max_questions)
     with np.errstate(invalid="ignore", divide="ignore"):
       return np.where(seen > 0, correct / np.maximum(seen, 1), np.nan)
+
+  def correct_matrix(self, base, lora_m) -> list[np.ndarray]:
+    """Per test set t, [M, N_t] bool: whether adapter m answers each question right (every
+    adapter on every whole test set; gathered on every process, for paired bootstraps)."""
+    num_models = jax.tree.leaves(lora_m)[0].shape[0]
+    num_tests = len(self.placement.home)
+    pairs = [(m, t) for m in range(num_models) for t in range(num_tests)]
+    here = self._correct_here(base, lora_m, pairs, 0)
+    mine = {t: np.stack([here[(m, t)] for m in range(num_models)]).tolist()
+            for t in self.tests}
+    out: dict[int, np.ndarray] = {}
+    for part in multihost.allgather_json(mine):
+      out.update({int(t): np.asarray(v, bool) for t, v in part.items()})
+    return [out[t] for t in range(num_tests)]
 
   def _inputs(self, mine: dict[int, tuple[int, int, int, int]], slots: int):
     b, o, s_len = self.batch_size, self.num_options, self.seq_len

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from fedlora_jax import federated as F
 from fedlora_jax import models
@@ -31,7 +32,7 @@ from fedlora_jax.run.hooks import (PERSONALISED, CheckpointHook, EvaluationHook,
                                    PrivacyHook, eval_loras, per_client, progress)
 from fedlora_jax.run.loop import RoundRunner, run_rounds
 from fedlora_jax.run.setup import (ClientData, base_model_dir, expand, hospital_names,
-                                   load_client_data, load_model, lora_config)
+                                   load_client_data, load_model, local_steps, lora_config)
 from fedlora_jax.run.workdir import check_workdir, flat_config, write_config, write_json
 # (flower) algorithm and local training are built in setup, shared with fedlora_jax/sites
 from fedlora_jax.run.setup import algorithm as _algorithm, local_training as _training
@@ -88,7 +89,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   num_clients = len(data.train_names)
   per_round = F.clients_per_round(num_clients, count=cfg.fed.clients_per_round or None)
   plan = privacy_plan(cfg, data.train_names, data.train_sizes, per_round)
-  engine = F.FederatedRound(graphdef, algorithm, _training(cfg, data.max_target_tokens),
+  steps = local_steps(cfg, data)  # the centralized client takes one round's hospitals' steps
+  engine = F.FederatedRound(graphdef, algorithm, _training(cfg, data.max_target_tokens, steps),
                             num_clients, sharding, client_group_size=cfg.fed.client_group_size,
                             safeguards=plan.safeguards)
   state = F.init_state(algorithm, lora, num_clients, cfg.seed, plan.safeguards)
@@ -143,7 +145,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
       metrics.log.append(record0)
       progress(record0, 0)
   runner = RoundRunner(engine, placement, data, clients_per_round=per_round,
-                       local_steps=cfg.fed.local_steps, batch_size=cfg.fed.batch_size,
+                       local_steps=steps, batch_size=cfg.fed.batch_size,
                        seed=cfg.seed, max_batch_size=plan.max_batch_size)
   run_rounds(job, runner, gate, hooks, start)
   ckpt.close()
@@ -156,12 +158,15 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     privacy = {"level": cfg.privacy.level, "delta": cfg.privacy.delta,
                "noise_multiplier": plan.noise_multiplier,
                "epsilon": plan.accountant.spent()}
-  return _finish(cfg, workdir, graphdef, job, data, matrix, base_dir, gate, privacy)
+  return _finish(cfg, workdir, graphdef, job, data, matrix, evaluation.correct, base_dir, gate,
+                 privacy)
 
 
-def _finish(cfg, workdir: str, graphdef, job: Job, data: ClientData, matrix, base_dir: str,
-            gate: Gate, privacy: dict[str, Any] | None) -> dict[str, Any]:
-  """Exports the adapter(s) in PEFT format, checks provenance, writes summary and report."""
+def _finish(cfg, workdir: str, graphdef, job: Job, data: ClientData, matrix, correct,
+            base_dir: str, gate: Gate, privacy: dict[str, Any] | None) -> dict[str, Any]:
+  """Exports the adapter(s) in PEFT format, checks provenance, writes summary, per-question
+  correctness (`correct.npz`: test set -> [M, N_t] bool, for compare's paired bootstraps) and
+  the report."""
   algorithm = job.algorithm
   personal = eval_loras(algorithm, job.state) if algorithm.name in PERSONALISED else None
   summary: dict[str, Any] = {}
@@ -193,6 +198,7 @@ def _finish(cfg, workdir: str, graphdef, job: Job, data: ClientData, matrix, bas
     }
     if privacy is not None:
       summary["privacy"] = privacy
+    np.savez_compressed(os.path.join(workdir, "correct.npz"), **dict(zip(data.test_names, correct)))
     ledger = gate.summary(adapter_file)
     if ledger:
       summary["ledger"] = ledger

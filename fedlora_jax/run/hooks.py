@@ -86,6 +86,7 @@ class EvaluationHook:
     self.every = every
     self.round_max_questions = round_max_questions
     self.matrix: np.ndarray | None = None
+    self.correct: list[np.ndarray] | None = None  # per test set [M, N_t] bool, after the last round
 
   def _models(self, job: Job):
     loras = eval_loras(job.algorithm, job.state)
@@ -100,11 +101,10 @@ class EvaluationHook:
     return [float(acc[m, t]) for m, t in pairs]
 
   def full_matrix(self, job: Job) -> np.ndarray:
-    """[M, T]: every evaluated adapter on every hospital's whole test set."""
-    loras = self._models(job)
-    num_models = jax.tree.leaves(loras)[0].shape[0]
-    pairs = [(m, t) for m in range(num_models) for t in range(len(job.test_names))]
-    return self.evaluator.accuracy(job.base, loras, pairs)
+    """[M, T]: every evaluated adapter on every hospital's whole test set (the per-question
+    correctness behind it is kept in `self.correct`)."""
+    self.correct = self.evaluator.correct_matrix(job.base, self._models(job))
+    return np.stack([c.mean(axis=1) for c in self.correct], axis=1)
 
   def base_record(self, job: Job) -> dict[str, Any]:
     """Round 0: the model before any federated training, for reference."""

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedlora_jax.eval.protocols import score  # noqa: E402
 from fedlora_jax.run.workdir import MetricsLog  # noqa: E402
 
 
@@ -53,6 +54,43 @@ def _plot_heatmap(summary: dict[str, Any], path: str) -> None:
   plt.close(fig)
 
 
+def plot_compare(data: dict[str, Any], path: str) -> None:
+  """Per-method worst-client and harmonic-mean accuracy (mean ± std over seeds) under each
+  protocol of a `compare.json`."""
+  protocols = list(data["protocols"])
+  fig, axes = plt.subplots(1, len(protocols), figsize=(6.5 * len(protocols), 4.2), squeeze=False)
+  for ax, p in zip(axes[0], protocols):
+    d = data["protocols"][p]
+    rows = list(d["rows"])
+    x = np.arange(len(rows))
+    for off, key, label in ((-0.2, "min", "worst client"), (0.2, "harmonic_mean", "harmonic mean")):
+      mean = [d["rows"][r][key] for r in rows]
+      std = [d.get("std", {}).get("rows", {}).get(r, {}).get(key, 0.0) for r in rows]
+      ax.bar(x + off, mean, 0.4, yerr=std, capsize=3, label=label)
+    ax.set_xticks(x, rows, rotation=30, ha="right", fontsize=8)
+    ax.set(title=p.replace("_", "-") + " protocol", ylabel="accuracy", ylim=(0, 1))
+    ax.axhline(0.25, color="gray", lw=0.8, ls=":")  # chance with 4 options
+    ax.legend(fontsize=8)
+  fig.suptitle(f"mean ± std over seeds {data.get('seeds', '')}", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _protocol_lines(summary: dict[str, Any]) -> list[str]:
+  """The final matrix scored by the paper's cross-client protocol and the own-test protocol."""
+  m = np.asarray(summary["matrix"], np.float64)
+  lines = ["| protocol | mean | worst | harmonic mean |", "|---|---|---|---|"]
+  for protocol, label in (("cross_client", "cross-client (every model on every test set)"),
+                          ("own_test", "own test set (each hospital's model)")):
+    s = score(m, protocol)
+    lines.append(f"| {label} | {s['mean']:.3f} | {s['min']:.3f} | {s['harmonic_mean']:.3f} |")
+  if m.shape[0] > 1:
+    lines += ["", "Cross-client figures of personal models are the average over the hospitals' "
+              "models of each model's figures over all test sets."]
+  return lines
+
+
 def write_report(workdir: str, summary: dict[str, Any]) -> str:
   records = MetricsLog.read(os.path.join(workdir, "metrics.jsonl"))
   if any("accuracy" in r for r in records):
@@ -74,7 +112,7 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
     n = c["client"]
     lines.append(f"| {n} | {c['train']} | {c['test']} | {c['dominant']} ({c['dominant_share']}) "
                  f"| {summary['accuracy'][n]:.3f} | {summary['accuracy_all_tests'][n]:.3f} |")
-  lines += ["", "![accuracy curves](accuracy_curves.png)", "",
+  lines += ["", *_protocol_lines(summary), "", "![accuracy curves](accuracy_curves.png)", "",
             "![client x test set](client_test_heatmap.png)", ""]
   if "ledger" in summary:
     lg = summary["ledger"]

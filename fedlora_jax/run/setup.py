@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from fedlora_jax import data as D
 from fedlora_jax import federated as F
 from fedlora_jax import models
+from fedlora_jax.federated.sampling import clients_per_round
 from fedlora_jax.pretrain import pretrain_base
 
 
@@ -53,6 +54,16 @@ class ClientData:
     return [s["test"] for s in self.summary]
 
 
+def local_steps(cfg: ml_collections.ConfigDict, data: ClientData) -> int:
+  """Local steps per round. The pooled (centralized) client takes the steps of all of one round's
+  hospitals together, so it sees as many examples per round as the federation (the fair upper
+  reference); a federated client takes `fed.local_steps`."""
+  if not cfg.fed.centralized:
+    return cfg.fed.local_steps
+  per_round = clients_per_round(len(data.test_names), count=cfg.fed.clients_per_round or None)
+  return cfg.fed.local_steps * per_round
+
+
 def expand(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path)) if path else path
 
@@ -64,6 +75,12 @@ def lora_config(cfg: ml_collections.ConfigDict) -> models.LoRAConfig:
                            use_rslora=cfg.lora.use_rslora, dropout=cfg.lora.dropout)
 
 
+def data_seed(cfg) -> int:
+  """Seed of the embedded benchmark's split and of the tiny base's pretraining: `data.seed`, or
+  the run's seed when that is -1. Fixing it makes seeds vary only the federated runs."""
+  return cfg.seed if cfg.data.seed < 0 else cfg.data.seed
+
+
 def algorithm(cfg: ml_collections.ConfigDict) -> F.Algorithm:
   """The federated algorithm `fed.algorithm` with its hyper-parameters from the config."""
   f = cfg.fed
@@ -73,17 +90,19 @@ def algorithm(cfg: ml_collections.ConfigDict) -> F.Algorithm:
                           lora_scaling=lora_config(cfg).scaling)
 
 
-def local_training(cfg: ml_collections.ConfigDict, max_target_tokens: int) -> F.LocalTraining:
-  """Each client's local optimisation (`max_target_tokens`: the max over all clients)."""
+def local_training(cfg: ml_collections.ConfigDict, max_target_tokens: int,
+                   steps: int) -> F.LocalTraining:
+  """Each client's local optimisation (`max_target_tokens`: the max over all clients; `steps`:
+  `local_steps`)."""
   f = cfg.fed
   return F.LocalTraining(
-      local_steps=f.local_steps, optimizer=f.local_optimizer, learning_rate=f.local_lr,
+      local_steps=steps, optimizer=f.local_optimizer, learning_rate=f.local_lr,
       weight_decay=f.weight_decay, grad_clip_norm=f.grad_clip_norm or None,
       uniform_weights=f.uniform_weights, max_target_tokens=max_target_tokens)
 
 
 def _icd_benchmark(cfg) -> D.ICD10Benchmark:
-  return D.build_icd10_benchmark(level=cfg.data.level, seed=cfg.seed,
+  return D.build_icd10_benchmark(level=cfg.data.level, seed=data_seed(cfg),
                                  cache_dir=expand(cfg.cache_dir))
 
 
@@ -117,16 +136,16 @@ def base_model_dir(cfg) -> str:
   # 7th-character variants, so no train, val or test description is seen before federated
   # training.
   held = _benchmark_codes(_icd_benchmark(cfg))
-  rng = np.random.default_rng([cfg.seed, 13])
+  rng = np.random.default_rng([data_seed(cfg), 13])
   tabular = D.icd10_tabular_text(exclude_codes=held)
   tabular = [tabular[i] for i in rng.permutation(len(tabular))[:cfg.pretrain.tabular_lines]]
   questions = D.public_questions(held, cfg.pretrain.public_questions, level=cfg.data.level,
-                                 seed=cfg.seed)
+                                 seed=data_seed(cfg))
   texts = tabular + D.icd10_titles() + [D.format_prompt(q) + D.answer_text(q.answer)
                                         for q in questions]
   return pretrain_base(arch, tokenizer, texts, steps=cfg.pretrain.steps,
                        batch_size=cfg.pretrain.batch_size, seq_len=cfg.pretrain.seq_len,
-                       learning_rate=cfg.pretrain.learning_rate, seed=cfg.seed,
+                       learning_rate=cfg.pretrain.learning_rate, seed=data_seed(cfg),
                        cache_dir=os.path.join(cache, "bases"))
 
 

@@ -95,8 +95,8 @@ class Coordinator:
     if not self.info:
       raise RuntimeError("no registered hospital's node answered")
     max_targets = max(d["max_target_tokens"] for d in self.info.values())
-    engine = F.FederatedRound(self.graphdef, self.algorithm, job.local_training(cfg, max_targets),
-                              n)
+    training = job.local_training(cfg, max_targets, cfg.fed.local_steps)
+    engine = F.FederatedRound(self.graphdef, self.algorithm, training, n)
     per_round = F.clients_per_round(n, count=cfg.fed.clients_per_round or None)
     self.receipts: dict[str, Reply] = {}  # each delivered with the hospital's next message
     if first:

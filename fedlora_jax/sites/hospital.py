@@ -81,8 +81,8 @@ class Hospital:
   # --- training --------------------------------------------------------------------------------
   def _train_fn(self, max_target_tokens: int):
     if max_target_tokens not in self._jitted:
-      engine = F.FederatedRound(self.graphdef, self.algorithm,
-                                job.local_training(self.cfg, max_target_tokens), num_clients=1)
+      training = job.local_training(self.cfg, max_target_tokens, self.cfg.fed.local_steps)
+      engine = F.FederatedRound(self.graphdef, self.algorithm, training, num_clients=1)
       self._jitted[max_target_tokens] = jax.jit(engine.client_train)
     return self._jitted[max_target_tokens]
 

@@ -21,7 +21,8 @@ def make_algorithm(name: str, *, server_lr: float = 1.0, server_momentum: float 
                    server_b1: float = 0.9, server_b2: float = 0.99, server_eps: float = 1e-3,
                    fedprox_mu: float = 0.01, local_lr: float = 1e-3,
                    lora_scaling: float = 1.0) -> Algorithm:
-  """Builds an algorithm by name with the hyper-parameters it uses (others are ignored)."""
+  """Builds an algorithm by name with the hyper-parameters it uses (others are ignored; no
+  algorithm uses `local_lr` any more, it is accepted so that callers can pass every field)."""
   adam_kw: dict[str, Any] = dict(server_lr=server_lr, b1=server_b1, b2=server_b2, eps=server_eps)
   factories = {
       "fedavg": lambda: fedavg(server_lr),
@@ -29,9 +30,8 @@ def make_algorithm(name: str, *, server_lr: float = 1.0, server_momentum: float 
       "fedavgm": lambda: fedavgm(server_lr, server_momentum),
       "fedadam": lambda: fedadam(**adam_kw),
       "fedyogi": lambda: fedyogi(**adam_kw),
-      "fedadagrad": lambda: fedadagrad(server_lr, server_eps),
-      "scaffold": lambda: Scaffold(local_lr=local_lr,
-                                   server_optimizer=fedavg(server_lr).server_optimizer),
+      "fedadagrad": lambda: fedadagrad(server_lr, server_b1, server_eps),
+      "scaffold": lambda: Scaffold(server_optimizer=fedavg(server_lr).server_optimizer),
       "ffa_lora": ffa_lora,
       "fedsa_lora": FedSALoRA,
       "fedex_lora": lambda: FedExLoRA(lora_scaling=lora_scaling),

@@ -2,10 +2,11 @@
 
 A round, for every sampled client c at once (vmapped):
     start_c = client_start(global, state_c)
-    K local optimizer steps on  loss(lora) + penalty(lora, start_c),
-        with grads passed through correct_grads(grads, state_c, server_state)
-        and updates restricted to `trainable_parts`
-    state_c' = client_final(state_c, server_state, start_c, local_c, K)
+    K local optimizer steps on  loss(lora) + penalty(lora, start_c), differentiated with
+        respect to the `trainable_parts` only (the rest stays bit-identical), each gradient
+        clipped, then passed through correct_grads(grads, state_c, server_state)
+    state_c' = client_final(state_c, server_state, start_c, local_c, mean_grad_c)
+        (mean_grad_c: the mean over the K steps of the clipped, uncorrected gradients)
 then on the server, once:
     global', server_state', base' = server_update(ServerInputs(...))
 The default server step is FedOpt: the pseudo-gradient -sum_c w_c (local_c - global) goes through
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from fedlora_jax.federated.aggregation import tree_scale, tree_sub, weighted_mean
 
@@ -76,12 +78,14 @@ class Algorithm:
     return jnp.zeros((), jnp.float32)
 
   def correct_grads(self, grads: PyTree, client_state: PyTree, server_state: PyTree) -> PyTree:
+    """grads: the clipped gradient of the trainable parts (a sub-tree of the adapter)."""
     del client_state, server_state
     return grads
 
   def client_final(self, client_state: PyTree, server_state: PyTree, start: PyTree,
-                   local: PyTree, num_steps: int) -> PyTree:
-    del server_state, start, local, num_steps
+                   local: PyTree, mean_grad: PyTree) -> PyTree:
+    """mean_grad: the trainable parts' clipped, uncorrected gradients averaged over the K steps."""
+    del server_state, start, local, mean_grad
     return client_state
 
   # --- server ----------------------------------------------------------------------------------
@@ -106,15 +110,37 @@ def fedopt_step(optimizer: optax.GradientTransformation, global_lora: PyTree, op
   return optax.apply_updates(global_lora, updates), opt_state
 
 
-def part_mask(tree: PyTree, parts: tuple[str, ...]) -> PyTree:
-  """Tree of bools: True for leaves whose last key is in `parts` (e.g. "lora_B")."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: p[-1].key in parts, tree)
-
-
 def select_parts(tree: PyTree, other: PyTree, parts: tuple[str, ...]) -> PyTree:
   """Leaves named in `parts` from `tree`, the rest from `other`."""
   return jax.tree_util.tree_map_with_path(
       lambda p, a, b: a if p[-1].key in parts else b, tree, other)
 
 
-__all__ = ["Algorithm", "ServerInputs", "fedopt_step", "part_mask", "select_parts", "tree_sub"]
+def split_parts(tree: dict, parts: tuple[str, ...]) -> tuple[dict, dict]:
+  """(the sub-tree of leaves whose last key is in `parts`, the sub-tree of the others).
+
+  Both are nested dicts like `tree` without the other side's leaves, so `jax.grad` over the first
+  never differentiates (or allocates gradients for) the second.
+  """
+  flat = traverse_util.flatten_dict(tree)
+  chosen = {k: v for k, v in flat.items() if k[-1] in parts}
+  if not chosen:
+    raise ValueError(f"no adapter leaf is named {parts}")
+  rest = {k: v for k, v in flat.items() if k[-1] not in parts}
+  return traverse_util.unflatten_dict(chosen), traverse_util.unflatten_dict(rest)
+
+
+def merge_parts(a: dict, b: dict) -> dict:
+  """Inverse of `split_parts`: one nested dict with the leaves of both."""
+  return traverse_util.unflatten_dict({**traverse_util.flatten_dict(a),
+                                       **traverse_util.flatten_dict(b)})
+
+
+def like(tree: dict, template: dict) -> dict:
+  """The leaves of `tree` at the paths of `template` (e.g. a control variate's trainable part)."""
+  flat = traverse_util.flatten_dict(tree)
+  return traverse_util.unflatten_dict({k: flat[k] for k in traverse_util.flatten_dict(template)})
+
+
+__all__ = ["Algorithm", "ServerInputs", "fedopt_step", "like", "merge_parts",
+           "select_parts", "split_parts", "tree_sub"]

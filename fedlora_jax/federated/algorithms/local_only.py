@@ -21,7 +21,7 @@ class LocalOnly(Algorithm):
   def client_start(self, global_lora, client_state):
     return client_state["lora"]
 
-  def client_final(self, client_state, server_state, start, local, num_steps):
+  def client_final(self, client_state, server_state, start, local, mean_grad):
     return {"lora": local}
 
   def server_update(self, inp: ServerInputs):

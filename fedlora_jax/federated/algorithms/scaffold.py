@@ -1,9 +1,13 @@
-"""SCAFFOLD (Karimireddy et al., 2020), option II control variates.
+"""SCAFFOLD (Karimireddy et al., 2020) with control variates from the gradients actually applied.
 
-Clients correct every gradient by (c - c_i); after K local steps with learning rate lr,
-    c_i+ = c_i - c + (x - y_i) / (K lr),
-and the server moves c by (1/N) sum over this round's valid clients of (c_i+ - c_i). The formula
-assumes plain SGD locally (`local_optimizer="sgd"`); with Adam the correction is a heuristic.
+Every local step applies g - c_i + c, where g is the client's clipped minibatch gradient. After K
+steps the client's new control variate is the mean of those clipped gradients,
+    c_i+ = (1/K) sum_k clip(g_k),
+which is what option II, c_i+ = c_i - c + (x - y_i) / (K lr), computes under plain SGD without
+clipping (there x - y_i = lr sum_k (g_k - c_i + c)); unlike that formula it stays the client's
+gradient estimate under clipping and with any local optimizer (AdamW, Adam), where option II's
+(x - y_i) / (K lr) is no gradient at all. The server moves c by (1/N) sum over this round's valid
+clients of (c_i+ - c_i), N the federation's size.
 """
 
 from __future__ import annotations
@@ -13,13 +17,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from fedlora_jax.federated.algorithms.base import Algorithm, ServerInputs
+from fedlora_jax.federated.algorithms.base import Algorithm, ServerInputs, like
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Scaffold(Algorithm):
   name: str = "scaffold"
-  local_lr: float = 1e-2
 
   def init_server_state(self, global_lora):
     return {**super().init_server_state(global_lora), "c": jax.tree.map(jnp.zeros_like, global_lora)}
@@ -28,13 +31,12 @@ class Scaffold(Algorithm):
     return {"c": jax.tree.map(jnp.zeros_like, global_lora)}
 
   def correct_grads(self, grads, client_state, server_state):
-    return jax.tree.map(lambda g, ci, c: g - ci + c, grads, client_state["c"], server_state["c"])
+    return jax.tree.map(lambda g, ci, c: g - ci + c, grads, like(client_state["c"], grads),
+                        like(server_state["c"], grads))
 
-  def client_final(self, client_state, server_state, start, local, num_steps):
-    scale = 1.0 / (num_steps * self.local_lr)
-    c_new = jax.tree.map(lambda ci, c, x, y: ci - c + (x - y) * scale,
-                         client_state["c"], server_state["c"], start, local)
-    return {"c": c_new}
+  def client_final(self, client_state, server_state, start, local, mean_grad):
+    del client_state, server_state, start, local
+    return {"c": mean_grad}  # every part trains, so this has the adapter's structure
 
   def server_update(self, inp: ServerInputs):
     new_global, server_state, base = super().server_update(inp)
