@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.num_clients = 4  # files with dirichlet / iid / quantity partitions
   c.data.dirichlet_alpha = 0.3
   c.data.test_fraction = 0.2  # files: held-out share of each client's data
+  c.data.hospitals = ()  # only these hospitals (names); empty: all of them
 
   c.fed = ml_collections.ConfigDict()
   c.fed.algorithm = "fedavg"  # fedavg fedprox fedavgm fedadam fedyogi fedadagrad scaffold
@@ -121,6 +122,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.ledger.registry = ""  # enrolled hospitals (JSON lines from scripts/enroll.py); empty: self-enrol
   c.ledger.keystores = ""  # directory of the hospitals' <name>/ keystores; empty: <workdir>/keys
   c.ledger.max_samples_per_client = 0  # reject attestations claiming more samples; 0: no cap
+
+  c.sites = ml_collections.ConfigDict()  # cross-silo mode (scripts/deploy_local.py, Flower)
+  c.sites.server_keystore = ""  # the operator's keystore directory holding server.key
+  c.sites.round_timeout = 600.0  # seconds the server waits for a round's replies
+  c.sites.tls = False  # deploy_local: TLS with certificates it generates (else insecure)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 1

@@ -327,3 +327,23 @@ def test_run_parties_from_a_registry(tmp_path: Path) -> None:
   cfg.keystores = str(tmp_path / "elsewhere")
   with pytest.raises(L.LedgerError, match="do not hold the registered keys"):
     _gate(tmp_path / "run3", cfg, list(NAMES))
+
+
+def test_receipt_accepted_by_a_fresh_signer_of_the_same_hospital(tmp_path: Path) -> None:
+  """Under Flower every message runs in a new process: the signer that takes the receipt is not
+  the one that attested, and knows the attestation from `<receipts_dir>/issued.jsonl` only."""
+  server, signers = _parties(tmp_path)
+  ctx = server.round_context(1)
+  att = signers["trauma"].attest(ctx, _digest(2), 7)
+  verdict = server.verify(1, [(att, _digest(2))])
+  issued = (tmp_path / "receipts" / "trauma" / "issued.jsonl").read_text().splitlines()
+  assert [json.loads(line) for line in issued] == [[ctx.ledger_id, 1, att.hash()]]
+  fresh = L.HospitalSigner("trauma", tmp_path / "hospitals" / "trauma",
+                           tmp_path / "receipts" / "trauma", server.server_public_key)
+  path = fresh.accept_receipt(verdict.receipts[0])
+  assert L.Receipt.from_dict(json.loads(path.read_text())) == verdict.receipts[0]
+  assert [r for _, r in L.load_receipts(tmp_path / "receipts")] == [verdict.receipts[0]]
+  other = L.HospitalSigner("trauma", tmp_path / "hospitals" / "trauma", tmp_path / "elsewhere",
+                           server.server_public_key)  # knows no attestation of this round
+  with pytest.raises(L.LedgerError, match="did not issue"):
+    other.accept_receipt(verdict.receipts[0])

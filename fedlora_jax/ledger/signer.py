@@ -17,6 +17,8 @@ from fedlora_jax.ledger.bls import Backend, resolve_backend
 from fedlora_jax.ledger.errors import KeystoreError, LedgerError
 from fedlora_jax.ledger.identity import Identity, check_name
 
+ISSUED_FILE = "issued.jsonl"  # in receipts_dir: [ledger_id, round, attestation hash] per line
+
 
 def enroll(name: str, keystore: str | os.PathLike[str],
            backend: Backend | str | None = None) -> Registration:
@@ -37,6 +39,8 @@ class HospitalSigner:
   """One hospital's signer: loads only its own keystore; checks and keeps the server's receipts.
 
   `server_public_key` is the server key the hospital pinned (receipts must verify under it).
+  Every attestation it signs is noted in `<receipts_dir>/issued.jsonl`, so a receipt that comes
+  back to another process of the same hospital (a fresh Flower ClientApp) is still recognised.
   """
 
   def __init__(self, name: str, keystore: str | os.PathLike[str],
@@ -46,7 +50,7 @@ class HospitalSigner:
     self._identity = Identity.load(keystore, name, self.backend)
     self.receipts_dir = Path(receipts_dir)
     self.server_public_key = server_public_key
-    self._issued: dict[tuple[str, int, str], Attestation] = {}
+    self._issued: set[tuple[str, int, str]] = set()
 
   @property
   def name(self) -> str:
@@ -70,8 +74,26 @@ class HospitalSigner:
     if not isinstance(update_digest, bytes) or len(update_digest) != 32:
       raise LedgerError(f"{self.name}: update digest must be 32 bytes")
     att = Attestation.create(self._identity, context, update_digest, num_samples, self.backend)
-    self._issued[(att.ledger_id, att.round, att.hash())] = att
+    key = (att.ledger_id, att.round, att.hash())
+    self.receipts_dir.mkdir(parents=True, exist_ok=True)
+    with open(self.receipts_dir / ISSUED_FILE, "a") as f:
+      f.write(json.dumps(list(key)) + "\n")
+    self._issued.add(key)
     return att
+
+  def _issued_here(self, key: tuple[str, int, str]) -> bool:
+    """Whether this hospital signed the attestation `key` (in this process or an earlier one)."""
+    if key in self._issued:
+      return True
+    path = self.receipts_dir / ISSUED_FILE
+    if not path.is_file():
+      return False
+    for line in path.read_text().splitlines():
+      try:
+        self._issued.add(tuple(json.loads(line)))
+      except (ValueError, TypeError):
+        continue  # a line torn by a crash names no attestation
+    return key in self._issued
 
   def accept_receipt(self, receipt: Receipt) -> Path:
     """Checks a receipt (server signature, this hospital, an attestation it issued) and stores
@@ -82,7 +104,7 @@ class HospitalSigner:
     if receipt.client_id != self.id:
       raise LedgerError(f"{self.name}: receipt names client {receipt.client_id[:16]}..., "
                         "not this hospital")
-    if (receipt.ledger_id, receipt.round, receipt.attestation_hash) not in self._issued:
+    if not self._issued_here((receipt.ledger_id, receipt.round, receipt.attestation_hash)):
       raise LedgerError(f"{self.name}: receipt for round {receipt.round} answers an attestation "
                         "this hospital did not issue")
     self.receipts_dir.mkdir(parents=True, exist_ok=True)

@@ -34,22 +34,8 @@ from fedlora_jax.run.loop import RoundRunner, run_rounds
 from fedlora_jax.run.setup import (ClientData, base_model_dir, expand, hospital_names,
                                    load_client_data, load_model, local_steps, lora_config)
 from fedlora_jax.run.workdir import check_workdir, flat_config, write_config, write_json
-
-
-def _algorithm(cfg) -> F.Algorithm:
-  f = cfg.fed
-  return F.make_algorithm(f.algorithm, server_lr=f.server_lr, server_momentum=f.server_momentum,
-                          server_b1=f.server_b1, server_b2=f.server_b2, server_eps=f.server_eps,
-                          fedprox_mu=f.fedprox_mu, local_lr=f.local_lr,
-                          lora_scaling=lora_config(cfg).scaling)
-
-
-def _training(cfg, max_targets: int, steps: int) -> F.LocalTraining:
-  f = cfg.fed
-  return F.LocalTraining(
-      local_steps=steps, optimizer=f.local_optimizer, learning_rate=f.local_lr,
-      weight_decay=f.weight_decay, grad_clip_norm=f.grad_clip_norm or None,
-      uniform_weights=f.uniform_weights, max_target_tokens=max_targets)
+# (flower) algorithm and local training are built in setup, shared with fedlora_jax/sites
+from fedlora_jax.run.setup import algorithm as _algorithm, local_training as _training
 
 
 def _sharding(cfg) -> F.ClientSharding | None:

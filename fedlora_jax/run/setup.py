@@ -14,6 +14,7 @@ from flax import nnx
 from tokenizers import Tokenizer
 
 from fedlora_jax import data as D
+from fedlora_jax import federated as F
 from fedlora_jax import models
 from fedlora_jax.federated.sampling import clients_per_round
 from fedlora_jax.pretrain import pretrain_base
@@ -78,6 +79,26 @@ def data_seed(cfg) -> int:
   """Seed of the embedded benchmark's split and of the tiny base's pretraining: `data.seed`, or
   the run's seed when that is -1. Fixing it makes seeds vary only the federated runs."""
   return cfg.seed if cfg.data.seed < 0 else cfg.data.seed
+
+
+def algorithm(cfg: ml_collections.ConfigDict) -> F.Algorithm:
+  """The federated algorithm `fed.algorithm` with its hyper-parameters from the config."""
+  f = cfg.fed
+  return F.make_algorithm(f.algorithm, server_lr=f.server_lr, server_momentum=f.server_momentum,
+                          server_b1=f.server_b1, server_b2=f.server_b2, server_eps=f.server_eps,
+                          fedprox_mu=f.fedprox_mu, local_lr=f.local_lr,
+                          lora_scaling=lora_config(cfg).scaling)
+
+
+def local_training(cfg: ml_collections.ConfigDict, max_target_tokens: int,
+                   steps: int) -> F.LocalTraining:
+  """Each client's local optimisation (`max_target_tokens`: the max over all clients; `steps`:
+  `local_steps`)."""
+  f = cfg.fed
+  return F.LocalTraining(
+      local_steps=steps, optimizer=f.local_optimizer, learning_rate=f.local_lr,
+      weight_decay=f.weight_decay, grad_clip_norm=f.grad_clip_norm or None,
+      uniform_weights=f.uniform_weights, max_target_tokens=max_target_tokens)
 
 
 def _icd_benchmark(cfg) -> D.ICD10Benchmark:
@@ -175,8 +196,8 @@ def _partition_files(cfg, wanted: set[int]) -> tuple[list[str], dict[int, list[D
           {i: [records[j] for j in p] for i, p in enumerate(parts) if i in wanted})
 
 
-def hospital_names(cfg) -> list[str]:
-  """The hospitals of the configured data source, in id order (reads no records)."""
+def _source_names(cfg) -> list[str]:
+  """Every hospital of the configured data source, in order (reads no records)."""
   if cfg.data.source == "icd10":
     return list(_icd_benchmark(cfg).client_names)
   if cfg.data.source == "files":
@@ -184,6 +205,24 @@ def hospital_names(cfg) -> list[str]:
       return [name for name, _, _ in _file_sources(cfg)]
     return [f"client{i}" for i in range(cfg.data.num_clients)]
   raise SetupError(f"unknown data.source {cfg.data.source!r} (icd10, files)")
+
+
+def _selected(cfg, names: Sequence[str]) -> list[int]:
+  """Positions among the source's `names` of the hospitals `data.hospitals` keeps (all when
+  empty)."""
+  if not cfg.data.hospitals:
+    return list(range(len(names)))
+  unknown = sorted(set(cfg.data.hospitals) - set(names))
+  if unknown:
+    raise SetupError(f"data.hospitals names unknown hospitals {unknown} (known: {list(names)})")
+  return [i for i, n in enumerate(names) if n in set(cfg.data.hospitals)]
+
+
+def hospital_names(cfg) -> list[str]:
+  """The hospitals of the run (`data.hospitals` of the source's, else all), in id order (reads
+  no records)."""
+  names = _source_names(cfg)
+  return [names[i] for i in _selected(cfg, names)]
 
 
 def _split_train_test(records, fraction: float, seed: int, name: str):
@@ -195,8 +234,19 @@ def _split_train_test(records, fraction: float, seed: int, name: str):
   return [records[i] for i in order[n_test:]], [records[i] for i in order[:n_test]]
 
 
-def _records(cfg, wanted: set[int]):
-  """(names, {hospital: train records}, {hospital: test records}, {hospital: dominant share})."""
+def client_records(cfg, wanted: set[int]):
+  """(names, {hospital: train records}, {hospital: test records}, {hospital: dominant share})
+  of the `wanted` hospital ids of the run (`hospital_names` order); their records are the same
+  as in the source's full set."""
+  keep = _selected(cfg, _source_names(cfg))
+  names, train, test, shares = _source_records(cfg, {keep[i] for i in wanted})
+  run_id = {k: i for i, k in enumerate(keep)}
+  return ([names[k] for k in keep], *({run_id[k]: v for k, v in d.items()}
+                                      for d in (train, test, shares)))
+
+
+def _source_records(cfg, wanted: set[int]):
+  """`client_records` with ids among all of the source's hospitals."""
   if cfg.data.source == "icd10":
     bench = _icd_benchmark(cfg)
     names = list(bench.client_names)
@@ -226,7 +276,7 @@ def load_client_data(cfg, tokenizer: Tokenizer, hospitals: Sequence[int] | None 
   every = range(len(hospital_names(cfg)))
   wanted = set(every if hospitals is None else hospitals)
   centralized = bool(cfg.fed.centralized)
-  names, train_recs, test_recs, shares = _records(cfg, wanted)
+  names, train_recs, test_recs, shares = client_records(cfg, wanted)
   train = {i: D.tokenize_mcq(tokenizer, r, cfg.data.max_len) for i, r in train_recs.items()}
   test = {i: D.tokenize_mcq(tokenizer, r, cfg.data.max_len) for i, r in test_recs.items()}
   if cfg.eval.max_test_per_client:
@@ -247,7 +297,7 @@ def load_client_data(cfg, tokenizer: Tokenizer, hospitals: Sequence[int] | None 
                       max_targets)
   pooled = {}
   if pooled_here:
-    others = _records(cfg, set(every) - wanted)[1]
+    others = client_records(cfg, set(every) - wanted)[1]
     train.update({i: D.tokenize_mcq(tokenizer, r, cfg.data.max_len) for i, r in others.items()})
     pooled = {0: D.pooled([train[i] for i in every])}
   return ClientData(["pooled"], pooled, names, test, summary,

@@ -1,0 +1,66 @@
+"""Arrays that travel between the server and the nodes, as flat {name: numpy array} dicts.
+
+A LoRA adapter travels under its PEFT tensor names (`models.peft_tensors`, the encoding the
+ledger digests); any other state tree (server optimizer state, SCAFFOLD's control variates)
+under the `jax.tree_util.keystr` of each leaf's path. Decoding takes a `like` tree of the
+expected structure and refuses missing, extra or misshapen arrays by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from fedlora_jax.models import peft_tensors
+from fedlora_jax.models.hf_io import PEFT_PREFIX, hf_name
+
+PyTree = Any
+
+
+class MessageError(ValueError):
+  """A message whose arrays or fields do not match what this run expects."""
+
+
+def lora_arrays(lora: PyTree) -> dict[str, np.ndarray]:
+  """{PEFT name: float32 [r, in] or [out, r]} of one adapter (no client axis)."""
+  return peft_tensors(jax.device_get(lora))
+
+
+def lora_from_arrays(arrays: Mapping[str, np.ndarray], like: PyTree) -> PyTree:
+  """The adapter with the structure and dtypes of `like` from its PEFT-named arrays."""
+  flat_like = traverse_util.flatten_dict(like)
+  names = {f"{PEFT_PREFIX}{hf_name(p)}.weight": p for p in flat_like}
+  return traverse_util.unflatten_dict(_take(arrays, names, flat_like, "adapter"))
+
+
+def tree_arrays(tree: PyTree) -> dict[str, np.ndarray]:
+  """{keystr(path): array} of every leaf of `tree`."""
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}
+
+
+def tree_from_arrays(arrays: Mapping[str, np.ndarray], like: PyTree, what: str) -> PyTree:
+  """A tree shaped like `like` from `tree_arrays` output."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+  names = {jax.tree_util.keystr(p): i for i, (p, _) in enumerate(leaves)}
+  flat_like = {i: x for i, (_, x) in enumerate(leaves)}
+  got = _take(arrays, names, flat_like, what)
+  return jax.tree_util.tree_unflatten(treedef, [got[i] for i in range(len(leaves))])
+
+
+def _take(arrays: Mapping[str, np.ndarray], names: dict[str, Any], flat_like: dict[Any, Any],
+          what: str) -> dict[Any, np.ndarray]:
+  missing = sorted(set(names) - set(arrays))
+  extra = sorted(set(arrays) - set(names))
+  if missing or extra:
+    raise MessageError(f"{what}: missing arrays {missing[:3]}, unexpected {extra[:3]}")
+  out = {}
+  for name, key in names.items():
+    ref, arr = flat_like[key], np.asarray(arrays[name])
+    if arr.shape != tuple(np.shape(ref)):
+      raise MessageError(f"{what}: {name} has shape {arr.shape}, expected {np.shape(ref)}")
+    out[key] = arr.astype(np.asarray(ref).dtype if not hasattr(ref, "dtype") else ref.dtype)
+  return out

@@ -1,0 +1,312 @@
+"""The server's side of a sites run: sampling, verification, the jitted aggregation, the ledger,
+checkpoints and the run directory (the same files as `scripts/train.py` writes).
+
+The network is behind `Transport` (Flower in `server_app`): the coordinator hands it per-hospital
+payloads and gets back replies, or an error line for a hospital that failed or did not answer in
+`sites.round_timeout` seconds. Aggregation is `FederatedRound.aggregate`, the simulation's own
+server step, over the round's clients stacked in sampling order: a hospital that is missing or
+rejected gets weight 0 and keeps its old state, exactly as a quarantined client in simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping, Protocol
+
+import jax
+import ml_collections
+import numpy as np
+
+from fedlora_jax import federated as F
+from fedlora_jax import ledger as L
+from fedlora_jax import models
+from fedlora_jax.eval import fairness_summary
+from fedlora_jax.run import report
+from fedlora_jax.run.checkpoint import Checkpointer
+from fedlora_jax.run.setup import expand, load_model, lora_config
+from fedlora_jax.run.workdir import MetricsLog, check_workdir, write_config
+from fedlora_jax.sites import codec, job
+
+Reply = dict[str, Any]
+
+
+class Transport(Protocol):
+  def discover(self, payload: Reply, expected: int, timeout: float) -> dict[str, Reply]:
+    """Waits for `expected` nodes, sends each the query `payload`; {hospital: its reply
+    (`Hospital.describe()`, plus `node_id`)} of the nodes that answered."""
+
+  def rejoin(self, payload: Reply, timeout: float) -> dict[str, Reply]:
+    """Like `discover`, for nodes that connected since (restarted ones), without waiting."""
+
+  def send(self, kind: str, payloads: Mapping[str, Reply], timeout: float
+           ) -> dict[str, Reply | str]:
+    """{hospital: reply, or a one-line error} for `kind` in {"train", "evaluate"}."""
+
+
+class Coordinator:
+  """Runs (or resumes) the job `cfg` over the hospitals of the registry."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict):
+    job.check_job(cfg)
+    self.cfg = cfg
+    self.workdir = expand(cfg.workdir)
+    self.ckpt_dir = os.path.join(self.workdir, "checkpoints")
+    has_ckpt = os.path.isdir(self.ckpt_dir) and any(n.isdigit() for n in os.listdir(self.ckpt_dir))
+    check_workdir(self.workdir, cfg, has_checkpoint=has_ckpt, resume=cfg.resume)
+    if not cfg.ledger.registry:
+      raise ValueError("the sites mode needs ledger.registry (the hospitals' enrolment records)")
+    self.registry = L.load_registry(expand(cfg.ledger.registry), cfg.ledger.backend)
+    self.names = [r.name for r in self.registry]  # client id = position in the registry
+    self.model, _, self.base_dir = load_model(cfg)
+    write_config(self.workdir, cfg)
+    self.graphdef, self.base, lora = models.split_lora(self.model)
+    self.algorithm = job.algorithm(cfg)
+    self.state = F.init_state(self.algorithm, lora, len(self.names), cfg.seed)
+    self.ckpt = Checkpointer(self.ckpt_dir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
+    self.start = 0
+    if has_ckpt and cfg.resume:
+      restored, meta = self.ckpt.restore(self.ckpt.latest_round(), {"state": self.state})
+      self.state, self.start = restored["state"], int(meta["round"])
+      logging.info("resumed %s at round %d", self.workdir, self.start)
+    self.ledger = L.LedgerServer.open_or_create(
+        os.path.join(self.workdir, "ledger.jsonl"), expand(cfg.sites.server_keystore),
+        self.registry, label="fedlora-jax-sites",  # the genesis adds a fresh random nonce
+        max_samples_per_client=cfg.ledger.max_samples_per_client,
+        weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
+        backend=cfg.ledger.backend)
+    self.metrics = MetricsLog(os.path.join(self.workdir, "metrics.jsonl"),
+                              keep_until_round=self.start if self.start else -1)
+
+  def _global_arrays(self) -> dict[str, np.ndarray]:
+    return codec.lora_arrays(self.state["global_lora"])
+
+  def run(self, transport: Transport, progress=logging.info) -> dict[str, Any]:
+    cfg, n = self.cfg, len(self.names)
+    first = self.start == 0  # the nodes evaluate the base before any training with the query
+    nodes = transport.discover({"global": self._global_arrays(), "task": {"evaluate": first}},
+                               n, cfg.sites.round_timeout)
+    unknown = sorted(set(nodes) - set(self.names))
+    if unknown:
+      logging.warning("nodes of unregistered hospitals %s take no part", unknown)
+    self.info = {h: nodes[h] for h in self.names if h in nodes}
+    if not self.info:
+      raise RuntimeError("no registered hospital's node answered")
+    max_targets = max(d["max_target_tokens"] for d in self.info.values())
+    training = job.local_training(cfg, max_targets, cfg.fed.local_steps)
+    engine = F.FederatedRound(self.graphdef, self.algorithm, training, n)
+    per_round = F.clients_per_round(n, count=cfg.fed.clients_per_round or None)
+    self.receipts: dict[str, Reply] = {}  # each delivered with the hospital's next message
+    if first:
+      record = {"round": 0, "clients": [], "loss": [], "valid": [], "weights": [], "ledger": {},
+                **_accuracy_record(self.info), "seconds": 0.0}
+      self.metrics.append(record)
+      progress(progress_line(record))
+    last_accuracy = None
+    for r in range(self.start, cfg.fed.rounds):
+      record = self._round(transport, engine, r, per_round, max_targets)
+      last_accuracy = record.get("accuracy", last_accuracy)
+      self.ckpt.save(r + 1, {"state": self.state}, {"round": r + 1,
+                     "ledger_head": self.ledger.head_hash}, force=r + 1 == cfg.fed.rounds)
+      self.metrics.append(record)
+      progress(progress_line(record))
+    self.ckpt.close()
+    if last_accuracy is None:  # resumed after the last round
+      last_accuracy = self._evaluate(transport, cfg.fed.rounds)["accuracy"]
+    return self._finish(last_accuracy)
+
+  def _round(self, transport: Transport, engine: F.FederatedRound, r: int, per_round: int,
+             max_targets: int) -> dict[str, Any]:
+    cfg, round_no = self.cfg, r + 1
+    t0 = time.time()
+    ids = F.sample_clients(len(self.names), per_round, seed=cfg.seed, round_idx=r)
+    joined = transport.rejoin({"task": {"evaluate": False}}, min(cfg.sites.round_timeout, 60.0))
+    self.info.update({h: info for h, info in joined.items() if h in self.names})
+    context = self.ledger.round_context(round_no).to_dict()
+    global_arrays = self._global_arrays()
+    server_arrays = codec.tree_arrays(self.state["server_state"])
+    payloads = {self.names[c]: {
+        "global": global_arrays, "server_state": server_arrays,
+        "task": {"round": round_no, "client_id": int(c), "max_target_tokens": max_targets,
+                 "context": context}} for c in ids if self.names[c] in self.info}
+    replies = self._send(transport, "train", payloads)
+    t_train = time.time() - t0
+    answered = {h: rep for h, rep in replies.items() if isinstance(rep, dict)}
+    missing = {self.names[c]: (replies.get(self.names[c]) or "no node connected")
+               for c in ids if self.names[c] not in answered}
+    submissions, updates = [], {}
+    for h, rep in answered.items():
+      try:
+        updates[h] = codec.lora_from_arrays(rep["update"], self.state["global_lora"])
+        digest = L.tree_digest(rep["update"])  # of the bytes received, not of what was claimed
+      except (codec.MessageError, KeyError, ValueError) as e:
+        missing[h] = f"malformed reply: {e}"
+        continue
+      submissions.append((h, _attestation(rep.get("attestation"), round_no), digest))
+    recorded = self.ledger.recorded_block(round_no)
+    if recorded is None:
+      verdict = self.ledger.verify(round_no, [(att, d) for _, att, d in submissions])
+      signed = {h: int(n) for (h, _, _), ok, n in zip(submissions, verdict.accept,
+                                                     verdict.num_samples) if ok}
+    else:  # re-running a round whose block was written before a crash (no new receipts)
+      signed = {p["name"]: p["num_samples"] for p in recorded["participants"]}
+      signed = {h: signed[h] for h, _, _ in submissions if h in signed}
+    accept = np.asarray([self.names[c] in signed for c in ids])
+    counts = np.asarray([signed.get(self.names[c], 0) for c in ids], np.float32)  # signed counts
+    trained = self._stack(ids, answered, updates)
+    self.state, self.base, m = engine.aggregate(self.state, self.base, trained, ids, counts,
+                                                accept)
+    global_digest = L.tree_digest(self._global_arrays())
+    if recorded is None:
+      block = self.ledger.record(round_no, verdict, global_digest, self.algorithm.name)
+      self.receipts.update({h: r.to_dict() for (h, _, _), r in zip(submissions,
+                                                                    verdict.receipts)})
+    elif recorded["global_digest"] != global_digest.hex():
+      raise L.LedgerError(f"round {round_no}: recomputed global adapter differs from the "
+                          "ledger's record")
+    else:
+      block = recorded
+    record: dict[str, Any] = {
+        "round": round_no, "clients": [self.names[c] for c in ids],
+        "loss": [float(np.mean(answered[self.names[c]]["loss"])) if self.names[c] in answered
+                 else None for c in ids],
+        "valid": np.asarray(m["valid"]).tolist(), "weights": np.asarray(m["weights"]).tolist(),
+        "ledger": {"accepted": len(block["participants"]),
+                   "rejected": [x["reason"] for x in block["rejected"]],
+                   "missing": {h: str(e) for h, e in missing.items()}, "block": block["index"]},
+        # array bytes per hospital: received = the round's message to it, sent = its reply
+        "bytes": {h: {"received": int(rep["bytes_received"]), "sent": int(rep["reply_bytes"])}
+                  for h, rep in answered.items()}}
+    if round_no == cfg.fed.rounds or round_no % cfg.eval.every == 0:
+      record.update(self._evaluate(transport, round_no))
+    record["timing"] = {"train_s": round(t_train, 3), "round_s": round(time.time() - t0, 3)}
+    record["seconds"] = record["timing"]["round_s"]
+    return record
+
+  def _stack(self, ids, answered: Mapping[str, Reply], updates: Mapping[str, Any]):
+    """(local_c, new client states, losses [C, K]) of the round in sampling order; a hospital
+    without a usable reply contributes the global adapter and its old state (weight 0)."""
+    g, k = self.state["global_lora"], self.cfg.fed.local_steps
+    like = jax.tree.map(lambda x: x[0], self.state["client_states"])
+    locals_, olds, news, losses = [], [], [], []
+    for c in ids:
+      h = self.names[c]
+      old = jax.tree.map(lambda x: x[c], self.state["client_states"])
+      if h in updates:
+        rep = answered[h]
+        old = codec.tree_from_arrays(rep["client_state_old"], like, f"{h} client state")
+        locals_.append(updates[h])
+        news.append(codec.tree_from_arrays(rep["client_state_new"], like, f"{h} client state"))
+        losses.append(np.asarray(rep["loss"], np.float32).reshape(k))
+      else:
+        locals_.append(g)
+        news.append(old)
+        losses.append(np.zeros(k, np.float32))
+      olds.append(old)
+    stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+    # The node's state as it was before this round (the server keeps no copy of its own).
+    old_c = stack(olds)
+    if jax.tree.leaves(old_c):
+      self.state["client_states"] = jax.tree.map(lambda a, o: a.at[np.asarray(ids)].set(o),
+                                                 self.state["client_states"], old_c)
+    return stack(locals_), stack(news), np.stack(losses)
+
+  def _send(self, transport: Transport, kind: str, payloads: Mapping[str, Reply]
+            ) -> dict[str, Reply | str]:
+    """Sends with each hospital's pending receipt; a receipt goes once its node has replied."""
+    payloads = {h: {**p, "task": {**p["task"], "receipt": self.receipts.get(h)}}
+                for h, p in payloads.items()}
+    replies = transport.send(kind, payloads, self.cfg.sites.round_timeout)
+    for h, rep in replies.items():
+      if isinstance(rep, dict):
+        self.receipts.pop(h, None)
+    return replies
+
+  def _evaluate(self, transport: Transport, round_no: int) -> dict[str, Any]:
+    """Sends the new global adapter; every node evaluates on its own test set (its personal
+    model for FedSA-LoRA); only accuracies come back."""
+    global_arrays = self._global_arrays()
+    payloads = {h: {"global": global_arrays, "task": {"round": round_no, "evaluate": True}}
+                for h in self.info}
+    replies = self._send(transport, "evaluate", payloads)
+    return _accuracy_record({h: replies.get(h) for h in self.info})
+
+  def _finish(self, accuracy: Mapping[str, float]) -> dict[str, Any]:
+    cfg, workdir = self.cfg, self.workdir
+    global_lora = jax.device_get(self.state["global_lora"])
+    adapted = models.merge(self.graphdef, self.base, global_lora)
+    adapter_file = models.export_peft_adapter(global_lora, adapted, lora_config(cfg),
+                                              os.path.join(workdir, "adapter"),
+                                              base_model_name_or_path=self.base_dir)
+    names = [h for h in self.names if h in accuracy]
+    own = np.asarray([accuracy[h] for h in names])
+    answered = ~np.isnan(own)
+    sizes = np.asarray([self.info[h]["test"] for h in names], np.float64)
+    personal = self.algorithm.name in ("fedsa_lora", "local")
+    overall = float(own[answered] @ sizes[answered] / sizes[answered].sum())
+    matrix = (np.where(np.eye(len(names), dtype=bool), own[None], np.nan) if personal
+              else own[None])
+    summary: dict[str, Any] = {
+        "algorithm": self.algorithm.name, "centralized": False, "rounds": cfg.fed.rounds,
+        "mode": "sites",
+        "clients": [{"client": h, **{k: self.info[h][k] for k in
+                                     ("train", "test", "dominant", "dominant_share")}}
+                    for h in names],
+        "accuracy": dict(zip(names, own.tolist())),
+        "fairness": fairness_summary(own[answered].tolist()),
+        # a global model's accuracy over all tests is the size-weighted mean of the hospitals'
+        # own results; personal models are only tested at their own hospital
+        "accuracy_all_tests": {h: (float("nan") if personal else overall) for h in names},
+        "matrix": matrix.tolist(), "matrix_rows": names if personal else ["global"],
+        "adapter": adapter_file,
+    }
+    digest = L.adapter_file_digest(adapter_file)
+    anchors = {k: self.ledger.info()[k] for k in ("server_public_key", "genesis_hash")}
+    prov = L.find_provenance(self.ledger.path, digest, **anchors)
+    check = L.verify_ledger(self.ledger.path, **anchors)
+    summary["ledger"] = {"path": str(self.ledger.path), "valid": check.ok,
+                         "blocks": check.num_blocks, "adapter_digest": digest.hex(),
+                         "adapter_block": None if prov is None else prov.block_index,
+                         **self.ledger.info()}
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=1)
+    report.write_report(workdir, summary)
+    return summary
+
+
+def _attestation(data: Any, round_no: int) -> L.Attestation:
+  """A reply's attestation; a malformed one becomes one the ledger rejects as unregistered."""
+  try:
+    return L.Attestation.from_dict(data)
+  except L.LedgerError:
+    return L.Attestation("", round_no, "", "malformed", "", 0, b"")
+
+
+def _accuracy_record(replies: Mapping[str, Any]) -> dict[str, Any]:
+  """Accuracy per hospital (NaN for one that did not answer) and the fairness summary of the
+  hospitals that did."""
+  acc = {h: float(r["accuracy"]) if isinstance(r, dict) else float("nan")
+         for h, r in replies.items()}
+  return {"accuracy": acc,
+          "summary": fairness_summary([a for a in acc.values() if not np.isnan(a)])}
+
+
+def progress_line(record: Mapping[str, Any]) -> str:
+  """The one progress line per round."""
+  line = f"round {record['round']:3d}"
+  losses = [x for x in record["loss"] if x is not None]
+  if losses:
+    line += f" | loss {np.mean(losses):.4f}"
+  if "summary" in record:
+    s = record["summary"]
+    line += f" | acc mean {s['mean']:.3f} worst {s['min']:.3f}"
+  lg = record["ledger"]
+  if lg:
+    line += f" | block {lg['block']}: {lg['accepted']} accepted"
+    if lg["rejected"]:
+      line += f", rejected {lg['rejected']}"
+    if lg["missing"]:
+      line += f", missing {sorted(lg['missing'])}"
+  return f"{line} | {record['seconds']:.1f} s"

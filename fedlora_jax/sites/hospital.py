@@ -1,0 +1,181 @@
+"""One hospital's side of a sites round: its data, its key, its client state, the local update.
+
+`Hospital.train` runs the simulation's own `FederatedRound.client_train` (jitted, for this one
+client) on the batches `data.round_batches` draws for this client id and round with the job's
+seed, with the dropout key of the simulation (round r, client i: fold_in(fold_in(rng, r), i),
+see `federated.round`). Client state (SCAFFOLD's c_i, FedSA-LoRA's B) stays here: it is written
+to `state-dir` as pending after training and committed only when the server's receipt says the
+update was accepted (the simulation keeps a rejected client's old state too), so it survives a
+restart of the node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from fedlora_jax import data as D
+from fedlora_jax import ledger as L
+from fedlora_jax import federated as F
+from fedlora_jax import models
+from fedlora_jax.federated.placement import ClientPlacement
+from fedlora_jax.run.evaluation import Evaluator
+from fedlora_jax.run.setup import load_model
+from fedlora_jax.sites import codec, job
+from fedlora_jax.sites.node_config import NodeConfig, read_records
+
+PyTree = Any
+_COMMITTED = re.compile(r"committed_(\d+)\.npz")
+
+
+def enable_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache in `directory`: a fresh process skips recompiling."""
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+class Hospital:
+  """The node's engine for one job config (built once per process)."""
+
+  def __init__(self, node: NodeConfig, cfg: ml_collections.ConfigDict):
+    job.check_job(cfg)
+    self.node, self.cfg = node, cfg
+    local = ml_collections.ConfigDict(cfg.to_dict())
+    local.model.hf_path = node.base_model  # the base this hospital was given
+    model, tokenizer, _ = load_model(local)
+    self.graphdef, self.base, self.lora_like = models.split_lora(model)
+    test = D.tokenize_mcq(tokenizer, read_records(node.test_file), cfg.data.max_len)
+    if cfg.eval.max_test_per_client:
+      test = test.take(np.arange(min(len(test), cfg.eval.max_test_per_client)))
+    self.train_records = read_records(node.train_file)
+    self.train_data = D.tokenize_mcq(tokenizer, self.train_records, cfg.data.max_len)
+    self.test_data = test
+    self.algorithm = job.algorithm(cfg)
+    self.signer = L.HospitalSigner(node.hospital, node.keystore, self.receipts_dir(node),
+                                   node.server_public_key, cfg.ledger.backend)
+    self.evaluator = Evaluator(self.graphdef, {0: test}, ClientPlacement.create(1, None), None,
+                               batch_size=cfg.eval.batch_size, group_size=cfg.eval.group_size)
+    self._jitted: dict[int, Any] = {}
+    self.state_dir = os.path.join(node.state_dir, "client_state")
+    os.makedirs(self.state_dir, exist_ok=True)
+
+  @staticmethod
+  def receipts_dir(node: NodeConfig) -> str:
+    """Where the node keeps the server's receipts (and the attestations it issued)."""
+    return os.path.join(node.state_dir, "receipts")
+
+  def describe(self) -> dict[str, Any]:
+    """What the server learns at the start: name, key, set sizes, longest answer span."""
+    label, share = D.dominant_chapter_share(self.train_records)
+    return {"hospital": self.node.hospital, "public_key": self.signer.public_key.hex(),
+            "train": len(self.train_data), "test": len(self.test_data), "dominant": label,
+            "dominant_share": round(float(share), 3),
+            "max_target_tokens": int(self.train_data.loss_mask.sum(axis=1).max())}
+
+  # --- training --------------------------------------------------------------------------------
+  def _train_fn(self, max_target_tokens: int):
+    if max_target_tokens not in self._jitted:
+      training = job.local_training(self.cfg, max_target_tokens, self.cfg.fed.local_steps)
+      engine = F.FederatedRound(self.graphdef, self.algorithm, training, num_clients=1)
+      self._jitted[max_target_tokens] = jax.jit(engine.client_train)
+    return self._jitted[max_target_tokens]
+
+  def train(self, round_no: int, client_id: int, max_target_tokens: int,
+            global_arrays: Mapping[str, np.ndarray], server_arrays: Mapping[str, np.ndarray],
+            context: Mapping[str, Any]) -> dict[str, Any]:
+    """Local update for round `round_no` (1-based) as client `client_id` of the federation.
+
+    Returns the reply: update (PEFT arrays), old and new client state arrays, attestation,
+    per-step losses and the signed sample count.
+    """
+    cfg = self.cfg
+    global_lora = codec.lora_from_arrays(global_arrays, self.lora_like)
+    server_like = self.algorithm.init_server_state(global_lora)
+    server_state = codec.tree_from_arrays(server_arrays, server_like, "server state")
+    old_state = self.client_state(round_no, global_lora)
+    batches, counts = D.round_batches({client_id: self.train_data}, local_steps=cfg.fed.local_steps,
+                                      batch_size=cfg.fed.batch_size, seed=cfg.seed,
+                                      round_idx=round_no - 1, client_ids=[client_id])
+    batches_k = {k: v[0] for k, v in batches.items()}
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(cfg.seed), round_no - 1),
+                             client_id)
+    local, new_state, losses = self._train_fn(max_target_tokens)(
+        self.base, global_lora, server_state, old_state, batches_k, key)
+    update = codec.lora_arrays(local)
+    new_arrays = codec.tree_arrays(new_state)
+    np.savez(self._path("pending", round_no), **new_arrays)
+    attestation = self.signer.attest(L.RoundContext.from_dict(context), L.tree_digest(update),
+                                     int(counts[0])).to_dict()
+    return {"update": update, "client_state_old": codec.tree_arrays(old_state),
+            "client_state_new": new_arrays, "attestation": attestation,
+            "loss": np.asarray(losses).tolist(), "num_samples": int(counts[0])}
+
+  # --- client state ----------------------------------------------------------------------------
+  def _path(self, kind: str, round_no: int) -> str:
+    return os.path.join(self.state_dir, f"{kind}_{round_no:06d}.npz")
+
+  def client_state(self, round_no: int, global_lora: PyTree) -> PyTree:
+    """The state committed by the latest round before `round_no` (initial state if none)."""
+    like = self.algorithm.init_client_state(global_lora)
+    done = [int(m[1]) for m in map(_COMMITTED.fullmatch, os.listdir(self.state_dir))
+            if m and int(m[1]) < round_no]
+    if not done or not jax.tree.leaves(like):
+      return like
+    path = self._path("committed", max(done))
+    with np.load(path) as z:
+      return codec.tree_from_arrays(dict(z), like, f"client state {path}")
+
+  def settle(self, receipt: Mapping[str, Any]) -> bool:
+    """Checks the server's receipt for this node's submission (`HospitalSigner.accept_receipt`,
+    which stores it); commits the pending state when accepted (drops it otherwise). False when
+    the receipt is malformed, not signed by the pinned server key, or not for this node."""
+    try:
+      answer = L.Receipt.from_dict(receipt)
+      self.signer.accept_receipt(answer)
+    except L.LedgerError:
+      return False
+    pending = self._path("pending", answer.round)
+    if os.path.exists(pending):
+      if answer.verdict == L.ACCEPTED:
+        os.replace(pending, self._path("committed", answer.round))
+      else:
+        os.remove(pending)
+    return True
+
+  # --- messages --------------------------------------------------------------------------------
+  def handle(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Answers one decoded message: "query" (describe, and evaluate the first global when
+    asked), "train" or "evaluate". A receipt for this node's last submission rides on the next
+    message it gets and is settled first. Returns the reply payload (array dicts + "result")."""
+    task = payload["task"]
+    if task.get("receipt") and not self.settle(task["receipt"]):
+      raise ValueError("the server's receipt does not verify under the pinned server key or "
+                       "answers no attestation of this node")
+    if kind == "query":
+      info = self.describe()
+      if task["evaluate"]:
+        info.update(self.evaluate(0, payload["global"]))
+      return {"result": info}
+    if kind == "evaluate":
+      return {"result": self.evaluate(int(task["round"]), payload["global"])}
+    if kind == "train":
+      reply = self.train(int(task["round"]), int(task["client_id"]),
+                         int(task["max_target_tokens"]), payload["global"],
+                         payload["server_state"], task["context"])
+      arrays = {k: reply.pop(k) for k in ("update", "client_state_old", "client_state_new")}
+      return {**arrays, "result": reply}
+    raise ValueError(f"unknown message type {kind!r}")
+
+  # --- evaluation ------------------------------------------------------------------------------
+  def evaluate(self, round_no: int, global_arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Accuracy of this hospital's model (personal for FedSA-LoRA / local) on its own test set."""
+    global_lora = codec.lora_from_arrays(global_arrays, self.lora_like)
+    lora = self.algorithm.personal_lora(global_lora, self.client_state(round_no + 1, global_lora))
+    acc = self.evaluator.accuracy(self.base, jax.tree.map(lambda x: x[None], lora), [(0, 0)])
+    return {"accuracy": float(acc[0, 0]), "test": len(self.test_data)}

@@ -1,0 +1,32 @@
+"""The job both sides build from the same config: algorithm, local training, the engine."""
+
+from __future__ import annotations
+
+import json
+
+import ml_collections
+
+from fedlora_jax.run.setup import algorithm, local_training
+
+UNSUPPORTED = {"fedex_lora": "it changes the base every round, which would have to travel to "
+                             "every node"}
+
+
+def check_job(cfg: ml_collections.ConfigDict) -> None:
+  """Refuses what the sites mode cannot run, with the reason."""
+  if cfg.fed.algorithm in UNSUPPORTED:
+    raise ValueError(f"fed.algorithm={cfg.fed.algorithm} is not supported across sites: "
+                     f"{UNSUPPORTED[cfg.fed.algorithm]}")
+  if cfg.fed.centralized:
+    raise ValueError("fed.centralized pools every hospital's data; it has no sites mode")
+
+
+def config_json(cfg: ml_collections.ConfigDict) -> str:
+  return cfg.to_json(sort_keys=True)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(text))
+
+
+__all__ = ["algorithm", "check_job", "config_from_json", "config_json", "local_training"]

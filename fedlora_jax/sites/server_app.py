@@ -1,0 +1,85 @@
+"""The operator's Flower ServerApp: the `Coordinator` over Flower's Grid.
+
+Run config: `job-config`, the path of the job's ml_collections config as JSON (written by
+`scripts/deploy_local.py`; the same fields as `scripts/train.py` takes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping
+
+from flwr.app import Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from fedlora_jax.sites import job
+from fedlora_jax.sites.coordinator import Coordinator
+from fedlora_jax.sites.messages import from_records, payload_bytes, to_records
+
+app = ServerApp()
+
+
+class FlowerTransport:
+  """`coordinator.Transport` over a Flower Grid; hospitals are mapped to node ids by `discover`."""
+
+  def __init__(self, grid: Grid, header: dict[str, Any]):
+    self.grid = grid
+    self.header = header
+    self.node_of: dict[str, int] = {}
+
+  def discover(self, payload, expected: int, timeout: float) -> dict[str, dict[str, Any]]:
+    deadline = time.time() + timeout
+    while len(list(self.grid.get_node_ids())) < expected and time.time() < deadline:
+      time.sleep(0.5)
+    return self._query(list(self.grid.get_node_ids()), payload, max(deadline - time.time(), 1.0))
+
+  def rejoin(self, payload, timeout: float) -> dict[str, dict[str, Any]]:
+    """Queries nodes that connected since (a restarted SuperNode comes back with a new id)."""
+    known = set(self.node_of.values())
+    fresh = [n for n in self.grid.get_node_ids() if n not in known]
+    return self._query(fresh, payload, timeout) if fresh else {}
+
+  def _query(self, nodes: list[int], payload, timeout: float) -> dict[str, dict[str, Any]]:
+    msgs = [Message(to_records({"header": self.header, **payload}), dst_node_id=n,
+                    message_type="query") for n in nodes]
+    out: dict[str, dict[str, Any]] = {}
+    for rep in self.grid.send_and_receive(msgs, timeout=timeout):
+      if rep.has_error():
+        logging.warning("node %d: %s", rep.metadata.src_node_id, rep.error.reason)
+        continue
+      info = from_records(rep.content)["result"]
+      name = info["hospital"]
+      if name in out:
+        logging.warning("two nodes claim %r; keeping node %d", name, out[name]["node_id"])
+        continue
+      out[name] = {**info, "node_id": rep.metadata.src_node_id}
+      self.node_of[name] = rep.metadata.src_node_id  # the newest node of a hospital wins
+    return out
+
+  def send(self, kind: str, payloads: Mapping[str, dict[str, Any]], timeout: float
+           ) -> dict[str, dict[str, Any] | str]:
+    by_node = {self.node_of[h]: h for h in payloads}
+    msgs = [Message(to_records({"header": self.header, **p}), dst_node_id=self.node_of[h],
+                    message_type=kind) for h, p in payloads.items()]
+    out: dict[str, dict[str, Any] | str] = {}
+    for rep in self.grid.send_and_receive(msgs, timeout=timeout):
+      h = by_node.get(rep.metadata.src_node_id)
+      if h is None:
+        continue
+      if rep.has_error():
+        out[h] = f"node error: {rep.error.reason}".splitlines()[0][:300]
+        continue
+      content = from_records(rep.content)
+      out[h] = {**content.pop("result"), **content, "reply_bytes": payload_bytes(rep.content)}
+    for h in payloads:
+      out.setdefault(h, f"no reply within {timeout:g} s")
+    return out
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+  cfg = job.config_from_json(open(str(context.run_config["job-config"])).read())
+  coordinator = Coordinator(cfg)
+  transport = FlowerTransport(grid, {"config": job.config_json(cfg)})
+  coordinator.run(transport)

@@ -1,0 +1,74 @@
+"""The sites mode without the network: every hospital's `Hospital` in this process behind the
+coordinator's `Transport` interface, with hooks to drop or tamper with replies."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from fedlora_jax import ledger as L
+from fedlora_jax.sites import job
+from fedlora_jax.sites.coordinator import Coordinator
+from fedlora_jax.sites.hospital import Hospital
+from fedlora_jax.sites.local import enrol_local
+from tests.run_fixtures import tiny_config
+
+
+def sites_config(workdir: str, cache_dir: str, hospitals, **overrides):
+  cfg = tiny_config(workdir, cache_dir, **{"data.hospitals": tuple(hospitals), "eval.every": 2,
+                                           **overrides})
+  cfg.sites.round_timeout = 300.0
+  return cfg
+
+
+class InProcessTransport:
+  """`coordinator.Transport` calling each hospital's `handle` directly.
+
+  `down`: hospitals that do not answer; `tamper(kind, hospital, reply) -> reply` edits a reply
+  on its way to the server.
+  """
+
+  def __init__(self, cfg, nodes, tamper: Callable[[str, str, dict], dict] | None = None,
+               impostors: dict[str, str] | None = None):
+    self.cfg, self.nodes, self.tamper = cfg, nodes, tamper
+    self.impostors = impostors or {}  # {hospital: keystore of another (unenrolled) key it signs with}
+    self.down: set[str] = set()
+    self.restart()
+
+  def restart(self) -> None:
+    """New Hospital objects (what a node restart or Flower's fresh process per message gives)."""
+    self.hospitals = {h: Hospital(node, self.cfg) for h, node in self.nodes.items()}
+    for h, keystore in self.impostors.items():
+      node = self.nodes[h]
+      self.hospitals[h].signer = L.HospitalSigner(h, keystore, Hospital.receipts_dir(node),
+                                                  node.server_public_key, self.cfg.ledger.backend)
+
+  def discover(self, payload, expected: int, timeout: float) -> dict[str, dict[str, Any]]:
+    return {h: {**hosp.handle("query", payload)["result"], "node_id": i}
+            for i, (h, hosp) in enumerate(self.hospitals.items())}
+
+  def rejoin(self, payload, timeout: float) -> dict[str, dict[str, Any]]:
+    return {}
+
+  def send(self, kind: str, payloads, timeout: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for h, p in payloads.items():
+      if h in self.down:
+        out[h] = f"no reply within {timeout:g} s"
+        continue
+      reply = self.hospitals[h].handle(kind, p)
+      reply = {**reply.pop("result"), **reply, "bytes_received": 0, "reply_bytes": 0}
+      out[h] = self.tamper(kind, h, reply) if self.tamper else reply
+    return out
+
+
+def run_in_process(cfg, tamper=None, after_round: Callable[[InProcessTransport, str], None]
+                   | None = None, impostors=None) -> tuple[dict, Any, InProcessTransport]:
+  """Enrols the hospitals of `cfg` under `<workdir>/deploy` and runs the coordinator."""
+  enrolment = enrol_local(cfg, os.path.join(cfg.workdir, "deploy"))
+  run_cfg = job.config_from_json(open(enrolment.job_config).read())
+  transport = InProcessTransport(run_cfg, enrolment.nodes, tamper, impostors)
+  coordinator = Coordinator(run_cfg)
+  progress = (lambda line: after_round(transport, line)) if after_round else (lambda line: None)
+  return coordinator.run(transport, progress=progress), enrolment, transport

@@ -1,0 +1,140 @@
+"""End to end across sites: a SuperLink and three SuperNodes on localhost, each hospital with its
+own data, key and state directory, against the in-process simulation of the same config."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+pytest.importorskip("flwr")
+
+from fedlora_jax import ledger as L  # noqa: E402
+from fedlora_jax.run import experiment  # noqa: E402
+from fedlora_jax.sites.deploy import deploy  # noqa: E402
+from fedlora_jax.sites.local import group_alive  # noqa: E402
+from tests.sites_fixtures import sites_config  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.flower]
+HOSPITALS = ("cardiology", "oncology", "trauma")
+# The Flower processes start fresh interpreters: give them the numerics conftest gives this one.
+SUBPROCESS_ENV = {"JAX_DEFAULT_MATMUL_PRECISION": "highest", "JAX_THREEFRY_PARTITIONABLE": "1"}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def fedavg_runs(tmp_path_factory, cache_dir):
+  os.environ.update(SUBPROCESS_ENV)
+  sim_dir, site_dir = (str(tmp_path_factory.mktemp(n)) for n in ("sim", "sites"))
+  sim = experiment.run(sites_config(sim_dir, cache_dir, HOSPITALS))
+  started, lines = [], []
+  sites = deploy(sites_config(site_dir, cache_dir, HOSPITALS),
+                 on_record=lambda rec, dep: lines.append(rec), started=started)
+  return sim_dir, sim, site_dir, sites, started, lines
+
+
+def _adapter(workdir):
+  return load_file(os.path.join(workdir, "adapter", "adapter_model.safetensors"))
+
+
+def test_flower_fedavg_equals_simulation(fedavg_runs):
+  sim_dir, sim, site_dir, sites, _, lines = fedavg_runs
+  a, b = _adapter(sim_dir), _adapter(site_dir)
+  assert sorted(a) == sorted(b)
+  for name in a:
+    np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
+  assert list(sites["accuracy"]) == list(HOSPITALS)
+  for h in HOSPITALS:  # within one test question (16 per hospital)
+    assert abs(sites["accuracy"][h] - sim["accuracy"][h]) <= 1 / 16 + 1e-9, h
+  assert [r["round"] for r in lines] == [0, 1, 2]
+  assert all(r["ledger"]["accepted"] == 3 and not r["ledger"]["missing"] for r in lines[1:])
+  sim_records = [json.loads(l) for l in open(os.path.join(sim_dir, "metrics.jsonl"))]
+  for mine, theirs in zip(lines[1:], sim_records[1:]):
+    np.testing.assert_allclose(mine["weights"], theirs["weights"], rtol=1e-6)
+    np.testing.assert_allclose(mine["loss"], theirs["loss"], rtol=1e-4)
+
+
+def test_flower_run_directory_ledger_and_receipts(fedavg_runs):
+  _, _, site_dir, sites, _, _ = fedavg_runs
+  for name in ("config.json", "metrics.jsonl", "ledger.jsonl", "summary.json", "report.md",
+               "accuracy_curves.png", "client_test_heatmap.png", "checkpoints/2",
+               "adapter/adapter_config.json"):
+    assert os.path.exists(os.path.join(site_dir, name)), name
+  assert not os.path.exists(os.path.join(site_dir, "keys"))  # no hospital key at the server
+  ledger_path = os.path.join(site_dir, "ledger.jsonl")
+  server = L.Identity.load(os.path.join(site_dir, "deploy", "operator", "keys"), "server")
+  assert L.verify_ledger(ledger_path, server_public_key=server.pk).ok
+  ledger = L.Ledger.open(ledger_path)
+  assert ledger.server.pk == server.pk  # the key the hospitals pinned
+  digest = L.adapter_file_digest(os.path.join(site_dir, "adapter", "adapter_model.safetensors"))
+  prov = L.find_provenance(ledger_path, digest)
+  assert prov is not None and prov.round == 2 and len(prov.contributors) == 3
+  for h in HOSPITALS:
+    state = os.path.join(site_dir, "deploy", "hospitals", h, "state")
+    receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{state}/receipts/*.json"))]
+    assert [r["round"] for r in receipts] == [1, 2] and all(
+        r["verdict"] == "accepted" for r in receipts)
+    check = L.verify_ledger(ledger_path, server_public_key=server.pk,
+                            receipts=f"{state}/receipts")
+    assert check.ok and check.receipts == 2, check
+    forged_dir = os.path.join(site_dir, "forged", h)
+    os.makedirs(forged_dir)
+    with open(os.path.join(forged_dir, "r1.json"), "w") as f:
+      json.dump({**receipts[0], "verdict": "bad_signature"}, f)
+    assert not L.verify_ledger(ledger_path, server_public_key=server.pk, receipts=forged_dir).ok
+
+
+def test_flower_processes_are_gone(fedavg_runs):
+  started = fedavg_runs[4]
+  assert len(started) == 1 + 3 + 1  # SuperLink, SuperNodes, flwr run
+  assert not [g for g in started if group_alive(g)]
+
+
+def test_killed_node_is_missing_then_rejoins_after_restart(tmp_path, cache_dir):
+  """trauma's SuperNode (its whole process group) is killed once round 1 is recorded and started
+  again at once: round 2 ends after `sites.round_timeout` with the other two and records trauma
+  as missing; in round 3 the restarted node (a new Flower node id) takes part again."""
+  os.environ.update(SUBPROCESS_ENV)
+  cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS, **{"fed.rounds": 3, "eval.every": 3})
+  cfg.sites.round_timeout = 150.0  # above a normal round here (about 90 s on 2 busy cores)
+  started, lines = [], []
+
+  def on_record(record, dep):
+    lines.append(record)
+    if record["round"] == 1:
+      dep.stop("supernode-trauma", grace=5.0)
+      dep.start_supernode(dep.nodes["trauma"])
+
+  deploy(cfg, on_record=on_record, started=started)
+  assert [r["round"] for r in lines] == [0, 1, 2, 3]
+  assert [r["ledger"]["accepted"] for r in lines[1:]] == [3, 2, 3]
+  assert list(lines[2]["ledger"]["missing"]) == ["trauma"]
+  assert lines[2]["valid"] == [True, True, False]
+  blocks = [b for b in L.Ledger.open(os.path.join(str(tmp_path), "ledger.jsonl")).blocks
+            if b["kind"] == "round"]
+  assert [sorted(p["name"] for p in b["participants"]) for b in blocks] == [
+      sorted(HOSPITALS), ["cardiology", "oncology"], sorted(HOSPITALS)]
+  assert len(started) == 1 + 3 + 1 + 1 and not [g for g in started if group_alive(g)]
+
+
+def test_local_deployment_with_tls(tmp_path, cache_dir):
+  """TLS on localhost with certificates the deployment generates: the SuperLink serves them,
+  the SuperNodes and `flwr run` verify them against the generated CA (no insecure channel)."""
+  os.environ.update(SUBPROCESS_ENV)
+  cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS[:2], **{"fed.rounds": 1})
+  cfg.sites.tls = True
+  started = []
+  summary = deploy(cfg, started=started)
+  assert summary["ledger"]["valid"] and len(summary["accuracy"]) == 2
+  logs = os.path.join(str(tmp_path), "deploy", "logs")
+  text = "".join(open(os.path.join(logs, n), errors="replace").read() for n in os.listdir(logs))
+  assert "insecure" not in text.lower()
+  assert open(os.path.join(str(tmp_path), "deploy", "flwr_home", "config.toml")).read().count(
+      "root-certificates") == 1
+  assert not [g for g in started if group_alive(g)]
