@@ -42,11 +42,6 @@ class Job:
   round_started: float = 0.0  # time.time() when the current round began
   stop: bool = False  # a hook asks the loop to end after this round (privacy budget)
 
-  @property
-  def round(self) -> int:
-    """Rounds done."""
-    return int(multihost.host_value(self.state["round"]))
-
 
 class Hook(Protocol):
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from fedlora_jax import federated as F
@@ -33,6 +34,8 @@ class RoundRunner:
     self.batch_size = batch_size
     self.seed = seed
     self.max_batch_size = max_batch_size  # DP-SGD: Poisson batches of this fixed shape
+    held = [int(t.seq_len) for t in data.train.values()]
+    self.seq_len = max(multihost.allgather_json(max(held, default=0)))  # once, at setup
 
   def _local_batches(self, client_ids: list[int], round_idx: int):
     if self.max_batch_size:
@@ -46,15 +49,13 @@ class RoundRunner:
 
   def batches(self, slot_ids: np.ndarray, round_idx: int) -> dict[str, Any]:
     """[S, K, B, L] batches; this process builds the rows of its own (real) slots only."""
-    import jax  # pylint: disable=import-outside-toplevel
     mine = self.placement.local_slots(slot_ids, jax.process_index())
     real = [s for s in mine if slot_ids[s] != PAD]
     local = (self._local_batches([int(slot_ids[s]) for s in real], round_idx)[0]
              if real else {})
     row_of = {s: i for i, s in enumerate(real)}
-    seq = multihost.allgather_json(
-        int(next(iter(self.data.train.values())).seq_len) if self.data.train else 0)
-    shape = (len(slot_ids), self.local_steps, self.max_batch_size or self.batch_size, max(seq))
+    shape = (len(slot_ids), self.local_steps, self.max_batch_size or self.batch_size,
+             self.seq_len)
     dtypes = {"input_ids": np.int32, "attention_mask": np.int32, "loss_mask": np.float32}
 
     def rows(key):

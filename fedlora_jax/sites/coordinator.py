@@ -26,6 +26,7 @@ from fedlora_jax import models
 from fedlora_jax.eval import fairness_summary
 from fedlora_jax.run import report
 from fedlora_jax.run.checkpoint import Checkpointer
+from fedlora_jax.run.hooks import PERSONALISED
 from fedlora_jax.run.setup import expand, load_model, lora_config
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, write_config
 from fedlora_jax.sites import codec, job
@@ -244,7 +245,7 @@ class Coordinator:
     own = np.asarray([accuracy[h] for h in names])
     answered = ~np.isnan(own)
     sizes = np.asarray([self.info[h]["test"] for h in names], np.float64)
-    personal = self.algorithm.name in ("fedsa_lora", "local")
+    personal = self.algorithm.name in PERSONALISED
     overall = float(own[answered] @ sizes[answered] / sizes[answered].sum())
     matrix = (np.where(np.eye(len(names), dtype=bool), own[None], np.nan) if personal
               else own[None])
