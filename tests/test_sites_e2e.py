@@ -120,6 +120,12 @@ def test_killed_node_is_missing_then_rejoins_after_restart(tmp_path, cache_dir):
             if b["kind"] == "round"]
   assert [sorted(p["name"] for p in b["participants"]) for b in blocks] == [
       sorted(HOSPITALS), ["cardiology", "oncology"], sorted(HOSPITALS)]
+  trauma = L.Identity.load(os.path.join(str(tmp_path), "deploy", "hospitals", "trauma", "keys"),
+                           "trauma")
+  assert [b["missing"] for b in blocks] == [
+      [], [{"client_id": trauma.id, "reason": "timeout"}], []]
+  check = L.verify_ledger(os.path.join(str(tmp_path), "ledger.jsonl"))
+  assert check.ok and check.missing == ((2, "trauma", "timeout"),)
   assert len(started) == 1 + 3 + 1 + 1 and not [g for g in started if group_alive(g)]
 
 

@@ -61,6 +61,7 @@ class Coordinator:
       raise ValueError("the sites mode needs ledger.registry (the hospitals' enrolment records)")
     self.registry = L.load_registry(expand(cfg.ledger.registry), cfg.ledger.backend)
     self.names = [r.name for r in self.registry]  # client id = position in the registry
+    self.ids = {r.name: r.id for r in self.registry}  # the ledger's client ids
     self.model, _, self.base_dir = load_model(cfg)
     write_config(self.workdir, cfg)
     self.graphdef, self.base, lora = models.split_lora(self.model)
@@ -99,7 +100,11 @@ class Coordinator:
     training = job.local_training(cfg, max_targets, cfg.fed.local_steps)
     engine = F.FederatedRound(self.graphdef, self.algorithm, training, n)
     per_round = F.clients_per_round(n, count=cfg.fed.clients_per_round or None)
-    self.receipts: dict[str, Reply] = {}  # each delivered with the hospital's next message
+    # receipts per hospital, delivered with its next message; after a crash the receipts of the
+    # checkpointed round are sent again (they may not have reached the nodes)
+    self.receipts: dict[str, list[Reply]] = {}
+    if self.start and self.ledger.recorded_block(self.start) is not None:
+      self._queue_receipts(self.start)
     if first:
       record = {"round": 0, "clients": [], "loss": [], "valid": [], "weights": [], "ledger": {},
                 **_accuracy_record(self.info), "seconds": 0.0}
@@ -151,7 +156,7 @@ class Coordinator:
       verdict = self.ledger.verify(round_no, [(att, d) for _, att, d in submissions])
       signed = {h: int(n) for (h, _, _), ok, n in zip(submissions, verdict.accept,
                                                      verdict.num_samples) if ok}
-    else:  # re-running a round whose block was written before a crash (no new receipts)
+    else:  # re-running a round whose block was written before a crash: its receipts again
       signed = {p["name"]: p["num_samples"] for p in recorded["participants"]}
       signed = {h: signed[h] for h, _, _ in submissions if h in signed}
     accept = np.asarray([self.names[c] in signed for c in ids])
@@ -161,14 +166,17 @@ class Coordinator:
                                                 accept)
     global_digest = L.tree_digest(self._global_arrays())
     if recorded is None:
-      block = self.ledger.record(round_no, verdict, global_digest, self.algorithm.name)
-      self.receipts.update({h: r.to_dict() for (h, _, _), r in zip(submissions,
-                                                                    verdict.receipts)})
+      block = self.ledger.record(round_no, verdict, global_digest, self.algorithm.name,
+                                 missing=[(self.ids[h], missing_reason(e))
+                                          for h, e in missing.items()])
+      for (h, _, _), receipt in zip(submissions, verdict.receipts):
+        self.receipts.setdefault(h, []).append(receipt.to_dict())
     elif recorded["global_digest"] != global_digest.hex():
       raise L.LedgerError(f"round {round_no}: recomputed global adapter differs from the "
                           "ledger's record")
     else:
       block = recorded
+      self._queue_receipts(round_no)
     record: dict[str, Any] = {
         "round": round_no, "clients": [self.names[c] for c in ids],
         "loss": [float(np.mean(answered[self.names[c]]["loss"])) if self.names[c] in answered
@@ -216,14 +224,21 @@ class Coordinator:
 
   def _send(self, transport: Transport, kind: str, payloads: Mapping[str, Reply]
             ) -> dict[str, Reply | str]:
-    """Sends with each hospital's pending receipt; a receipt goes once its node has replied."""
-    payloads = {h: {**p, "task": {**p["task"], "receipt": self.receipts.get(h)}}
+    """Sends with each hospital's pending receipts; they are dropped once its node replied."""
+    payloads = {h: {**p, "task": {**p["task"], "receipts": self.receipts.get(h, [])}}
                 for h, p in payloads.items()}
     replies = transport.send(kind, payloads, self.cfg.sites.round_timeout)
     for h, rep in replies.items():
       if isinstance(rep, dict):
         self.receipts.pop(h, None)
     return replies
+
+  def _queue_receipts(self, round_no: int) -> None:
+    """Re-issues the receipts the ledger's block of `round_no` implies, for registered ids."""
+    names = {cid: h for h, cid in self.ids.items()}
+    for receipt in self.ledger.ledger.receipts_of(round_no):
+      if receipt.client_id in names:
+        self.receipts.setdefault(names[receipt.client_id], []).append(receipt.to_dict())
 
   def _evaluate(self, transport: Transport, round_no: int) -> dict[str, Any]:
     """Sends the new global adapter; every node evaluates on its own test set (its personal
@@ -283,6 +298,19 @@ def _attestation(data: Any, round_no: int) -> L.Attestation:
     return L.Attestation.from_dict(data)
   except L.LedgerError:
     return L.Attestation("", round_no, "", "malformed", "", 0, b"")
+
+
+MISSING_PREFIXES = {"no node connected": "not_connected", "node unavailable": "unavailable",
+                    "no reply within": "timeout", "node error": "node_error",
+                    "malformed reply": "malformed_reply"}
+
+
+def missing_reason(error: str) -> str:
+  """The ledger's reason (`ledger.MISSING_REASONS`) for a hospital's one-line transport error."""
+  for prefix, reason in MISSING_PREFIXES.items():
+    if str(error).startswith(prefix):
+      return reason
+  return "node_error"
 
 
 def _accuracy_record(replies: Mapping[str, Any]) -> dict[str, Any]:

@@ -151,10 +151,10 @@ class Hospital:
   # --- messages --------------------------------------------------------------------------------
   def handle(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """Answers one decoded message: "query" (describe, and evaluate the first global when
-    asked), "train" or "evaluate". A receipt for this node's last submission rides on the next
-    message it gets and is settled first. Returns the reply payload (array dicts + "result")."""
+    asked), "train" or "evaluate". Receipts for this node's submissions ride on the next
+    message it gets and are settled first. Returns the reply payload (array dicts + "result")."""
     task = payload["task"]
-    if task.get("receipt") and not self.settle(task["receipt"]):
+    if not all(self.settle(receipt) for receipt in task.get("receipts", [])):
       raise ValueError("the server's receipt does not verify under the pinned server key or "
                        "answers no attestation of this node")
     if kind == "query":
