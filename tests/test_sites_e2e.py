@@ -4,6 +4,10 @@ own data, key and state directory, against the in-process simulation of the same
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from fedlora_jax import ledger as L  # noqa: E402
 from fedlora_jax.run import experiment  # noqa: E402
 from fedlora_jax.sites.deploy import deploy  # noqa: E402
 from fedlora_jax.sites.local import group_alive  # noqa: E402
+from tests.run_fixtures import DEFAULT, ROOT, TINY_OVERRIDES, cli_flags  # noqa: E402
 from tests.sites_fixtures import sites_config  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]
@@ -144,3 +149,59 @@ def test_local_deployment_with_tls(tmp_path, cache_dir):
   assert open(os.path.join(str(tmp_path), "deploy", "flwr_home", "config.toml")).read().count(
       "root-certificates") == 1
   assert not [g for g in started if group_alive(g)]
+
+
+def _processes_in(directory: str) -> dict[int, int]:
+  """{pid: process group} of this user's processes whose working directory is `directory`
+  (every Flower process of a local deployment runs in its root)."""
+  out = {}
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      if os.readlink(f"/proc/{pid}/cwd") == directory:
+        out[int(pid)] = os.getpgid(int(pid))
+    except OSError:
+      continue
+  return out
+
+
+def test_ctrl_c_stops_every_process_and_keeps_the_run_directory(tmp_path, cache_dir):
+  """`scripts/deploy_local.py` in its own process group gets SIGINT (what Ctrl-C sends) once
+  round 1's progress line is out: it exits with 130 and one line, every SuperLink / SuperNode /
+  superexec / ServerApp process it started is gone, and the ledger and metrics written so far
+  are intact (the ledger verifies under the server key)."""
+  workdir = str(tmp_path / "run")
+  flags = cli_flags({**TINY_OVERRIDES, "fed.rounds": 4, "eval.every": 4,
+                     "data.hospitals": "('cardiology','oncology')"})
+  script = os.path.join(ROOT, "scripts", "deploy_local.py")
+  log = open(tmp_path / "stderr.txt", "w+")
+  proc = subprocess.Popen([sys.executable, script, f"--config={DEFAULT}",
+                           f"--config.workdir={workdir}", f"--config.cache_dir={cache_dir}",
+                           *flags], env={**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": ROOT},
+                          stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+  try:
+    deadline = time.time() + 900
+    while "round   1 |" not in open(tmp_path / "stderr.txt").read():
+      assert proc.poll() is None, open(tmp_path / "stderr.txt").read()[-3000:]
+      assert time.time() < deadline, "no progress line for round 1"
+      time.sleep(0.5)
+    root = os.path.realpath(os.path.join(workdir, "deploy"))
+    flower = _processes_in(root)
+    assert len(flower) >= 1 + 2  # SuperLink, SuperNodes (and their superexec children)
+    os.killpg(proc.pid, signal.SIGINT)
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  text = open(tmp_path / "stderr.txt").read()
+  after = text[text.index("round   1 |"):].splitlines()
+  assert rc == 130, text[-3000:]
+  assert "Traceback" not in text
+  assert after[-1].startswith(f"interrupted: every Flower process stopped; {workdir} keeps")
+  assert not [p for p in flower if os.path.exists(f"/proc/{p}")]
+  assert not [g for g in set(flower.values()) if group_alive(g)]
+  assert not _processes_in(root)
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["round"] for r in records][:2] == [0, 1]
+  server = L.Identity.load(os.path.join(workdir, "deploy", "operator", "keys"), "server")
+  check = L.verify_ledger(os.path.join(workdir, "ledger.jsonl"), server_public_key=server.pk)
+  assert check.ok and not check.torn_tail and check.num_blocks >= 2, check

@@ -167,3 +167,22 @@ def test_receipts_reach_the_nodes_after_a_server_crash(tmp_path, cache_dir, chec
     committed = sorted(n for n in os.listdir(os.path.join(state, "client_state"))
                        if n.startswith("committed"))
     assert committed == ["committed_000001.npz", "committed_000002.npz"], h
+
+
+def test_base_changes_travel_exactly_and_unknown_weights_are_refused():
+  """FedEx-LoRA's folded base: only changed weights travel, and land bit for bit."""
+  import ml_dtypes
+  base = {"layers": {"0": {"q_proj": {"weight": np.zeros((2, 3), ml_dtypes.bfloat16)}}},
+          "norm": {"weight": np.ones(3, np.float32)}}
+  original = {"layers.0.q_proj.weight": base["layers"]["0"]["q_proj"]["weight"],
+              "norm.weight": base["norm"]["weight"]}
+  folded = np.full((2, 3), 1 / 3, np.float32).astype(ml_dtypes.bfloat16)
+  changes = codec.base_changes({**original, "layers.0.q_proj.weight": folded}, original)
+  assert list(changes) == ["layers.0.q_proj.weight"]
+  assert codec.base_changes(original, original) == {}
+  got = codec.with_base_changes(base, changes)
+  assert got["layers"]["0"]["q_proj"]["weight"].dtype == ml_dtypes.bfloat16
+  np.testing.assert_array_equal(got["layers"]["0"]["q_proj"]["weight"], folded)
+  assert got["norm"]["weight"] is base["norm"]["weight"]
+  with pytest.raises(codec.MessageError, match=r"unexpected \['lm_head.weight'\]"):
+    codec.with_base_changes(base, {"lm_head.weight": np.ones(1, np.float32)})

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -156,8 +157,16 @@ class LocalDeployment:
       proc.wait()
 
   def close(self) -> None:
-    for name in ["run", *[n for n in self.procs if n.startswith("supernode")], "superlink"]:
-      self.stop(name)
+    """Stops every process group; a second Ctrl-C or SIGTERM meanwhile cannot cut it short."""
+    main = threading.current_thread() is threading.main_thread()
+    held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)
+            } if main else {}
+    try:
+      for name in ["run", *[n for n in self.procs if n.startswith("supernode")], "superlink"]:
+        self.stop(name)
+    finally:
+      for sig, handler in held.items():
+        signal.signal(sig, handler)
 
   def __enter__(self) -> LocalDeployment:
     return self
