@@ -33,15 +33,20 @@ def cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("cache"))
 
 
-@pytest.fixture(scope="module")
-def fedavg_runs(tmp_path_factory, cache_dir):
+def simulation_and_sites(sim_dir, site_dir, cache_dir, **overrides):
+  """The same config run in the simulation and across local Flower SuperNodes."""
   os.environ.update(SUBPROCESS_ENV)
-  sim_dir, site_dir = (str(tmp_path_factory.mktemp(n)) for n in ("sim", "sites"))
-  sim = experiment.run(sites_config(sim_dir, cache_dir, HOSPITALS))
+  sim = experiment.run(sites_config(sim_dir, cache_dir, HOSPITALS, **overrides))
   started, lines = [], []
-  sites = deploy(sites_config(site_dir, cache_dir, HOSPITALS),
+  sites = deploy(sites_config(site_dir, cache_dir, HOSPITALS, **overrides),
                  on_record=lambda rec, dep: lines.append(rec), started=started)
   return sim_dir, sim, site_dir, sites, started, lines
+
+
+@pytest.fixture(scope="module")
+def fedavg_runs(tmp_path_factory, cache_dir):
+  return simulation_and_sites(*(str(tmp_path_factory.mktemp(n)) for n in ("sim", "sites")),
+                              cache_dir)
 
 
 def _adapter(workdir):
@@ -93,6 +98,33 @@ def test_flower_run_directory_ledger_and_receipts(fedavg_runs):
     with open(os.path.join(forged_dir, "r1.json"), "w") as f:
       json.dump({**receipts[0], "verdict": "bad_signature"}, f)
     assert not L.verify_ledger(ledger_path, server_public_key=server.pk, receipts=forged_dir).ok
+
+
+@pytest.mark.parametrize("algorithm,local", [
+    ("scaffold", {"fed.local_optimizer": "sgd", "fed.local_lr": 0.5}),  # as configs/scaffold.py
+    ("fedsa_lora", {})])
+def test_flower_client_state_algorithms_equal_simulation(tmp_path, cache_dir, algorithm, local):
+  """SCAFFOLD's c_i and FedSA-LoRA's B kept at real SuperNodes (a fresh ClientApp process per
+  message, so the state comes from the node's state directory) give the simulation's global
+  adapter, and FedSA-LoRA's personal adapters, within 1e-5."""
+  sim_dir, _, site_dir, _, started, lines = simulation_and_sites(
+      str(tmp_path / "sim"), str(tmp_path / "sites"), cache_dir,
+      **{"fed.algorithm": algorithm, **local})
+  pairs = [(_adapter(sim_dir), _adapter(site_dir))]
+  for h in HOSPITALS if algorithm == "fedsa_lora" else ():
+    node_dir = os.path.join(site_dir, "deploy", "hospitals", h, "state", "adapter")
+    pairs.append((load_file(os.path.join(sim_dir, "adapters", h, "adapter_model.safetensors")),
+                  load_file(os.path.join(node_dir, "adapter_model.safetensors"))))
+  for a, b in pairs:
+    assert sorted(a) == sorted(b)
+    for name in a:
+      np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
+  assert [r["ledger"]["accepted"] for r in lines[1:]] == [3, 3]
+  for h in HOSPITALS:
+    state = os.path.join(site_dir, "deploy", "hospitals", h, "state", "client_state")
+    assert sorted(n for n in os.listdir(state) if n.startswith("committed")) == [
+        "committed_000001.npz", "committed_000002.npz"], h
+  assert not [g for g in started if group_alive(g)]
 
 
 def test_flower_processes_are_gone(fedavg_runs):
