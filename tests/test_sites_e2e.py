@@ -135,8 +135,9 @@ def test_flower_processes_are_gone(fedavg_runs):
 
 def test_killed_node_is_missing_then_rejoins_after_restart(tmp_path, cache_dir):
   """trauma's SuperNode (its whole process group) is killed once round 1 is recorded and started
-  again at once: round 2 ends after `sites.round_timeout` with the other two and records trauma
-  as missing; in round 3 the restarted node (a new Flower node id) takes part again."""
+  again at once: round 2 ends with the other two and records trauma as missing, "unavailable"
+  (the SuperLink answers for the killed node, whose heartbeats stopped; a silent node would end
+  the round after `sites.round_timeout`, as "timeout"); in round 3 the restarted node (a new Flower node id) takes part again."""
   os.environ.update(SUBPROCESS_ENV)
   cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS, **{"fed.rounds": 3, "eval.every": 3})
   cfg.sites.round_timeout = 150.0  # above a normal round here (about 90 s on 2 busy cores)
@@ -160,9 +161,9 @@ def test_killed_node_is_missing_then_rejoins_after_restart(tmp_path, cache_dir):
   trauma = L.Identity.load(os.path.join(str(tmp_path), "deploy", "hospitals", "trauma", "keys"),
                            "trauma")
   assert [b["missing"] for b in blocks] == [
-      [], [{"client_id": trauma.id, "reason": "timeout"}], []]
+      [], [{"client_id": trauma.id, "reason": "unavailable"}], []]
   check = L.verify_ledger(os.path.join(str(tmp_path), "ledger.jsonl"))
-  assert check.ok and check.missing == ((2, "trauma", "timeout"),)
+  assert check.ok and check.missing == ((2, "trauma", "unavailable"),)
   assert len(started) == 1 + 3 + 1 + 1 and not [g for g in started if group_alive(g)]
 
 
