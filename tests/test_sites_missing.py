@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from fedlora_jax.ledger import (
-    Attestation, BlockError, Identity, Ledger, get_backend, tree_digest, verify_ledger,
+    Attestation, BlockError, Identity, Ledger, LedgerError, get_backend, tree_digest,
+    verify_ledger,
 )
 from fedlora_jax.ledger import block as blk
 from fedlora_jax.ledger import chain
@@ -95,3 +96,23 @@ def test_transport_errors_map_to_missing_reasons():
                                       "no reply within 150 s", "node error: killed",
                                       "malformed reply: shape", "something else")] == [
       "not_connected", "unavailable", "timeout", "node_error", "malformed_reply", "node_error"]
+
+
+def test_receipts_of_a_recorded_round_are_the_ones_first_issued(tmp_path):
+  """What a server that crashed before delivering receipts sends again: the same receipts (BLS
+  signing is deterministic), for accepted and rejected submissions alike."""
+  backend, server, (a, b, c) = _parties()
+  ledger = Ledger.create(tmp_path / "ledger.jsonl", "receipts", server, [a, b, c],
+                         backend=backend)
+  ctx = ledger.round_context(1)
+  digest = tree_digest({"x": [1.0]})
+  good = Attestation.create(a, ctx, digest, 10, backend)
+  forged = Attestation.create(b, ctx, digest, 10, backend)
+  forged = Attestation(**{**forged.__dict__, "signature": good.signature})
+  verdict = ledger.verify_round(1, [(good, digest), (forged, digest)])
+  ledger.append_round(1, verdict, digest, "fedavg", missing=[(c.id, "unavailable")])
+  again = Ledger.open(tmp_path / "ledger.jsonl", server).receipts_of(1)
+  assert [r.verdict for r in again] == ["accepted", "bad_signature"]
+  assert again == list(verdict.receipts)
+  with pytest.raises(LedgerError, match="no block for round 2"):
+    ledger.receipts_of(2)
