@@ -131,6 +131,11 @@ def test_codec_round_trip_and_refusals():
     codec.lora_from_arrays(bad, like)
   state = {"c": like, "opt": (np.zeros((), np.int32),)}
   assert codec.tree_from_arrays(codec.tree_arrays(state), state, "s")["opt"][0].dtype == np.int32
+  # a 0-d array comes back from Flower's wire format as shape [1] (FedSA-LoRA's `trained` flag)
+  wire = {**codec.tree_arrays(state), "['opt'][0]": np.asarray([7], np.int32)}
+  assert codec.tree_from_arrays(wire, state, "s")["opt"][0].shape == ()
+  with pytest.raises(codec.MessageError, match=r"has shape \(2,\), expected \(\)"):
+    codec.tree_from_arrays({**wire, "['opt'][0]": np.zeros(2, np.int32)}, state, "s")
 
 
 class ServerCrash(RuntimeError):

@@ -77,6 +77,8 @@ def _take(arrays: Mapping[str, np.ndarray], names: dict[str, Any], flat_like: di
   out = {}
   for name, key in names.items():
     ref, arr = flat_like[key], np.asarray(arrays[name])
+    if arr.shape == (1,) and np.shape(ref) == ():  # Flower's wire format sends 0-d as [1]
+      arr = arr.reshape(())
     if arr.shape != tuple(np.shape(ref)):
       raise MessageError(f"{what}: {name} has shape {arr.shape}, expected {np.shape(ref)}")
     out[key] = arr.astype(np.asarray(ref).dtype if not hasattr(ref, "dtype") else ref.dtype)
