@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedlora_jax import ledger as L
 from fedlora_jax import models
 from fedlora_jax.run import experiment
 from fedlora_jax.sites import job
 from fedlora_jax.sites.hospital import Hospital
-from tests.sites_fixtures import run_in_process, sites_config
+from tests.sites_fixtures import check_folded_base, run_in_process, sites_config
 
 HOSPITALS = ("cardiology", "oncology", "trauma")
 pytestmark = pytest.mark.slow  # about 3 minutes each on 2 shared cores
@@ -60,24 +59,8 @@ def test_sites_equal_simulation_with_client_state(tmp_path, cache_dir, algorithm
   if algorithm == "fedsa_lora":
     _check_personal_adapters(tmp_path / "sim", sites, enrolment, HOSPITALS)
   if algorithm == "fedex_lora":  # the residuals folded into the base reached every node
-    _check_folded_base(tmp_path / "sim", tmp_path / "sites",
+    check_folded_base(tmp_path / "sim", tmp_path / "sites",
                        enrolment.nodes[HOSPITALS[0]].base_model)
-
-
-def _check_folded_base(sim_dir, sites_dir, base_dir):
-  """The base with FedEx-LoRA's residuals equals the simulation's, and differs from the base
-  the nodes loaded; every round block binds the residual."""
-  a = load_file(os.path.join(sim_dir, "base_with_residuals", "model.safetensors"))
-  b = load_file(os.path.join(sites_dir, "base_with_residuals", "model.safetensors"))
-  assert sorted(a) == sorted(b)
-  for name in a:
-    np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
-  original = load_file(os.path.join(base_dir, "model.safetensors"))
-  changed = [n for n in b if not np.array_equal(b[n], original[n])]
-  assert changed and all(n.endswith("_proj.weight") for n in changed), changed
-  blocks = [x for x in L.Ledger.open(os.path.join(sites_dir, "ledger.jsonl")).blocks
-            if x["kind"] == "round"]
-  assert all(x["residual_digest"] is not None for x in blocks)
 
 
 def _check_personal_adapters(sim_dir, sites, enrolment, hospitals):

@@ -20,7 +20,7 @@ from fedlora_jax.run import experiment  # noqa: E402
 from fedlora_jax.sites.deploy import deploy  # noqa: E402
 from fedlora_jax.sites.local import group_alive  # noqa: E402
 from tests.run_fixtures import DEFAULT, ROOT, TINY_OVERRIDES, cli_flags  # noqa: E402
-from tests.sites_fixtures import sites_config  # noqa: E402
+from tests.sites_fixtures import check_folded_base, sites_config  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]
 HOSPITALS = ("cardiology", "oncology", "trauma")
@@ -102,11 +102,12 @@ def test_flower_run_directory_ledger_and_receipts(fedavg_runs):
 
 @pytest.mark.parametrize("algorithm,local", [
     ("scaffold", {"fed.local_optimizer": "sgd", "fed.local_lr": 0.5}),  # as configs/scaffold.py
-    ("fedsa_lora", {})])
+    ("fedsa_lora", {}), ("fedex_lora", {})])
 def test_flower_client_state_algorithms_equal_simulation(tmp_path, cache_dir, algorithm, local):
   """SCAFFOLD's c_i and FedSA-LoRA's B kept at real SuperNodes (a fresh ClientApp process per
-  message, so the state comes from the node's state directory) give the simulation's global
-  adapter, and FedSA-LoRA's personal adapters, within 1e-5."""
+  message, so the state comes from the node's state directory), and FedEx-LoRA's folded base
+  sent to them, give the simulation's global adapter, FedSA-LoRA's personal adapters and
+  FedEx-LoRA's base within 1e-5."""
   sim_dir, _, site_dir, _, started, lines = simulation_and_sites(
       str(tmp_path / "sim"), str(tmp_path / "sites"), cache_dir,
       **{"fed.algorithm": algorithm, **local})
@@ -119,6 +120,9 @@ def test_flower_client_state_algorithms_equal_simulation(tmp_path, cache_dir, al
     assert sorted(a) == sorted(b)
     for name in a:
       np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
+  if algorithm == "fedex_lora":
+    adapter_config = json.load(open(os.path.join(site_dir, "adapter", "adapter_config.json")))
+    check_folded_base(sim_dir, site_dir, adapter_config["base_model_name_or_path"])
   assert [r["ledger"]["accepted"] for r in lines[1:]] == [3, 3]
   for h in HOSPITALS:
     state = os.path.join(site_dir, "deploy", "hospitals", h, "state", "client_state")
