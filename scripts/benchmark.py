@@ -7,9 +7,11 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
   python scripts/benchmark.py --sections=memory                 # qwen3-8b per-device memory on
                                                                 # 8 CPU devices (subprocess)
   python scripts/benchmark.py --sections=dp --skip_torch        # a round with vs without DP-SGD
+  python scripts/benchmark.py --sections=deploy [--deploy_set=fed.rounds=3 ...]  # Flower vs
+                                                                # simulation, configs/default.py
 
-A run of only the memory section updates its own key of --out_json and its own heading of
---out_md, leaving the other sections' figures as they are.
+A run of only the memory (or the deploy) section updates its own key of --out_json and its own
+heading of --out_md, leaving the other sections' figures as they are.
 
 Writes every figure to --out_json and a summary table to --out_md.
 """
@@ -66,6 +68,12 @@ _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS before 
 _OUT_JSON = flags.DEFINE_string("out_json", "benchmarks.json", "Where to write all figures.")
 _OUT_MD = flags.DEFINE_string("out_md", "BENCHMARKS.md", "Markdown summary ('' to skip).")
 _NOTES = flags.DEFINE_multi_string("note", [], "A note recorded in the JSON and the markdown.")
+# --- deploy section (sites, issue 12) ---
+_DEPLOY_SET = flags.DEFINE_multi_string("deploy_set", [], "key=value overrides of "
+                                        "configs/default.py for the deploy section's job.")
+_DEPLOY_DIR = flags.DEFINE_string("deploy_workdir", "runs/benchmark_deploy",
+                                  "Where the deploy section's two runs write (must not exist).")
+# --- end deploy section flags ---
 _FROM_JSON = flags.DEFINE_string("from_json", None,
                                  "Only rewrite --out_md from this JSON (plus any --note).")
 
@@ -91,8 +99,45 @@ def _update_memory_only(memory: dict) -> None:
   print(f"wrote the memory section of {_OUT_JSON.value} and {_OUT_MD.value}", flush=True)
 
 
+# --- deploy section (sites, issue 12) ---
+def _deploy_only() -> None:
+  """Runs the deploy section alone; writes its key of --out_json and its heading of --out_md."""
+  import ast
+
+  from fedlora_jax.benchmarks import report
+  from fedlora_jax.run.configs import load_config_file
+  from fedlora_jax.sites import bench
+  cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "default.py"))
+  for item in _DEPLOY_SET.value:
+    key, _, text = item.partition("=")
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    try:
+      node[leaf] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      node[leaf] = text
+  res = bench.deploy_section(cfg, os.path.abspath(_DEPLOY_DIR.value))
+  res.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             command=" ".join(["python scripts/benchmark.py"] + sys.argv[1:]),
+             job="configs/default.py" + "".join(f" {x}" for x in _DEPLOY_SET.value),
+             load_average_at_end=os.getloadavg())
+  old = json.load(open(_OUT_JSON.value)) if os.path.exists(_OUT_JSON.value) else {}
+  with open(_OUT_JSON.value, "w") as f:
+    json.dump({**old, "deploy": res}, f, indent=1, default=str)
+  if _OUT_MD.value:
+    text = open(_OUT_MD.value).read() if os.path.exists(_OUT_MD.value) else "# Benchmarks\n"
+    with open(_OUT_MD.value, "w") as f:
+      f.write(report.splice_section(text, bench.DEPLOY_HEADING, bench.deploy_lines(res)))
+  print("\n".join(bench.deploy_lines(res)), flush=True)
+# --- end deploy section ---
+
+
 def main(argv):
   del argv
+  if set(_SECTIONS.value) == {"deploy"}:  # deploy section (sites, issue 12): runs alone
+    return _deploy_only()
   if _FROM_JSON.value:
     from fedlora_jax.benchmarks import report
     with open(_FROM_JSON.value) as f:

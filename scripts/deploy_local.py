@@ -13,6 +13,7 @@ every Flower process is stopped on success, error and Ctrl-C. The hospitals' dir
 from __future__ import annotations
 
 import signal
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -27,7 +28,12 @@ def main(argv: list[str]) -> int:
   from fedlora_jax.run.cli import run_cli
   from fedlora_jax.sites.deploy import deploy
   signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
-  return run_cli(lambda: deploy(_CONFIG.value))
+  try:
+    return run_cli(lambda: deploy(_CONFIG.value))
+  except KeyboardInterrupt:  # every Flower process group was ended on the way out
+    print(f"interrupted: every Flower process stopped; {_CONFIG.value.workdir} keeps the rounds "
+          "already written (run the same command again to resume)", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

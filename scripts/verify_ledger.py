@@ -6,6 +6,7 @@ and the trust anchors given (what the run published, the operator's registry, ho
       [--receipts=runs/demo/receipts] [--backend=auto]
 
 Without anchors a ledger is only shown self-consistent (anyone can build one with fresh keys).
+Prints the sampled hospitals that did not reply, one line per round and hospital.
 Exit status: 0 valid; 1 invalid, with one line naming the first problem (bad block, mismatched
 anchor, omitted or contradicted receipt), or a torn trailing line (an interrupted append: the
 complete blocks before it are checked and reported, but the file is not a clean ledger); 2 a
@@ -49,6 +50,8 @@ def main(argv: list[str]) -> int:
     return 1
   print(f"OK: {result.num_blocks} blocks verified"
         + (f", {result.receipts} receipts in the ledger" if _RECEIPTS.value else ""))
+  for round_no, name, reason in result.missing:
+    print(f"round {round_no}: {name} missing ({reason})")
   return 0
 
 

@@ -7,6 +7,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+from safetensors.numpy import load_file
+
 from fedlora_jax import ledger as L
 from fedlora_jax.sites import job
 from fedlora_jax.sites.coordinator import Coordinator
@@ -72,3 +75,19 @@ def run_in_process(cfg, tamper=None, after_round: Callable[[InProcessTransport, 
   coordinator = Coordinator(run_cfg)
   progress = (lambda line: after_round(transport, line)) if after_round else (lambda line: None)
   return coordinator.run(transport, progress=progress), enrolment, transport
+
+
+def check_folded_base(sim_dir, sites_dir, base_dir):
+  """The base with FedEx-LoRA's residuals equals the simulation's, and differs from the base
+  the nodes loaded; every round block binds the residual."""
+  a = load_file(os.path.join(sim_dir, "base_with_residuals", "model.safetensors"))
+  b = load_file(os.path.join(sites_dir, "base_with_residuals", "model.safetensors"))
+  assert sorted(a) == sorted(b)
+  for name in a:
+    np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
+  original = load_file(os.path.join(base_dir, "model.safetensors"))
+  changed = [n for n in b if not np.array_equal(b[n], original[n])]
+  assert changed and all(n.endswith("_proj.weight") for n in changed), changed
+  blocks = [x for x in L.Ledger.open(os.path.join(sites_dir, "ledger.jsonl")).blocks
+            if x["kind"] == "round"]
+  assert all(x["residual_digest"] is not None for x in blocks)

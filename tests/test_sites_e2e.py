@@ -4,6 +4,10 @@ own data, key and state directory, against the in-process simulation of the same
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +19,8 @@ from fedlora_jax import ledger as L  # noqa: E402
 from fedlora_jax.run import experiment  # noqa: E402
 from fedlora_jax.sites.deploy import deploy  # noqa: E402
 from fedlora_jax.sites.local import group_alive  # noqa: E402
-from tests.sites_fixtures import sites_config  # noqa: E402
+from tests.run_fixtures import DEFAULT, ROOT, TINY_OVERRIDES, cli_flags  # noqa: E402
+from tests.sites_fixtures import check_folded_base, sites_config  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]
 HOSPITALS = ("cardiology", "oncology", "trauma")
@@ -28,15 +33,20 @@ def cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("cache"))
 
 
-@pytest.fixture(scope="module")
-def fedavg_runs(tmp_path_factory, cache_dir):
+def simulation_and_sites(sim_dir, site_dir, cache_dir, **overrides):
+  """The same config run in the simulation and across local Flower SuperNodes."""
   os.environ.update(SUBPROCESS_ENV)
-  sim_dir, site_dir = (str(tmp_path_factory.mktemp(n)) for n in ("sim", "sites"))
-  sim = experiment.run(sites_config(sim_dir, cache_dir, HOSPITALS))
+  sim = experiment.run(sites_config(sim_dir, cache_dir, HOSPITALS, **overrides))
   started, lines = [], []
-  sites = deploy(sites_config(site_dir, cache_dir, HOSPITALS),
+  sites = deploy(sites_config(site_dir, cache_dir, HOSPITALS, **overrides),
                  on_record=lambda rec, dep: lines.append(rec), started=started)
   return sim_dir, sim, site_dir, sites, started, lines
+
+
+@pytest.fixture(scope="module")
+def fedavg_runs(tmp_path_factory, cache_dir):
+  return simulation_and_sites(*(str(tmp_path_factory.mktemp(n)) for n in ("sim", "sites")),
+                              cache_dir)
 
 
 def _adapter(workdir):
@@ -90,6 +100,37 @@ def test_flower_run_directory_ledger_and_receipts(fedavg_runs):
     assert not L.verify_ledger(ledger_path, server_public_key=server.pk, receipts=forged_dir).ok
 
 
+@pytest.mark.parametrize("algorithm,local", [
+    ("scaffold", {"fed.local_optimizer": "sgd", "fed.local_lr": 0.5}),  # as configs/scaffold.py
+    ("fedsa_lora", {}), ("fedex_lora", {})])
+def test_flower_client_state_algorithms_equal_simulation(tmp_path, cache_dir, algorithm, local):
+  """SCAFFOLD's c_i and FedSA-LoRA's B kept at real SuperNodes (a fresh ClientApp process per
+  message, so the state comes from the node's state directory), and FedEx-LoRA's folded base
+  sent to them, give the simulation's global adapter, FedSA-LoRA's personal adapters and
+  FedEx-LoRA's base within 1e-5."""
+  sim_dir, _, site_dir, _, started, lines = simulation_and_sites(
+      str(tmp_path / "sim"), str(tmp_path / "sites"), cache_dir,
+      **{"fed.algorithm": algorithm, **local})
+  pairs = [(_adapter(sim_dir), _adapter(site_dir))]
+  for h in HOSPITALS if algorithm == "fedsa_lora" else ():
+    node_dir = os.path.join(site_dir, "deploy", "hospitals", h, "state", "adapter")
+    pairs.append((load_file(os.path.join(sim_dir, "adapters", h, "adapter_model.safetensors")),
+                  load_file(os.path.join(node_dir, "adapter_model.safetensors"))))
+  for a, b in pairs:
+    assert sorted(a) == sorted(b)
+    for name in a:
+      np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
+  if algorithm == "fedex_lora":
+    adapter_config = json.load(open(os.path.join(site_dir, "adapter", "adapter_config.json")))
+    check_folded_base(sim_dir, site_dir, adapter_config["base_model_name_or_path"])
+  assert [r["ledger"]["accepted"] for r in lines[1:]] == [3, 3]
+  for h in HOSPITALS:
+    state = os.path.join(site_dir, "deploy", "hospitals", h, "state", "client_state")
+    assert sorted(n for n in os.listdir(state) if n.startswith("committed")) == [
+        "committed_000001.npz", "committed_000002.npz"], h
+  assert not [g for g in started if group_alive(g)]
+
+
 def test_flower_processes_are_gone(fedavg_runs):
   started = fedavg_runs[4]
   assert len(started) == 1 + 3 + 1  # SuperLink, SuperNodes, flwr run
@@ -98,8 +139,9 @@ def test_flower_processes_are_gone(fedavg_runs):
 
 def test_killed_node_is_missing_then_rejoins_after_restart(tmp_path, cache_dir):
   """trauma's SuperNode (its whole process group) is killed once round 1 is recorded and started
-  again at once: round 2 ends after `sites.round_timeout` with the other two and records trauma
-  as missing; in round 3 the restarted node (a new Flower node id) takes part again."""
+  again at once: round 2 ends with the other two and records trauma as missing, "unavailable"
+  (the SuperLink answers for the killed node, whose heartbeats stopped; a silent node would end
+  the round after `sites.round_timeout`, as "timeout"); in round 3 the restarted node (a new Flower node id) takes part again."""
   os.environ.update(SUBPROCESS_ENV)
   cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS, **{"fed.rounds": 3, "eval.every": 3})
   cfg.sites.round_timeout = 150.0  # above a normal round here (about 90 s on 2 busy cores)
@@ -120,6 +162,12 @@ def test_killed_node_is_missing_then_rejoins_after_restart(tmp_path, cache_dir):
             if b["kind"] == "round"]
   assert [sorted(p["name"] for p in b["participants"]) for b in blocks] == [
       sorted(HOSPITALS), ["cardiology", "oncology"], sorted(HOSPITALS)]
+  trauma = L.Identity.load(os.path.join(str(tmp_path), "deploy", "hospitals", "trauma", "keys"),
+                           "trauma")
+  assert [b["missing"] for b in blocks] == [
+      [], [{"client_id": trauma.id, "reason": "unavailable"}], []]
+  check = L.verify_ledger(os.path.join(str(tmp_path), "ledger.jsonl"))
+  assert check.ok and check.missing == ((2, "trauma", "unavailable"),)
   assert len(started) == 1 + 3 + 1 + 1 and not [g for g in started if group_alive(g)]
 
 
@@ -138,3 +186,59 @@ def test_local_deployment_with_tls(tmp_path, cache_dir):
   assert open(os.path.join(str(tmp_path), "deploy", "flwr_home", "config.toml")).read().count(
       "root-certificates") == 1
   assert not [g for g in started if group_alive(g)]
+
+
+def _processes_in(directory: str) -> dict[int, int]:
+  """{pid: process group} of this user's processes whose working directory is `directory`
+  (every Flower process of a local deployment runs in its root)."""
+  out = {}
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      if os.readlink(f"/proc/{pid}/cwd") == directory:
+        out[int(pid)] = os.getpgid(int(pid))
+    except OSError:
+      continue
+  return out
+
+
+def test_ctrl_c_stops_every_process_and_keeps_the_run_directory(tmp_path, cache_dir):
+  """`scripts/deploy_local.py` in its own process group gets SIGINT (what Ctrl-C sends) once
+  round 1's progress line is out: it exits with 130 and one line, every SuperLink / SuperNode /
+  superexec / ServerApp process it started is gone, and the ledger and metrics written so far
+  are intact (the ledger verifies under the server key)."""
+  workdir = str(tmp_path / "run")
+  flags = cli_flags({**TINY_OVERRIDES, "fed.rounds": 4, "eval.every": 4,
+                     "data.hospitals": "('cardiology','oncology')"})
+  script = os.path.join(ROOT, "scripts", "deploy_local.py")
+  log = open(tmp_path / "stderr.txt", "w+")
+  proc = subprocess.Popen([sys.executable, script, f"--config={DEFAULT}",
+                           f"--config.workdir={workdir}", f"--config.cache_dir={cache_dir}",
+                           *flags], env={**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": ROOT},
+                          stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+  try:
+    deadline = time.time() + 900
+    while "round   1 |" not in open(tmp_path / "stderr.txt").read():
+      assert proc.poll() is None, open(tmp_path / "stderr.txt").read()[-3000:]
+      assert time.time() < deadline, "no progress line for round 1"
+      time.sleep(0.5)
+    root = os.path.realpath(os.path.join(workdir, "deploy"))
+    flower = _processes_in(root)
+    assert len(flower) >= 1 + 2  # SuperLink, SuperNodes (and their superexec children)
+    os.killpg(proc.pid, signal.SIGINT)
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  text = open(tmp_path / "stderr.txt").read()
+  after = text[text.index("round   1 |"):].splitlines()
+  assert rc == 130, text[-3000:]
+  assert "Traceback" not in text
+  assert after[-1].startswith(f"interrupted: every Flower process stopped; {workdir} keeps")
+  assert not [p for p in flower if os.path.exists(f"/proc/{p}")]
+  assert not [g for g in set(flower.values()) if group_alive(g)]
+  assert not _processes_in(root)
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["round"] for r in records][:2] == [0, 1]
+  server = L.Identity.load(os.path.join(workdir, "deploy", "operator", "keys"), "server")
+  check = L.verify_ledger(os.path.join(workdir, "ledger.jsonl"), server_public_key=server.pk)
+  assert check.ok and not check.torn_tail and check.num_blocks >= 2, check

@@ -61,6 +61,9 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
   assert reasons(blocks[0]) == ["bad_signature", "digest_mismatch", "unregistered"]
   assert sorted(p["name"] for p in blocks[1]["participants"]) == ["cardiology", "oncology"]
   assert reasons(blocks[1]) == ["unregistered"]
+  maternity = L.Identity.load(enrolment.nodes["maternity"].keystore, "maternity")
+  assert [b["missing"] for b in blocks] == [[], [{"client_id": maternity.id,
+                                                  "reason": "timeout"}]]
   records = [json.loads(l) for l in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
   assert records[1]["valid"] == [False, False, False, True]  # registry order: sampling order
   assert list(records[2]["ledger"]["missing"]) == ["maternity"]
@@ -128,3 +131,63 @@ def test_codec_round_trip_and_refusals():
     codec.lora_from_arrays(bad, like)
   state = {"c": like, "opt": (np.zeros((), np.int32),)}
   assert codec.tree_from_arrays(codec.tree_arrays(state), state, "s")["opt"][0].dtype == np.int32
+  # a 0-d array comes back from Flower's wire format as shape [1] (FedSA-LoRA's `trained` flag)
+  wire = {**codec.tree_arrays(state), "['opt'][0]": np.asarray([7], np.int32)}
+  assert codec.tree_from_arrays(wire, state, "s")["opt"][0].shape == ()
+  with pytest.raises(codec.MessageError, match=r"has shape \(2,\), expected \(\)"):
+    codec.tree_from_arrays({**wire, "['opt'][0]": np.zeros(2, np.int32)}, state, "s")
+
+
+class ServerCrash(RuntimeError):
+  pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint_every", [1, 2])
+def test_receipts_reach_the_nodes_after_a_server_crash(tmp_path, cache_dir, checkpoint_every):
+  """The server dies right after round 1 is recorded, before its receipts are delivered. On
+  resume it sends them again: from the checkpoint of round 1 (every=1), or while replaying
+  round 1 from the ledger (every=2: no checkpoint of round 1). Every node ends with the
+  receipts of both rounds, both client states committed, and a ledger its receipts verify."""
+  cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS[:2], **{"checkpoint.every":
+                                                                 checkpoint_every})
+
+  def crash(transport, line):
+    if line.startswith("round   1"):
+      raise ServerCrash(line)
+
+  with pytest.raises(ServerCrash):
+    run_in_process(cfg, after_round=crash)
+  enrolment = run_in_process(cfg)[1]  # the nodes keep their state directories
+  ledger_path = os.path.join(cfg.workdir, "ledger.jsonl")
+  ledger = L.Ledger.open(ledger_path)
+  assert [b["round"] for b in ledger.blocks if b["kind"] == "round"] == [1, 2]
+  for h in HOSPITALS[:2]:
+    state = enrolment.nodes[h].state_dir
+    receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{state}/receipts/*.json"))]
+    assert [(r["round"], r["verdict"]) for r in receipts] == [(1, "accepted"), (2, "accepted")]
+    check = L.verify_ledger(ledger_path, server_public_key=ledger.server.pk,
+                            receipts=f"{state}/receipts")
+    assert check.ok and check.receipts == 2, (h, check)
+    committed = sorted(n for n in os.listdir(os.path.join(state, "client_state"))
+                       if n.startswith("committed"))
+    assert committed == ["committed_000001.npz", "committed_000002.npz"], h
+
+
+def test_base_changes_travel_exactly_and_unknown_weights_are_refused():
+  """FedEx-LoRA's folded base: only changed weights travel, and land bit for bit."""
+  import ml_dtypes
+  base = {"layers": {"0": {"q_proj": {"weight": np.zeros((2, 3), ml_dtypes.bfloat16)}}},
+          "norm": {"weight": np.ones(3, np.float32)}}
+  original = {"layers.0.q_proj.weight": base["layers"]["0"]["q_proj"]["weight"],
+              "norm.weight": base["norm"]["weight"]}
+  folded = np.full((2, 3), 1 / 3, np.float32).astype(ml_dtypes.bfloat16)
+  changes = codec.base_changes({**original, "layers.0.q_proj.weight": folded}, original)
+  assert list(changes) == ["layers.0.q_proj.weight"]
+  assert codec.base_changes(original, original) == {}
+  got = codec.with_base_changes(base, changes)
+  assert got["layers"]["0"]["q_proj"]["weight"].dtype == ml_dtypes.bfloat16
+  np.testing.assert_array_equal(got["layers"]["0"]["q_proj"]["weight"], folded)
+  assert got["norm"]["weight"] is base["norm"]["weight"]
+  with pytest.raises(codec.MessageError, match=r"unexpected \['lm_head.weight'\]"):
+    codec.with_base_changes(base, {"lm_head.weight": np.ones(1, np.float32)})

@@ -17,7 +17,7 @@ from fedlora_jax.ledger.attestation import (
     ACCEPTED, Attestation, Receipt, Registration, RoundContext, attestation_message,
     receipt_message, server_message,
 )
-from fedlora_jax.ledger.block import REJECT_REASONS, block_hash, weights_of
+from fedlora_jax.ledger.block import MISSING_REASONS, REJECT_REASONS, block_hash, weights_of
 from fedlora_jax.ledger.bls import (
     BACKEND_NAMES, Backend, backend_available, get_backend, key_gen,
 )
@@ -37,6 +37,7 @@ from fedlora_jax.ledger.verify import VerifyResult, verify_ledger
 __all__ = [
     "ACCEPTED", "Attestation", "BACKEND_NAMES", "Backend", "BlockError", "Contributor", "base_residual",
     "HospitalSigner", "Identity", "KeystoreError", "Ledger", "LedgerError", "LedgerServer",
+    "MISSING_REASONS",
     "Provenance", "REJECT_REASONS", "Receipt", "Registration", "RegistrationError", "Rejection",
     "RoundContext", "RoundVerdict", "VerifyResult", "adapter_file_digest", "attestation_message",
     "backend_available", "block_hash", "enroll", "find_provenance", "get_backend", "identity_id",

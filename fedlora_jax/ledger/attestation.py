@@ -166,8 +166,15 @@ class Receipt:
   @classmethod
   def create(cls, server: Identity, ledger_id: str, round: int, att: Attestation, verdict: str,
              backend: Backend | str | None = None) -> Receipt:
-    fields = dict(ledger_id=ledger_id, round=round, client_id=str(att.client_id)[:128],
-                  attestation_hash=att.hash(), verdict=verdict)
+    return cls.issue(server, ledger_id, round, str(att.client_id)[:128], att.hash(), verdict,
+                     backend)
+
+  @classmethod
+  def issue(cls, server: Identity, ledger_id: str, round: int, client_id: str,
+            attestation_hash: str, verdict: str, backend: Backend | str | None = None) -> Receipt:
+    """The receipt for an attestation known by its hash (as a block records it)."""
+    fields = dict(ledger_id=ledger_id, round=round, client_id=client_id,
+                  attestation_hash=attestation_hash, verdict=verdict)
     return cls(**fields, signature=server.sign(receipt_message(**fields), backend))
 
   def message(self) -> bytes:

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 GENESIS_PREV_HASH = "00" * 32
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: round blocks record sampled clients that did not reply (`missing`)
 REJECT_REASONS = ("unregistered", "bad_signature", "replay", "digest_mismatch", "duplicate_client",
                   "over_cap")
+# why a sampled client is recorded as missing: no node of it connected, its node stopped reporting
+# (killed, cut off), no reply in time, its node answered with an error, or an undecodable reply
+MISSING_REASONS = ("not_connected", "unavailable", "timeout", "node_error", "malformed_reply")
 WEIGHTINGS = ("num_samples", "uniform")  # how a round's aggregation weights follow from the counts
 NONCE_LEN = 32
 

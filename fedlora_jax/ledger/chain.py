@@ -15,8 +15,8 @@ from fedlora_jax.ledger.attestation import (
     Registration, attestation_hash, attestation_message, server_message,
 )
 from fedlora_jax.ledger.block import (
-    FORMAT_VERSION, GENESIS_PREV_HASH, NONCE_LEN, REJECT_REASONS, WEIGHTINGS, block_hash,
-    body_hash, canonical_json, weights_of,
+    FORMAT_VERSION, GENESIS_PREV_HASH, MISSING_REASONS, NONCE_LEN, REJECT_REASONS, WEIGHTINGS,
+    block_hash, body_hash, canonical_json, weights_of,
 )
 from fedlora_jax.ledger.bls import Backend
 from fedlora_jax.ledger.errors import BlockError
@@ -29,12 +29,14 @@ KEYS = {
     "round": _COMMON | {
         "round", "algorithm", "participants", "aggregate_signature", "global_digest", "rejected",
         "weighting", "residual_digest",
+        "missing",  # sampled clients that did not reply: [{"client_id", "reason"}]
     },
 }
 _REG_KEYS = {"name", "id", "pk", "pop"}
 _PARTICIPANT_KEYS = {"client_id", "name", "update_digest", "num_samples", "weight",
                      "attestation_hash"}
 _REJECTED_KEYS = {"client_id", "reason", "detail", "attestation_hash"}
+_MISSING_KEYS = {"client_id", "reason"}
 
 
 @dataclasses.dataclass
@@ -139,7 +141,9 @@ def _check_server_signature(index: int, block: Mapping[str, Any], ledger_id: str
 def _genesis(block: dict[str, Any], backend: Backend, check_sigs: bool) -> ChainState:
   _check(0, block["kind"] == "genesis", "first block is not a genesis block")
   version = block["version"]
-  _check(0, is_u64(version) and version == FORMAT_VERSION, f"unsupported version {version!r}")
+  _check(0, is_u64(version) and version == FORMAT_VERSION,
+         f"ledger format version {version!r} is not supported (this code reads format version "
+         f"{FORMAT_VERSION} only)")
   _check(0, block["prev_hash"] == GENESIS_PREV_HASH, "genesis prev_hash is not zero")
   ledger_id, nonce = block["ledger_id"], block["nonce"]
   _check(0, is_hex(nonce, NONCE_LEN), "malformed genesis nonce")
@@ -194,6 +198,7 @@ def _round(index: int, block: dict[str, Any], state: ChainState, backend: Backen
     _check(index, ok and all(isinstance(v, str) for v in rej.values()), "malformed rejection")
     _check(index, rej["reason"] in REJECT_REASONS, f"unknown rejection reason {rej['reason']!r}")
     _check(index, is_hex(rej["attestation_hash"], 32), "malformed rejected attestation hash")
+  _check_missing(index, block["missing"], state, seen)
   agg = block["aggregate_signature"]
   if not participants:
     _check(index, agg is None, "aggregate signature without participants")
@@ -205,6 +210,20 @@ def _round(index: int, block: dict[str, Any], state: ChainState, backend: Backen
   if check_sigs:
     _check_server_signature(index, block, state.ledger_id, state.server, backend)
   state.last_round = r
+
+
+def _check_missing(index: int, entries: Any, state: ChainState, participants: set[str]) -> None:
+  """Missing clients: registered, neither a participant nor listed twice, a known reason."""
+  listed: set[str] = set()
+  for m in _as_list(index, entries, "missing"):
+    _check(index, isinstance(m, dict) and set(m) == _MISSING_KEYS, "malformed missing entry")
+    client = state.clients.get(m["client_id"]) if isinstance(m["client_id"], str) else None
+    _check(index, client is not None, f"missing client {m['client_id']!r} is not registered")
+    assert client is not None
+    _check(index, client.id not in participants | listed,
+           f"missing client {client.name!r} is also a participant or listed twice")
+    _check(index, m["reason"] in MISSING_REASONS, f"unknown missing reason {m['reason']!r}")
+    listed.add(client.id)
 
 
 def _as_list(index: int, value: Any, what: str) -> list[Any]:

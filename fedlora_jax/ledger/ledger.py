@@ -268,13 +268,16 @@ class Ledger:
     return RoundVerdict(round, atts, outcomes, accepted, rejected, receipts, weighting)
 
   def append_round(self, round: int, verdict: RoundVerdict, global_digest: bytes,
-                   algorithm: str, residual_digest: bytes | None = None) -> dict[str, Any]:
+                   algorithm: str, residual_digest: bytes | None = None,
+                   missing: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Appends the block of `round` from the `verify_round` verdict of this round and head.
 
     The server signs the block body: participants with their signed counts and the weights
     derived from them, rejections, `global_digest` (the new global adapter) and, for algorithms
-    that change the base (FedEx-LoRA), `residual_digest`. A round with no accepted client is
-    recorded too (aggregate signature null).
+    that change the base (FedEx-LoRA), `residual_digest`, and the sampled clients that did not
+    reply, `missing` [(client id, reason in `MISSING_REASONS`)] (registered, not accepted; a
+    bad entry raises BlockError). A round with no accepted client is recorded too (aggregate
+    signature null).
     """
     round = self._check_next_round(round)
     round_, head, verified = self._verified or (None, None, set())
@@ -311,9 +314,24 @@ class Ledger:
         "global_digest": global_digest.hex(),
         "residual_digest": None if residual_digest is None else residual_digest.hex(),
         "rejected": [r._asdict() for r in rejected],
+        "missing": [{"client_id": cid, "reason": reason} for cid, reason in missing],
     })
     self._verified = None
     return block
+
+  def receipts_of(self, round: int) -> list[Receipt]:
+    """The receipts of every submission the block of `round` records (accepted participants,
+    then rejections with their reason), signed again: what a server that crashed before
+    delivering them sends (BLS signing is deterministic: the same receipts as first issued)."""
+    server = self._signing_server()
+    for b in self._state.blocks:
+      if b["kind"] == "round" and b["round"] == round:
+        answers = [(p, ACCEPTED) for p in b["participants"]]
+        answers += [(r, r["reason"]) for r in b["rejected"]]
+        return [Receipt.issue(server, self.ledger_id, round, e["client_id"],
+                              e["attestation_hash"], verdict, self.backend)
+                for e, verdict in answers]
+    raise LedgerError(f"no block for round {round} in {self.path}")
 
   # Internals.
 

@@ -98,9 +98,12 @@ class LedgerServer:
                                     weighting=self.weighting)
 
   def record(self, round: int, verdict: RoundVerdict, global_digest: bytes, algorithm: str,
-             residual_digest: bytes | None = None) -> dict[str, Any]:
-    """Appends the round's block; returns it."""
-    return self.ledger.append_round(round, verdict, global_digest, algorithm, residual_digest)
+             residual_digest: bytes | None = None,
+             missing: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Appends the round's block (`missing`: sampled clients that did not reply, as
+    (client id, reason)); returns it."""
+    return self.ledger.append_round(round, verdict, global_digest, algorithm, residual_digest,
+                                    missing)
 
   def recorded_block(self, round: int) -> dict[str, Any] | None:
     """The block of `round` when it is already in the ledger (resume after a crash)."""

@@ -2,8 +2,9 @@
 
 A LoRA adapter travels under its PEFT tensor names (`models.peft_tensors`, the encoding the
 ledger digests); any other state tree (server optimizer state, SCAFFOLD's control variates)
-under the `jax.tree_util.keystr` of each leaf's path. Decoding takes a `like` tree of the
-expected structure and refuses missing, extra or misshapen arrays by name.
+under the `jax.tree_util.keystr` of each leaf's path; base weights the server changed
+(FedEx-LoRA's folded residuals) under their dotted parameter path, whole. Decoding takes a `like`
+tree of the expected structure and refuses missing, extra or misshapen arrays by name.
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ def tree_from_arrays(arrays: Mapping[str, np.ndarray], like: PyTree, what: str) 
   return jax.tree_util.tree_unflatten(treedef, [got[i] for i in range(len(leaves))])
 
 
+def base_changes(current: Mapping[str, np.ndarray], original: Mapping[str, np.ndarray]
+                 ) -> dict[str, np.ndarray]:
+  """{dotted path: current value} of every base weight that differs from `original`; both are
+  {dotted path: array} dicts of the base (`run.gates.base_tensors`); {} while unchanged."""
+  return {k: v for k, v in current.items() if not np.array_equal(v, original[k])}
+
+
+def with_base_changes(base: PyTree, arrays: Mapping[str, np.ndarray]) -> PyTree:
+  """`base` with the weights `base_changes` sent put in place (exactly, in the base's dtype)."""
+  flat = traverse_util.flatten_dict(base)
+  names = {".".join(map(str, p)): p for p in flat}
+  known = {k: names[k] for k in arrays if k in names}  # the others are refused by name
+  got = _take(arrays, known, {p: flat[p] for p in known.values()}, "base weights")
+  return traverse_util.unflatten_dict({**flat, **got})
+
+
 def _take(arrays: Mapping[str, np.ndarray], names: dict[str, Any], flat_like: dict[Any, Any],
           what: str) -> dict[Any, np.ndarray]:
   missing = sorted(set(names) - set(arrays))
@@ -60,6 +77,8 @@ def _take(arrays: Mapping[str, np.ndarray], names: dict[str, Any], flat_like: di
   out = {}
   for name, key in names.items():
     ref, arr = flat_like[key], np.asarray(arrays[name])
+    if arr.shape == (1,) and np.shape(ref) == ():  # Flower's wire format sends 0-d as [1]
+      arr = arr.reshape(())
     if arr.shape != tuple(np.shape(ref)):
       raise MessageError(f"{what}: {name} has shape {arr.shape}, expected {np.shape(ref)}")
     out[key] = arr.astype(np.asarray(ref).dtype if not hasattr(ref, "dtype") else ref.dtype)

@@ -26,6 +26,7 @@ from fedlora_jax import models
 from fedlora_jax.eval import fairness_summary
 from fedlora_jax.run import report
 from fedlora_jax.run.checkpoint import Checkpointer
+from fedlora_jax.run.gates import base_tensors
 from fedlora_jax.run.hooks import PERSONALISED
 from fedlora_jax.run.setup import expand, load_model, lora_config
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, write_config
@@ -61,16 +62,22 @@ class Coordinator:
       raise ValueError("the sites mode needs ledger.registry (the hospitals' enrolment records)")
     self.registry = L.load_registry(expand(cfg.ledger.registry), cfg.ledger.backend)
     self.names = [r.name for r in self.registry]  # client id = position in the registry
+    self.ids = {r.name: r.id for r in self.registry}  # the ledger's client ids
     self.model, _, self.base_dir = load_model(cfg)
     write_config(self.workdir, cfg)
     self.graphdef, self.base, lora = models.split_lora(self.model)
     self.algorithm = job.algorithm(cfg)
     self.state = F.init_state(self.algorithm, lora, len(self.names), cfg.seed)
     self.ckpt = Checkpointer(self.ckpt_dir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
+    # FedEx-LoRA folds residuals into the base: it is checkpointed, sent to the nodes as the
+    # changed weights, and bound by the ledger's residual digest
+    self.original = ({k: np.array(v) for k, v in base_tensors(self.base).items()}  # a copy:
+                     if self.algorithm.updates_base else None)  # aggregate donates the base
     self.start = 0
     if has_ckpt and cfg.resume:
-      restored, meta = self.ckpt.restore(self.ckpt.latest_round(), {"state": self.state})
+      restored, meta = self.ckpt.restore(self.ckpt.latest_round(), self._trees())
       self.state, self.start = restored["state"], int(meta["round"])
+      self.base = restored.get("base", self.base)
       logging.info("resumed %s at round %d", self.workdir, self.start)
     self.ledger = L.LedgerServer.open_or_create(
         os.path.join(self.workdir, "ledger.jsonl"), expand(cfg.sites.server_keystore),
@@ -84,11 +91,25 @@ class Coordinator:
   def _global_arrays(self) -> dict[str, np.ndarray]:
     return codec.lora_arrays(self.state["global_lora"])
 
+  def _trees(self) -> dict[str, Any]:
+    """What a checkpoint holds: the state, and the base when the algorithm changes it."""
+    return {"state": self.state, **({"base": self.base} if self.original is not None else {})}
+
+  def _base_arrays(self) -> dict[str, np.ndarray]:
+    """The base weights that differ from the shared base every node loaded ({} for all but
+    FedEx-LoRA); every message carries them."""
+    return ({} if self.original is None
+            else codec.base_changes(base_tensors(self.base), self.original))
+
+  def _residual_digest(self) -> bytes | None:
+    return None if self.original is None else L.residual_digest(base_tensors(self.base),
+                                                                self.original)
+
   def run(self, transport: Transport, progress=logging.info) -> dict[str, Any]:
     cfg, n = self.cfg, len(self.names)
     first = self.start == 0  # the nodes evaluate the base before any training with the query
-    nodes = transport.discover({"global": self._global_arrays(), "task": {"evaluate": first}},
-                               n, cfg.sites.round_timeout)
+    nodes = transport.discover({"global": self._global_arrays(), "base": self._base_arrays(),
+                                "task": {"evaluate": first}}, n, cfg.sites.round_timeout)
     unknown = sorted(set(nodes) - set(self.names))
     if unknown:
       logging.warning("nodes of unregistered hospitals %s take no part", unknown)
@@ -99,7 +120,11 @@ class Coordinator:
     training = job.local_training(cfg, max_targets, cfg.fed.local_steps)
     engine = F.FederatedRound(self.graphdef, self.algorithm, training, n)
     per_round = F.clients_per_round(n, count=cfg.fed.clients_per_round or None)
-    self.receipts: dict[str, Reply] = {}  # each delivered with the hospital's next message
+    # receipts per hospital, delivered with its next message; after a crash the receipts of the
+    # checkpointed round are sent again (they may not have reached the nodes)
+    self.receipts: dict[str, list[Reply]] = {}
+    if self.start and self.ledger.recorded_block(self.start) is not None:
+      self._queue_receipts(self.start)
     if first:
       record = {"round": 0, "clients": [], "loss": [], "valid": [], "weights": [], "ledger": {},
                 **_accuracy_record(self.info), "seconds": 0.0}
@@ -109,7 +134,7 @@ class Coordinator:
     for r in range(self.start, cfg.fed.rounds):
       record = self._round(transport, engine, r, per_round, max_targets)
       last_accuracy = record.get("accuracy", last_accuracy)
-      self.ckpt.save(r + 1, {"state": self.state}, {"round": r + 1,
+      self.ckpt.save(r + 1, self._trees(), {"round": r + 1,
                      "ledger_head": self.ledger.head_hash}, force=r + 1 == cfg.fed.rounds)
       self.metrics.append(record)
       progress(progress_line(record))
@@ -126,10 +151,10 @@ class Coordinator:
     joined = transport.rejoin({"task": {"evaluate": False}}, min(cfg.sites.round_timeout, 60.0))
     self.info.update({h: info for h, info in joined.items() if h in self.names})
     context = self.ledger.round_context(round_no).to_dict()
-    global_arrays = self._global_arrays()
+    global_arrays, base_arrays = self._global_arrays(), self._base_arrays()
     server_arrays = codec.tree_arrays(self.state["server_state"])
     payloads = {self.names[c]: {
-        "global": global_arrays, "server_state": server_arrays,
+        "global": global_arrays, "server_state": server_arrays, "base": base_arrays,
         "task": {"round": round_no, "client_id": int(c), "max_target_tokens": max_targets,
                  "context": context}} for c in ids if self.names[c] in self.info}
     replies = self._send(transport, "train", payloads)
@@ -151,7 +176,7 @@ class Coordinator:
       verdict = self.ledger.verify(round_no, [(att, d) for _, att, d in submissions])
       signed = {h: int(n) for (h, _, _), ok, n in zip(submissions, verdict.accept,
                                                      verdict.num_samples) if ok}
-    else:  # re-running a round whose block was written before a crash (no new receipts)
+    else:  # re-running a round whose block was written before a crash: its receipts again
       signed = {p["name"]: p["num_samples"] for p in recorded["participants"]}
       signed = {h: signed[h] for h, _, _ in submissions if h in signed}
     accept = np.asarray([self.names[c] in signed for c in ids])
@@ -159,16 +184,20 @@ class Coordinator:
     trained = self._stack(ids, answered, updates)
     self.state, self.base, m = engine.aggregate(self.state, self.base, trained, ids, counts,
                                                 accept)
-    global_digest = L.tree_digest(self._global_arrays())
+    global_digest, residual = L.tree_digest(self._global_arrays()), self._residual_digest()
     if recorded is None:
-      block = self.ledger.record(round_no, verdict, global_digest, self.algorithm.name)
-      self.receipts.update({h: r.to_dict() for (h, _, _), r in zip(submissions,
-                                                                    verdict.receipts)})
-    elif recorded["global_digest"] != global_digest.hex():
-      raise L.LedgerError(f"round {round_no}: recomputed global adapter differs from the "
-                          "ledger's record")
+      block = self.ledger.record(round_no, verdict, global_digest, self.algorithm.name, residual,
+                                 missing=[(self.ids[h], missing_reason(e))
+                                          for h, e in missing.items()])
+      for (h, _, _), receipt in zip(submissions, verdict.receipts):
+        self.receipts.setdefault(h, []).append(receipt.to_dict())
+    elif (recorded["global_digest"] != global_digest.hex()
+          or recorded["residual_digest"] != (residual and residual.hex())):
+      raise L.LedgerError(f"round {round_no}: recomputed global adapter or base residual "
+                          "differs from the ledger's record")
     else:
       block = recorded
+      self._queue_receipts(round_no)
     record: dict[str, Any] = {
         "round": round_no, "clients": [self.names[c] for c in ids],
         "loss": [float(np.mean(answered[self.names[c]]["loss"])) if self.names[c] in answered
@@ -216,8 +245,8 @@ class Coordinator:
 
   def _send(self, transport: Transport, kind: str, payloads: Mapping[str, Reply]
             ) -> dict[str, Reply | str]:
-    """Sends with each hospital's pending receipt; a receipt goes once its node has replied."""
-    payloads = {h: {**p, "task": {**p["task"], "receipt": self.receipts.get(h)}}
+    """Sends with each hospital's pending receipts; they are dropped once its node replied."""
+    payloads = {h: {**p, "task": {**p["task"], "receipts": self.receipts.get(h, [])}}
                 for h, p in payloads.items()}
     replies = transport.send(kind, payloads, self.cfg.sites.round_timeout)
     for h, rep in replies.items():
@@ -225,12 +254,19 @@ class Coordinator:
         self.receipts.pop(h, None)
     return replies
 
+  def _queue_receipts(self, round_no: int) -> None:
+    """Re-issues the receipts the ledger's block of `round_no` implies, for registered ids."""
+    names = {cid: h for h, cid in self.ids.items()}
+    for receipt in self.ledger.ledger.receipts_of(round_no):
+      if receipt.client_id in names:
+        self.receipts.setdefault(names[receipt.client_id], []).append(receipt.to_dict())
+
   def _evaluate(self, transport: Transport, round_no: int) -> dict[str, Any]:
     """Sends the new global adapter; every node evaluates on its own test set (its personal
     model for FedSA-LoRA); only accuracies come back."""
     global_arrays = self._global_arrays()
-    payloads = {h: {"global": global_arrays, "task": {"round": round_no, "evaluate": True}}
-                for h in self.info}
+    payloads = {h: {"global": global_arrays, "base": self._base_arrays(),
+                    "task": {"round": round_no, "evaluate": True}} for h in self.info}
     replies = self._send(transport, "evaluate", payloads)
     return _accuracy_record({h: replies.get(h) for h in self.info})
 
@@ -241,6 +277,8 @@ class Coordinator:
     adapter_file = models.export_peft_adapter(global_lora, adapted, lora_config(cfg),
                                               os.path.join(workdir, "adapter"),
                                               base_model_name_or_path=self.base_dir)
+    if self.original is not None:  # FedEx-LoRA folded residuals into the base: ship it too
+      models.save_hf_checkpoint(adapted, os.path.join(workdir, "base_with_residuals"))
     names = [h for h in self.names if h in accuracy]
     own = np.asarray([accuracy[h] for h in names])
     answered = ~np.isnan(own)
@@ -283,6 +321,19 @@ def _attestation(data: Any, round_no: int) -> L.Attestation:
     return L.Attestation.from_dict(data)
   except L.LedgerError:
     return L.Attestation("", round_no, "", "malformed", "", 0, b"")
+
+
+MISSING_PREFIXES = {"no node connected": "not_connected", "node unavailable": "unavailable",
+                    "no reply within": "timeout", "node error": "node_error",
+                    "malformed reply": "malformed_reply"}
+
+
+def missing_reason(error: str) -> str:
+  """The ledger's reason (`ledger.MISSING_REASONS`) for a hospital's one-line transport error."""
+  for prefix, reason in MISSING_PREFIXES.items():
+    if str(error).startswith(prefix):
+      return reason
+  return "node_error"
 
 
 def _accuracy_record(replies: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from fedlora_jax import federated as F
 from fedlora_jax import models
 from fedlora_jax.federated.placement import ClientPlacement
 from fedlora_jax.run.evaluation import Evaluator
-from fedlora_jax.run.setup import load_model
+from fedlora_jax.run.hooks import PERSONALISED
+from fedlora_jax.run.setup import load_model, lora_config
 from fedlora_jax.sites import codec, job
 from fedlora_jax.sites.node_config import NodeConfig, read_records
 
@@ -49,7 +50,8 @@ class Hospital:
     local = ml_collections.ConfigDict(cfg.to_dict())
     local.model.hf_path = node.base_model  # the base this hospital was given
     model, tokenizer, _ = load_model(local)
-    self.graphdef, self.base, self.lora_like = models.split_lora(model)
+    self.graphdef, self.shared_base, self.lora_like = models.split_lora(model)
+    self.base = self.shared_base  # plus the server's changes (FedEx-LoRA), set per message
     test = D.tokenize_mcq(tokenizer, read_records(node.test_file), cfg.data.max_len)
     if cfg.eval.max_test_per_client:
       test = test.take(np.arange(min(len(test), cfg.eval.max_test_per_client)))
@@ -151,10 +153,13 @@ class Hospital:
   # --- messages --------------------------------------------------------------------------------
   def handle(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """Answers one decoded message: "query" (describe, and evaluate the first global when
-    asked), "train" or "evaluate". A receipt for this node's last submission rides on the next
-    message it gets and is settled first. Returns the reply payload (array dicts + "result")."""
+    asked), "train" or "evaluate". Receipts for this node's submissions ride on the next
+    message it gets and are settled first; base weights the server changed (FedEx-LoRA's folded
+    residuals) come with every message and replace the shared base's. Returns the reply payload (array dicts + "result")."""
     task = payload["task"]
-    if task.get("receipt") and not self.settle(task["receipt"]):
+    self.base = (codec.with_base_changes(self.shared_base, payload["base"]) if payload.get("base")
+                 else self.shared_base)
+    if not all(self.settle(receipt) for receipt in task.get("receipts", [])):
       raise ValueError("the server's receipt does not verify under the pinned server key or "
                        "answers no attestation of this node")
     if kind == "query":
@@ -174,8 +179,18 @@ class Hospital:
 
   # --- evaluation ------------------------------------------------------------------------------
   def evaluate(self, round_no: int, global_arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Accuracy of this hospital's model (personal for FedSA-LoRA / local) on its own test set."""
+    """Accuracy of this hospital's model (personal for FedSA-LoRA / local) on its own test set.
+    After the last round a personal model is also exported (`personal_adapter_dir`)."""
     global_lora = codec.lora_from_arrays(global_arrays, self.lora_like)
     lora = self.algorithm.personal_lora(global_lora, self.client_state(round_no + 1, global_lora))
     acc = self.evaluator.accuracy(self.base, jax.tree.map(lambda x: x[None], lora), [(0, 0)])
+    if round_no == self.cfg.fed.rounds and self.algorithm.name in PERSONALISED:
+      models.export_peft_adapter(jax.device_get(lora), models.merge(self.graphdef, self.base, lora),
+                                 lora_config(self.cfg), self.personal_adapter_dir(self.node),
+                                 base_model_name_or_path=self.node.base_model)
     return {"accuracy": float(acc[0, 0]), "test": len(self.test_data)}
+
+  @staticmethod
+  def personal_adapter_dir(node: NodeConfig) -> str:
+    """Where the node writes its personal adapter (PEFT format, as `scripts/train.py` exports)."""
+    return os.path.join(node.state_dir, "adapter")

@@ -8,15 +8,8 @@ import ml_collections
 
 from fedlora_jax.run.setup import algorithm, local_training
 
-UNSUPPORTED = {"fedex_lora": "it changes the base every round, which would have to travel to "
-                             "every node"}
-
-
 def check_job(cfg: ml_collections.ConfigDict) -> None:
   """Refuses what the sites mode cannot run, with the reason."""
-  if cfg.fed.algorithm in UNSUPPORTED:
-    raise ValueError(f"fed.algorithm={cfg.fed.algorithm} is not supported across sites: "
-                     f"{UNSUPPORTED[cfg.fed.algorithm]}")
   if cfg.fed.centralized:
     raise ValueError("fed.centralized pools every hospital's data; it has no sites mode")
 

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -136,10 +137,13 @@ class LocalDeployment:
                                "--run-config", f"job-config={json.dumps(job_config)}"])
 
   def stop(self, name: str, grace: float = 10.0) -> None:
-    """Ends the process group of `name` (SIGTERM, then SIGKILL after `grace` seconds)."""
+    """Ends the process group of `name` (SIGTERM, then SIGKILL after `grace` seconds), then the
+    groups its descendants started in sessions of their own (the SuperLink starts its
+    superexec, which runs the ServerApp, detached)."""
     proc = self.procs.pop(name, None)
     if proc is None:
       return
+    detached = _descendant_groups(proc.pid) - {proc.pid}  # before the tree is orphaned
     for sig in (signal.SIGTERM, signal.SIGKILL):
       try:
         os.killpg(proc.pid, sig)
@@ -154,10 +158,20 @@ class LocalDeployment:
     if proc.poll() is None:
       proc.kill()
       proc.wait()
+    for pgid in detached:
+      _end_group(pgid, grace)
 
   def close(self) -> None:
-    for name in ["run", *[n for n in self.procs if n.startswith("supernode")], "superlink"]:
-      self.stop(name)
+    """Stops every process group; a second Ctrl-C or SIGTERM meanwhile cannot cut it short."""
+    main = threading.current_thread() is threading.main_thread()
+    held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)
+            } if main else {}
+    try:
+      for name in ["run", *[n for n in self.procs if n.startswith("supernode")], "superlink"]:
+        self.stop(name)
+    finally:
+      for sig, handler in held.items():
+        signal.signal(sig, handler)
 
   def __enter__(self) -> LocalDeployment:
     return self
@@ -174,6 +188,40 @@ def group_alive(pgid: int) -> bool:
     return False
   except PermissionError:
     return True
+
+
+def _descendant_groups(pid: int) -> set[int]:
+  """Process groups of every process below `pid` (from Linux's /proc; empty elsewhere)."""
+  children: dict[int, list[int]] = {}
+  for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+    try:
+      with open(f"/proc/{entry}/stat") as f:  # "pid (comm) state ppid pgrp ..."
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+      children.setdefault(ppid, []).append(int(entry))
+    except (OSError, ValueError, IndexError):
+      continue
+  groups, todo = set(), [pid]
+  while todo:
+    for child in children.get(todo.pop(), []):
+      try:
+        groups.add(os.getpgid(child))
+      except ProcessLookupError:
+        continue
+      todo.append(child)
+  return groups
+
+
+def _end_group(pgid: int, grace: float) -> None:
+  """SIGTERM to a process group that is not our child's, SIGKILL if it outlives `grace`."""
+  for sig in (signal.SIGTERM, signal.SIGKILL):
+    try:
+      os.killpg(pgid, sig)
+      _wait_group_gone(pgid, grace)
+      return
+    except ProcessLookupError:
+      return
+    except subprocess.TimeoutExpired:
+      continue
 
 
 def _wait_group_gone(pgid: int, timeout: float) -> None:

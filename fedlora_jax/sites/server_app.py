@@ -11,6 +11,7 @@ import time
 from typing import Any, Mapping
 
 from flwr.app import Context, Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from fedlora_jax.sites import job
@@ -59,16 +60,21 @@ class FlowerTransport:
 
   def send(self, kind: str, payloads: Mapping[str, dict[str, Any]], timeout: float
            ) -> dict[str, dict[str, Any] | str]:
-    by_node = {self.node_of[h]: h for h in payloads}
-    msgs = [Message(to_records({"header": self.header, **p}), dst_node_id=self.node_of[h],
-                    message_type=kind) for h, p in payloads.items()]
+    msgs = {h: Message(to_records({"header": self.header, **p}), dst_node_id=self.node_of[h],
+                       message_type=kind) for h, p in payloads.items()}
+    replies = list(self.grid.send_and_receive(list(msgs.values()), timeout=timeout))
+    # Message ids are set when pushed; the SuperLink's own error replies (node unavailable)
+    # come from the SuperLink, not the node, so replies are matched by the message they answer.
+    by_message = {m.metadata.message_id: h for h, m in msgs.items()}
     out: dict[str, dict[str, Any] | str] = {}
-    for rep in self.grid.send_and_receive(msgs, timeout=timeout):
-      h = by_node.get(rep.metadata.src_node_id)
+    for rep in replies:
+      h = by_message.get(rep.metadata.reply_to_message_id)
       if h is None:
         continue
       if rep.has_error():
-        out[h] = f"node error: {rep.error.reason}".splitlines()[0][:300]
+        what = ("node unavailable" if rep.error.code == ErrorCode.NODE_UNAVAILABLE
+                else "node error")
+        out[h] = f"{what}: {rep.error.reason}".splitlines()[0][:300]
         continue
       content = from_records(rep.content)
       out[h] = {**content.pop("result"), **content, "reply_bytes": payload_bytes(rep.content)}
