@@ -48,6 +48,22 @@ def build(cfg: models.ModelConfig, rank: int, *, alpha: float | None = None,
   return Setup(cfg, lcfg, model, graphdef, base, lora)
 
 
+def with_model_config(setup: Setup, cfg: models.ModelConfig) -> Setup:
+  """The same weights and adapter under another config of the same architecture (e.g. another
+  attention implementation): only the graphdef changes."""
+  def build():
+    m = models.CausalLM(cfg, rngs=nnx.Rngs(params=0))
+    models.add_lora(m, setup.lora_config, rngs=nnx.Rngs(lora=1))
+    return m
+
+  graphdef, base, lora = models.split_lora(nnx.eval_shape(build))
+  for new, old in ((base, setup.base), (lora, setup.lora)):
+    if jax.tree.map(lambda x: (x.shape, x.dtype), new) != jax.tree.map(
+        lambda x: (x.shape, x.dtype), old):
+      raise ValueError(f"{cfg} does not have the parameters of {setup.cfg}")
+  return dataclasses.replace(setup, cfg=cfg, graphdef=graphdef)
+
+
 def local_training(shape: RoundShape, **kw) -> federated.LocalTraining:
   return federated.LocalTraining(local_steps=shape.local_steps, **kw)
 
