@@ -8,6 +8,7 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
                                                                 # 8 CPU devices (subprocess)
   python scripts/benchmark.py --sections=dp --skip_torch        # a round with vs without DP-SGD
   nice python scripts/benchmark.py --sections=compile            # qwen3-8b round compile time
+  python scripts/benchmark.py --sections=ablation --repeats=5   # each speed option on vs off
 
 A run of only the memory section updates its own key of --out_json and its own heading of
 --out_md, leaving the other sections' figures as they are.
@@ -25,7 +26,8 @@ import sys
 from absl import app, flags
 
 _SECTIONS = flags.DEFINE_list("sections", ["round", "scaling", "ledger", "gpu"],
-                              "Sections to run: round, scaling, ledger, gpu, memory, dp, compile.")
+                              "Sections to run: round, scaling, ledger, gpu, memory, dp, compile, "
+                              "ablation.")
 _PRESET = flags.DEFINE_string("preset", "qwen3-tiny", "Model preset of the round section.")
 _CLIENTS = flags.DEFINE_integer("clients", 8, "Clients per round (round section).")
 _STEPS = flags.DEFINE_integer("local_steps", 4, "Local steps K.")
@@ -154,6 +156,11 @@ def main(argv):
         max_target_tokens=_MAX_TARGETS.value, answer_tokens=_ANSWER.value,
         torch_threads=cores, run_torch=not _NO_TORCH.value and on_cpu,
         run_sequential=not _NO_SEQ.value), peak, log)
+  if "ablation" in sections:
+    log("ablation ...")
+    res["ablation"] = suite.ablation_section(_PRESET.value, RoundShape(
+        _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
+        _CHUNK.value, log=log)
   if "dp" in sections:
     log("dp ...")
     res["dp"] = suite.dp_section(_PRESET.value, RoundShape(

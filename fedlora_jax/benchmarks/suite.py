@@ -89,6 +89,38 @@ def round_section(opt: RoundOptions, peak_flops: float | None, log: Log = print)
   return out
 
 
+ABLATIONS = {  # name -> ModelConfig overrides, each against "baseline"
+    "baseline": {"fuse_lora": "off", "remat_policy": "none", "attention_impl": "xla"},
+    "fuse_lora": {"fuse_lora": "on", "remat_policy": "none", "attention_impl": "xla"},
+    "remat full": {"fuse_lora": "off", "remat_policy": "full", "attention_impl": "xla"},
+    "remat save_base_matmuls": {"fuse_lora": "off", "remat_policy": "save_base_matmuls",
+                                "attention_impl": "xla"},
+}
+
+
+def ablation_section(preset: str, shape: RoundShape, repeats: int, logits_chunk: int,
+                     variants: dict[str, dict] | None = None, log: Log = print) -> dict[str, Any]:
+  """Engine tokens/s with each speed option on and off, the same weights and batches, rounds of
+  all variants timed in turns in one process (ratios hold on a shared machine)."""
+  variants = variants or ABLATIONS
+  cfg = models.preset(preset)
+  setup = jax_round.build(cfg, shape.rank)
+  setups = {name: jax_round.with_model_config(setup, cfg.replace(**kw))
+            for name, kw in variants.items()}
+  batches = client_batches(shape, cfg.vocab_size)
+  out = jax_round.interleaved_engines(
+      setups, shape, batches, repeats=repeats,
+      training=jax_round.local_training(shape, logits_chunk=logits_chunk))
+  first = next(iter(out))
+  for name, d in out.items():
+    d["overrides"] = variants[name]
+    d[f"tokens_per_s_over_{first}"] = d["tokens_per_s"] / out[first]["tokens_per_s"]
+    log(f"  {name:24s} {d['median_s']:7.3f} s/round {d['tokens_per_s']:8.0f} tok/s "
+        f"({d[f'tokens_per_s_over_{first}']:.2f}x {first}; compile {d['compile_s']:.1f} s)")
+  return {"preset": preset, "shape": dataclasses.asdict(shape), "variants": out,
+          "load_average_at_end": os.getloadavg()}
+
+
 def dp_section(preset: str, shape: RoundShape, repeats: int, logits_chunk: int,
                log: Log = print) -> dict[str, Any]:
   """Tokens/s of one round without and with example-level DP-SGD (z = 1, C = 1), same batches:
