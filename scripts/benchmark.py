@@ -72,6 +72,8 @@ _COMPILE_PRESET = flags.DEFINE_string("compile_preset", "qwen3-8b",
                                       "Preset of the compile section (bf16, all layers).")
 _COMPILE_SHAPE = flags.DEFINE_list("compile_shape", ["16", "1", "2", "512", "16"],
                                    "C, K, B, S, r of the compile section.")
+_COMPILE_LAYERS = flags.DEFINE_list("compile_layers", [],
+                                    "Depths compiled (empty: the preset's own depth).")
 _COMPILE_CACHE = flags.DEFINE_bool(
     "compile_cache", False, "JAX's persistent compilation cache in --cache_dir/jax_cache (off by "
     "default: a warm cache would turn the compile-time figures into cache loads).")
@@ -123,6 +125,7 @@ def main(argv):
 
   from fedlora_jax.compile_cache import enable_compilation_cache
 
+  from fedlora_jax import models
   from fedlora_jax.benchmarks import flops, machine, report, suite
   from fedlora_jax.benchmarks.data import RoundShape
 
@@ -191,8 +194,12 @@ def main(argv):
   if "compile" in sections:
     log("compile ...")
     c, k, b, s, r = _ints(_COMPILE_SHAPE.value)
+    depths = _ints(_COMPILE_LAYERS.value) or [models.preset(_COMPILE_PRESET.value)
+                                              .num_hidden_layers]
+    variants = {f"layer loop, {n} layers": {"remat_policy": "full", "num_hidden_layers": n}
+                for n in depths}
     res["compile"] = suite.compile_section(_COMPILE_PRESET.value, c, (k, b, s), r, _GPU_CHUNK.value,
-                                           {"layer loop": {"remat_policy": "full"}}, log)
+                                           variants, log)
   if "memory" in sections:
     log("memory ...")
     from fedlora_jax.benchmarks import memory

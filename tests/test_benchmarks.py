@@ -67,6 +67,20 @@ def test_round_section_engine_sequential_torch_agree(monkeypatch):
   assert "| engine |" in md and "engine/torch_peft" in md
 
 
+def test_ablation_times_variants_that_train_identically(monkeypatch):
+  monkeypatch.setitem(models.PRESETS, "micro", MICRO)
+  shape = data.RoundShape(clients=2, local_steps=2, batch=2, seq=8, rank=2)
+  variants = {k: suite.ABLATIONS[k] for k in ("baseline", "fuse_lora", "remat full")}
+  out = suite.ablation_section("micro", shape, 2, 4, variants, log=lambda s: None)
+  base = out["variants"]["baseline"]
+  for name, d in out["variants"].items():
+    assert len(d["round_s"]) == 2
+    assert d["tokens_per_s"] == pytest.approx(shape.slots / d["median_s"])
+    assert d["tokens_per_s_over_baseline"] == pytest.approx(
+        d["tokens_per_s"] / base["tokens_per_s"])
+    np.testing.assert_allclose(d["losses"], base["losses"], rtol=0, atol=1e-5)
+
+
 def test_linear_fit_recovers_intercept_and_slope():
   tokens = [100, 200, 400, 800]
   fit = jax_round.linear_fit(tokens, [0.5 + 0.01 * t for t in tokens])

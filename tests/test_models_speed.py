@@ -59,7 +59,7 @@ def _assert_trees_close(a, b, atol):
 def test_auto_options_resolve_per_backend_and_bad_values_are_named():
   auto = CFG.replace(attention_impl="auto", remat_policy="auto", fuse_lora="auto")
   cpu = auto.resolved("cpu")
-  assert (cpu.attention_impl, cpu.remat_policy, cpu.fuse_lora) == ("xla", "none", "on")
+  assert (cpu.attention_impl, cpu.remat_policy, cpu.fuse_lora) == ("xla", "none", "off")
   gpu = auto.replace(dtype="bfloat16").resolved("gpu")
   assert (gpu.attention_impl, gpu.remat_policy, gpu.fuse_lora) == ("cudnn", "full", "on")
   assert auto.resolved("gpu").attention_impl == "xla"  # fp32 activations: no cuDNN kernel

@@ -168,7 +168,7 @@ def interleaved_engines(setups: dict[str, Setup], shape: RoundShape, batches: di
   """Engine rounds of several variants of one model, compiled first, then timed in turns
   (variant 1, 2, ..., 1, 2, ...) so that a shared machine's load hits them alike.
 
-  Returns per variant: {"round_s": [...], "median_s", "tokens_per_s", "compile_s"}.
+  Returns per variant: {"round_s": [...], "median_s", "tokens_per_s", "compile_s", "losses"}.
   """
   alg = federated.make_algorithm("fedavg")
   c = shape.clients
@@ -182,7 +182,7 @@ def interleaved_engines(setups: dict[str, Setup], shape: RoundShape, batches: di
     fr.lower(state, setup.base, dev_batches, ids, counts).compile()
     out[name] = {"compile_s": time.perf_counter() - t, "round_s": []}
     state, _, m = fr(state, setup.base, dev_batches, ids, counts)  # first call
-    jax.block_until_ready(m)
+    out[name]["losses"] = np.asarray(m["loss"]).tolist()  # [C, K], from the initial adapter
     runs[name] = (fr, setup.base, {"state": state})
   for _ in range(repeats):
     for name, (fr, base, carry) in runs.items():

@@ -198,9 +198,10 @@ def ledger_section(clients: list[int], backends: list[str], py_ecc_max_clients: 
 
 def compile_section(preset: str, clients: int, shape: tuple[int, int, int], rank: int,
                     logits_chunk: int, variants: dict[str, dict], log: Log = print) -> dict:
-  """Lowering and compile seconds of one bf16 round of `preset` (all its layers), from abstract
-  shapes (no weights), for this process's backend; one row per variant (ModelConfig overrides).
-  Compile CPU time is kept beside wall time: on a shared machine it is the steadier figure."""
+  """Lowering and compile seconds of one bf16 round of `preset` (its depth unless a variant sets
+  `num_hidden_layers`), from abstract shapes (no weights), for this process's backend; one row
+  per variant (ModelConfig overrides). Compile CPU time is kept beside wall time: on a shared
+  machine it is the steadier figure."""
   import jax
   from fedlora_jax.benchmarks.abstract import abstract_round
   rows = []

@@ -83,14 +83,15 @@ class ModelConfig:
     """This config with every "auto" replaced by the choice for `backend` (default: JAX's).
 
     GPU: cuDNN fused attention for bf16/fp16, full remat (memory for many clients), fused
-    LoRA-A. CPU/TPU: XLA attention, no remat, fused LoRA-A.
+    LoRA-A (fewer small kernels). CPU/TPU: XLA attention, no remat, separate LoRA-A matmuls
+    (fusing them measured no gain on CPU: benchmark.py --sections=ablation).
     """
     backend = backend or jax.default_backend()
     gpu = backend in ("gpu", "cuda", "rocm")
     auto = {
         "attention_impl": "cudnn" if gpu and self.dtype in ("bfloat16", "float16") else "xla",
         "remat_policy": "full" if gpu else "none",
-        "fuse_lora": "on",
+        "fuse_lora": "on" if gpu else "off",
     }
     return self.replace(**{k: v for k, v in auto.items() if getattr(self, k) == "auto"})
 
