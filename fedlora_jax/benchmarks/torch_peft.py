@@ -88,7 +88,8 @@ def run_round(pm, global_sd: dict, batches: dict[str, np.ndarray], num_samples, 
   ids = torch.from_numpy(np.asarray(batches["input_ids"], np.int64)).to(device)
   att = torch.from_numpy(np.asarray(batches["attention_mask"], np.int64)).to(device)
   lm = np.asarray(batches["loss_mask"]) > 0
-  labels = torch.from_numpy(np.where(lm, batches["input_ids"], -100).astype(np.int64)).to(device)
+  labels = np.where(lm, batches["input_ids"], -100).astype(np.int64)
+  labels = torch.from_numpy(labels).to(device)
   params = [p for p in pm.parameters() if p.requires_grad]
   saved, losses = [], np.zeros((c, k), np.float32)
   for ci in range(c):

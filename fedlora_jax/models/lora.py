@@ -114,7 +114,8 @@ class Linear(nnx.Module):
 
   def lora_up(self, xa: jax.Array) -> jax.Array:
     """scaling * (x A^T) B^T from x A^T [..., r] -> [..., out]."""
-    return self.lora_scaling * jnp.einsum("...r,or->...o", xa, self.lora_B[...].astype(self.dtype))
+    b_or = self.lora_B[...].astype(self.dtype)
+    return self.lora_scaling * jnp.einsum("...r,or->...o", xa, b_or)
 
   def delta_weight(self) -> jax.Array:
     """scaling * B A, [out, in] float32 (zeros without LoRA)."""
