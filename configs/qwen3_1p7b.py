@@ -18,7 +18,7 @@ def get_config():
   c.model.hf_path = ""  # required: local directory with config.json, *.safetensors, tokenizer.json
   c.model.param_dtype = "bfloat16"
   c.model.dtype = "bfloat16"
-  c.model.remat = True
+  c.model.remat_policy = "full"
   c.lora.rank = 16
   c.lora.alpha = 32.0
   c.data.source = "files"

@@ -9,6 +9,8 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
   python scripts/benchmark.py --sections=dp --skip_torch        # a round with vs without DP-SGD
   python scripts/benchmark.py --sections=deploy [--deploy_set=fed.rounds=3 ...]  # Flower vs
                                                                 # simulation, configs/default.py
+  nice python scripts/benchmark.py --sections=compile            # qwen3-8b round compile time
+  python scripts/benchmark.py --sections=ablation --repeats=5   # each speed option on vs off
 
 A run of only the memory (or the deploy) section updates its own key of --out_json and its own
 heading of --out_md, leaving the other sections' figures as they are.
@@ -26,7 +28,8 @@ import sys
 from absl import app, flags
 
 _SECTIONS = flags.DEFINE_list("sections", ["round", "scaling", "ledger", "gpu"],
-                              "Sections to run: round, scaling, ledger, gpu, memory, dp.")
+                              "Sections to run: round, scaling, ledger, gpu, memory, dp, compile, "
+                              "ablation.")
 _PRESET = flags.DEFINE_string("preset", "qwen3-tiny", "Model preset of the round section.")
 _CLIENTS = flags.DEFINE_integer("clients", 8, "Clients per round (round section).")
 _STEPS = flags.DEFINE_integer("local_steps", 4, "Local steps K.")
@@ -58,12 +61,25 @@ _GPU_SHAPE = flags.DEFINE_list("gpu_shape", ["16", "1", "2", "512", "16"],
                                "C, K, B, S, r of the GPU section.")
 _GPU_CHUNK = flags.DEFINE_integer("gpu_logits_chunk", 128, "logits_chunk of the GPU section.")
 _GPU_DRY = flags.DEFINE_bool("gpu_dry_run", False, "Run the GPU section with a tiny model on CPU.")
+_GPU_WIDE = flags.DEFINE_list("gpu_wide_clients", ["qwen3-1.7b:64"],
+                              "PRESET:C pairs: an extra engine row with C clients.")
+_GPU_SKIP = flags.DEFINE_list("gpu_skip", [], "GPU rows to skip: torch, sequential.")
 _MEM_PRESET = flags.DEFINE_string("memory_preset", "qwen3-8b", "Preset of the memory section.")
 _MEM_CLIENTS = flags.DEFINE_list("memory_clients", ["16", "64"], "Client counts (memory).")
 _MEM_MODEL = flags.DEFINE_list("memory_model_sizes", ["1", "2", "4", "8"], "mesh.model sizes.")
 _MEM_SHAPE = flags.DEFINE_list("memory_shape", ["1", "2", "512", "16"], "K, B, S, r (memory).")
 _MEM_LAYERS = flags.DEFINE_list("memory_layers", ["1", "2"],
                                 "Two depths compiled; the preset's depth is extrapolated.")
+_COMPILE_PRESET = flags.DEFINE_string("compile_preset", "qwen3-8b",
+                                      "Preset of the compile section (bf16, all layers).")
+_COMPILE_SHAPE = flags.DEFINE_list("compile_shape", ["16", "1", "2", "512", "16"],
+                                   "C, K, B, S, r of the compile section.")
+_COMPILE_LAYERS = flags.DEFINE_list("compile_layers", [],
+                                    "Depths compiled (empty: the preset's own depth).")
+_COMPILE_CACHE = flags.DEFINE_bool(
+    "compile_cache", False, "JAX's persistent compilation cache in --cache_dir/jax_cache (off by "
+    "default: a warm cache would turn the compile-time figures into cache loads).")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", "~/.cache/fedlora_jax", "Cache directory.")
 _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS before JAX starts.")
 _OUT_JSON = flags.DEFINE_string("out_json", "benchmarks.json", "Where to write all figures.")
 _OUT_MD = flags.DEFINE_string("out_md", "BENCHMARKS.md", "Markdown summary ('' to skip).")
@@ -152,6 +168,9 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _XLA_FLAGS.value).strip()
   import jax  # after XLA_FLAGS
 
+  from fedlora_jax.compile_cache import enable_compilation_cache
+
+  from fedlora_jax import models
   from fedlora_jax.benchmarks import flops, machine, report, suite
   from fedlora_jax.benchmarks.data import RoundShape
 
@@ -164,6 +183,9 @@ def main(argv):
   res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
          "command": " ".join(["python scripts/benchmark.py"] + sys.argv[1:]),
          "machine": machine.machine_info(), "notes": list(_NOTES.value)}
+  if _COMPILE_CACHE.value:
+    res["compile_cache_dir"] = enable_compilation_cache(os.path.join(
+        os.path.expanduser(_CACHE_DIR.value), "jax_cache"))
   log = lambda s: print(s, flush=True)
   sections = set(_SECTIONS.value)
   on_cpu = jax.default_backend() == "cpu"
@@ -182,6 +204,11 @@ def main(argv):
         max_target_tokens=_MAX_TARGETS.value, answer_tokens=_ANSWER.value,
         torch_threads=cores, run_torch=not _NO_TORCH.value and on_cpu,
         run_sequential=not _NO_SEQ.value), peak, log)
+  if "ablation" in sections:
+    log("ablation ...")
+    res["ablation"] = suite.ablation_section(_PRESET.value, RoundShape(
+        _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
+        _CHUNK.value, log=log)
   if "dp" in sections:
     log("dp ...")
     res["dp"] = suite.dp_section(_PRESET.value, RoundShape(
@@ -202,8 +229,22 @@ def main(argv):
   if "gpu" in sections:
     log("gpu ...")
     c, k, b, s, r = _ints(_GPU_SHAPE.value)
-    res["gpu"] = suite.gpu_section(_GPU_PRESETS.value, RoundShape(c, k, b, s, r), _REPEATS.value,
-                                   _GPU_CHUNK.value, _GPU_DRY.value, log)
+    wide = dict(p.split(":") for p in _GPU_WIDE.value)
+    res["gpu"] = suite.gpu_section(suite.GpuOptions(
+        presets=_GPU_PRESETS.value, shape=RoundShape(c, k, b, s, r),
+        wide_clients={p: int(n) for p, n in wide.items()}, repeats=_REPEATS.value,
+        logits_chunk=_GPU_CHUNK.value, dry_run=_GPU_DRY.value,
+        run_torch="torch" not in _GPU_SKIP.value,
+        run_sequential="sequential" not in _GPU_SKIP.value), log)
+  if "compile" in sections:
+    log("compile ...")
+    c, k, b, s, r = _ints(_COMPILE_SHAPE.value)
+    depths = _ints(_COMPILE_LAYERS.value) or [models.preset(_COMPILE_PRESET.value)
+                                              .num_hidden_layers]
+    variants = {f"layer loop, {n} layers": {"remat_policy": "full", "num_hidden_layers": n}
+                for n in depths}
+    res["compile"] = suite.compile_section(_COMPILE_PRESET.value, c, (k, b, s), r, _GPU_CHUNK.value,
+                                           variants, log)
   if "memory" in sections:
     log("memory ...")
     from fedlora_jax.benchmarks import memory

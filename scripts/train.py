@@ -13,8 +13,12 @@ A workdir with checkpoints is resumed (config.resume=True); one holding a differ
 
 from __future__ import annotations
 
+import os
+
 from absl import app, flags
 from ml_collections import config_flags
+
+from fedlora_jax.compile_cache import enable_compilation_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Run config file.",
                                           lock_config=True)
@@ -33,6 +37,9 @@ def main(argv: list[str]) -> int:
     # Before anything touches a JAX backend: join the pod when this is one.
     from fedlora_jax.federated import distributed  # pylint: disable=import-outside-toplevel
     distributed.launch(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if _CONFIG.value.model.compile_cache:
+      enable_compilation_cache(os.path.join(os.path.expanduser(_CONFIG.value.cache_dir),
+                                            "jax_cache"))
     from fedlora_jax.run.experiment import run  # pylint: disable=import-outside-toplevel
     return run(_CONFIG.value)
 

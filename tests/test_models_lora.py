@@ -151,7 +151,7 @@ def test_remat_and_bf16_paths_agree_with_fp32():
   lora = _randomize_b(lora)
   ref, _ = models.lm_loss(graphdef, base, lora, batch)
   g_ref = jax.jit(jax.grad(lambda l: models.lm_loss(graphdef, base, l, batch)[0]))(lora)
-  gd_r, base_r, _ = models.split_lora(_model(cfg=CFG.replace(remat=True)))
+  gd_r, base_r, _ = models.split_lora(_model(cfg=CFG.replace(remat_policy="full")))
   loss_r, _ = models.lm_loss(gd_r, base_r, lora, batch)
   g_r = jax.jit(jax.grad(lambda l: models.lm_loss(gd_r, base_r, l, batch)[0]))(lora)
   np.testing.assert_allclose(float(loss_r), float(ref), rtol=1e-6)

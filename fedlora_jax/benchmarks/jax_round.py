@@ -48,6 +48,22 @@ def build(cfg: models.ModelConfig, rank: int, *, alpha: float | None = None,
   return Setup(cfg, lcfg, model, graphdef, base, lora)
 
 
+def with_model_config(setup: Setup, cfg: models.ModelConfig) -> Setup:
+  """The same weights and adapter under another config of the same architecture (e.g. another
+  attention implementation): only the graphdef changes."""
+  def build():
+    m = models.CausalLM(cfg, rngs=nnx.Rngs(params=0))
+    models.add_lora(m, setup.lora_config, rngs=nnx.Rngs(lora=1))
+    return m
+
+  graphdef, base, lora = models.split_lora(nnx.eval_shape(build))
+  for new, old in ((base, setup.base), (lora, setup.lora)):
+    if jax.tree.map(lambda x: (x.shape, x.dtype), new) != jax.tree.map(
+        lambda x: (x.shape, x.dtype), old):
+      raise ValueError(f"{cfg} does not have the parameters of {setup.cfg}")
+  return dataclasses.replace(setup, cfg=cfg, graphdef=graphdef)
+
+
 def local_training(shape: RoundShape, **kw) -> federated.LocalTraining:
   return federated.LocalTraining(local_steps=shape.local_steps, **kw)
 
@@ -145,6 +161,40 @@ def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
       tokens=trained_tokens(batches), host_peak_rss_growth_bytes=mem.growth,
       device_memory=device_memory(), memory_analysis=_memory_analysis(compiled),
       losses=first_losses)
+
+
+def interleaved_engines(setups: dict[str, Setup], shape: RoundShape, batches: dict, *,
+                        repeats: int, training: federated.LocalTraining) -> dict[str, dict]:
+  """Engine rounds of several variants of one model, compiled first, then timed in turns
+  (variant 1, 2, ..., 1, 2, ...) so that a shared machine's load hits them alike.
+
+  Returns per variant: {"round_s": [...], "median_s", "tokens_per_s", "compile_s", "losses"}.
+  """
+  alg = federated.make_algorithm("fedavg")
+  c = shape.clients
+  ids, counts = np.arange(c), np.full(c, 100.0)
+  dev_batches = {k: jnp.asarray(v) for k, v in batches.items()}
+  runs, out = {}, {}
+  for name, setup in setups.items():
+    fr = federated.FederatedRound(setup.graphdef, alg, training, num_clients=c)
+    state = federated.init_state(alg, setup.lora, c, seed=0)
+    t = time.perf_counter()
+    fr.lower(state, setup.base, dev_batches, ids, counts).compile()
+    out[name] = {"compile_s": time.perf_counter() - t, "round_s": []}
+    state, _, m = fr(state, setup.base, dev_batches, ids, counts)  # first call
+    out[name]["losses"] = np.asarray(m["loss"]).tolist()  # [C, K], from the initial adapter
+    runs[name] = (fr, setup.base, {"state": state})
+  for _ in range(repeats):
+    for name, (fr, base, carry) in runs.items():
+      t = time.perf_counter()
+      carry["state"], _, m = fr(carry["state"], base, dev_batches, ids, counts)
+      jax.block_until_ready((carry["state"], m))
+      out[name]["round_s"].append(time.perf_counter() - t)
+  tokens = trained_tokens(batches)
+  for d in out.values():
+    d["median_s"] = _median(d["round_s"])
+    d["tokens_per_s"] = tokens / d["median_s"]
+  return out
 
 
 def time_sequential(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,

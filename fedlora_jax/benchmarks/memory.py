@@ -41,46 +41,24 @@ class MemoryOptions:
   devices: int = 8
 
 
-def _abstract_round(opt: MemoryOptions, num_layers: int, clients: int, model: int):
-  """(FederatedRound on a clients x model mesh, abstract state, base, batches, ids, counts)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
-  from fedlora_jax import federated, models  # pylint: disable=import-outside-toplevel
-
-  cfg = models.preset(opt.preset, param_dtype="bfloat16", dtype="bfloat16", remat=True,
-                      num_hidden_layers=num_layers)
-  lcfg = models.LoRAConfig(rank=opt.rank, alpha=2.0 * opt.rank)
-
-  def build():
-    m = models.CausalLM(cfg, rngs=nnx.Rngs(params=0))
-    models.add_lora(m, lcfg, rngs=nnx.Rngs(lora=1))
-    return m
-
-  graphdef, base, lora = models.split_lora(nnx.eval_shape(build))
-  sharding = federated.ClientSharding(federated.make_mesh(opt.devices // model, model))
-  alg = federated.make_algorithm("fedavg")
-  tr = federated.LocalTraining(local_steps=opt.local_steps, logits_chunk=opt.logits_chunk)
-  fr = federated.FederatedRound(graphdef, alg, tr, num_clients=clients, sharding=sharding)
-  state = jax.eval_shape(lambda l: federated.init_state(alg, l, clients, 0), lora)
-  shape = (clients, opt.local_steps, opt.batch, opt.seq)
-  batches = {k: jax.ShapeDtypeStruct(shape, np.int32 if k != "loss_mask" else np.float32)
-             for k in ("input_ids", "attention_mask", "loss_mask")}
-  base_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(base))
-  return fr, state, base, batches, base_bytes
-
-
 def compile_point(opt: MemoryOptions, num_layers: int, clients: int, model: int) -> dict:
   """Per-device bytes of one compiled round (FedAvg, bf16, remat)."""
-  fr, state, base, batches, base_bytes = _abstract_round(opt, num_layers, clients, model)
+  from fedlora_jax import federated, models  # pylint: disable=import-outside-toplevel
+  from fedlora_jax.benchmarks import abstract  # pylint: disable=import-outside-toplevel
+
+  cfg = models.preset(opt.preset, param_dtype="bfloat16", dtype="bfloat16", remat_policy="full",
+                      num_hidden_layers=num_layers)
+  sharding = federated.ClientSharding(federated.make_mesh(opt.devices // model, model))
+  ar = abstract.abstract_round(cfg, opt.rank, clients, (opt.local_steps, opt.batch, opt.seq),
+                               logits_chunk=opt.logits_chunk, sharding=sharding)
   t = time.perf_counter()
-  compiled = fr.lower(state, base, batches, np.arange(clients), np.ones(clients)).compile()
+  compiled = ar.lower().compile()
   m = compiled.memory_analysis()
   return {"layers": num_layers, "clients": clients, "model": model,
           "clients_per_shard": clients // (opt.devices // model),
           "argument_bytes": int(m.argument_size_in_bytes),
           "temp_bytes": int(m.temp_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
-          "alias_bytes": int(m.alias_size_in_bytes), "base_bytes": int(base_bytes),
+          "alias_bytes": int(m.alias_size_in_bytes), "base_bytes": int(ar.base_bytes),
           "compile_s": time.perf_counter() - t}
 
 

@@ -64,9 +64,10 @@ def markdown(res: dict[str, Any]) -> str:
     lines.append("")
     for k, v in r["ratios"].items():
       lines.append(f"- {k}: **{v:.2f}x**")
-    if "first_step_loss_max_abs_diff_vs_torch" in r:
-      lines.append(f"- first local step loss, engine vs torch (same weights, data, adapter): max "
-                   f"|diff| {r['first_step_loss_max_abs_diff_vs_torch']:.2e}")
+    if "loss_max_abs_diff_vs_torch" in r:
+      lines.append(f"- loss of every client at every local step, engine vs torch (same weights, "
+                   f"data, adapter, AdamW + clipping): max |diff| "
+                   f"{r['loss_max_abs_diff_vs_torch']:.2e}")
     lines.append("")
   sc = res.get("scaling")
   if sc and sc.get("rows"):
@@ -107,19 +108,35 @@ def markdown(res: dict[str, Any]) -> str:
     lines.append("")
   g = res.get("gpu")
   if g:
-    lines += ["## GPU mode (bf16, remat, random weights)", ""]
+    lines += ["## GPU mode (bf16, full remat, random weights)", ""]
     if "skipped" in g:
       lines.append(f"Skipped: {g['skipped']}")
     else:
-      lines += ["| preset | device | s/round | tokens/s | MFU | compile s | device peak GiB |",
+      s = g["shape"]
+      lines += [f"{g['device_kind']}{' (dry run: tiny shape on CPU)' if g['dry_run'] else ''}; "
+                f"C={s['clients']} K={s['local_steps']} B={s['batch']} S={s['seq']} "
+                f"r={s['rank']}; MFU on the 4N basis against a measured bf16 matmul of "
+                f"{g['matmul_peak']['peak_flops'] / 1e12:.1f} TFLOP/s.", "",
+                "| preset | variant | s/round | tokens/s | MFU | compile s | device peak GiB |",
                 "|---|---|---|---|---|---|---|"]
       for row in g["rows"]:
+        if "skipped" in row:
+          lines.append(f"| {row['preset']} | {row['variant']} | skipped: "
+                       f"{row['skipped'].splitlines()[0][:80]} | | | | |")
+          continue
         dm = row.get("device_memory") or {}
-        lines.append(f"| {row['preset']}{' (dry run)' if row['dry_run'] else ''} | "
-                     f"{row['device_kind']} | {row['median_s']:.3f} | "
+        lines.append(f"| {row['preset']} | {row['variant']} | {row['median_s']:.3f} | "
                      f"{row['tokens_per_s']:.0f} | {_f(row.get('mfu'), '{:.1%}')} | "
                      f"{row['compile_s']:.1f} | "
                      f"{_f(dm.get('peak_bytes_in_use', 0) / 2**30, '{:.1f}')} |")
+    lines.append("")
+  c = res.get("compile")
+  if c:
+    lines += [f"## Compile time: one round of `{c['preset']}` (bf16, {c['clients']} clients, "
+              f"abstract shapes, {c['backend']})", "",
+              "| variant | trace + lower s | compile s | compile CPU s |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
+              f"{r['compile_cpu_s']:.1f} |" for r in c["rows"]]
     lines.append("")
   if res.get("memory"):
     lines += memory_lines(res["memory"])

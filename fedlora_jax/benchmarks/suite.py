@@ -82,10 +82,43 @@ def round_section(opt: RoundOptions, peak_flops: float | None, log: Log = print)
   tps = {k: out[k]["tokens_per_s"] for k in runs}
   out["ratios"] = {f"engine/{k}": tps["engine"] / v for k, v in tps.items() if k != "engine"}
   if "torch_peft" in out:
-    # Same initial adapter, same data: the first local step's loss must agree across frameworks.
-    out["first_step_loss_max_abs_diff_vs_torch"] = float(np.max(np.abs(
-        np.asarray(out["engine"]["losses"])[:, 0] - np.asarray(out["torch_peft"]["losses"])[:, 0])))
+    # Same weights, initial adapter, data and AdamW + clipping: every client's loss at every
+    # local step must agree across frameworks (steps after the first test the whole update).
+    out["loss_max_abs_diff_vs_torch"] = float(np.max(np.abs(
+        np.asarray(out["engine"]["losses"]) - np.asarray(out["torch_peft"]["losses"]))))
   return out
+
+
+ABLATIONS = {  # name -> ModelConfig overrides, each against "baseline"
+    "baseline": {"fuse_lora": "off", "remat_policy": "none", "attention_impl": "xla"},
+    "fuse_lora": {"fuse_lora": "on", "remat_policy": "none", "attention_impl": "xla"},
+    "remat full": {"fuse_lora": "off", "remat_policy": "full", "attention_impl": "xla"},
+    "remat save_base_matmuls": {"fuse_lora": "off", "remat_policy": "save_base_matmuls",
+                                "attention_impl": "xla"},
+}
+
+
+def ablation_section(preset: str, shape: RoundShape, repeats: int, logits_chunk: int,
+                     variants: dict[str, dict] | None = None, log: Log = print) -> dict[str, Any]:
+  """Engine tokens/s with each speed option on and off, the same weights and batches, rounds of
+  all variants timed in turns in one process (ratios hold on a shared machine)."""
+  variants = variants or ABLATIONS
+  cfg = models.preset(preset)
+  setup = jax_round.build(cfg, shape.rank)
+  setups = {name: jax_round.with_model_config(setup, cfg.replace(**kw))
+            for name, kw in variants.items()}
+  batches = client_batches(shape, cfg.vocab_size)
+  out = jax_round.interleaved_engines(
+      setups, shape, batches, repeats=repeats,
+      training=jax_round.local_training(shape, logits_chunk=logits_chunk))
+  first = next(iter(out))
+  for name, d in out.items():
+    d["overrides"] = variants[name]
+    d[f"tokens_per_s_over_{first}"] = d["tokens_per_s"] / out[first]["tokens_per_s"]
+    log(f"  {name:24s} {d['median_s']:7.3f} s/round {d['tokens_per_s']:8.0f} tok/s "
+        f"({d[f'tokens_per_s_over_{first}']:.2f}x {first}; compile {d['compile_s']:.1f} s)")
+  return {"preset": preset, "shape": dataclasses.asdict(shape), "variants": out,
+          "load_average_at_end": os.getloadavg()}
 
 
 def dp_section(preset: str, shape: RoundShape, repeats: int, logits_chunk: int,
@@ -163,40 +196,138 @@ def ledger_section(clients: list[int], backends: list[str], py_ecc_max_clients: 
   return {"rows": rows}
 
 
-def gpu_section(presets: list[str], shape: RoundShape, repeats: int, logits_chunk: int,
-                dry_run: bool, log: Log = print) -> dict[str, Any]:
-  """bf16 + remat rounds of the paper-size architectures with random weights.
+def compile_section(preset: str, clients: int, shape: tuple[int, int, int], rank: int,
+                    logits_chunk: int, variants: dict[str, dict], log: Log = print) -> dict:
+  """Lowering and compile seconds of one bf16 round of `preset` (its depth unless a variant sets
+  `num_hidden_layers`), from abstract shapes (no weights), for this process's backend; one row
+  per variant (ModelConfig overrides). Compile CPU time is kept beside wall time: on a shared
+  machine it is the steadier figure."""
+  import jax
+  from fedlora_jax.benchmarks.abstract import abstract_round
+  rows = []
+  for name, overrides in variants.items():
+    cfg = models.preset(preset, param_dtype="bfloat16", dtype="bfloat16", **overrides)
+    t = time.perf_counter()
+    ar = abstract_round(cfg, rank, clients, shape, logits_chunk=logits_chunk)
+    lowered = ar.lower()
+    lower_s = time.perf_counter() - t
+    t, cpu = time.perf_counter(), time.process_time()
+    lowered.compile()
+    compile_s, compile_cpu_s = time.perf_counter() - t, time.process_time() - cpu
+    resolved = cfg.resolved()
+    rows.append({"variant": name, "overrides": overrides, "lower_s": lower_s,
+                 "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
+                 "layers": cfg.num_hidden_layers,
+                 "remat_policy": resolved.remat_policy, "fuse_lora": resolved.fuse_lora,
+                 "attention_impl": resolved.attention_impl})
+    log(f"  compile {preset} {name}: trace + lower {lower_s:.1f} s, compile {compile_s:.1f} s "
+        f"(CPU time {compile_cpu_s:.1f} s)")
+  return {"preset": preset, "clients": clients, "shape": list(shape), "rank": rank,
+          "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+          "load_average_at_end": os.getloadavg(), "rows": rows}
 
-  With `dry_run`, each preset is replaced by the tiny Qwen3 shape (same dtypes, remat) so the
-  code path is exercised on CPU.
+
+@dataclasses.dataclass
+class GpuOptions:
+  """The GPU section: paper-size architectures, bf16, full remat, random weights."""
+
+  presets: list[str] = dataclasses.field(default_factory=lambda: ["qwen3-1.7b", "qwen3-8b"])
+  shape: RoundShape = dataclasses.field(default_factory=lambda: RoundShape(16, 1, 2, 512, 16))
+  wide_clients: dict[str, int] = dataclasses.field(default_factory=dict)  # preset -> more clients
+  repeats: int = 3
+  logits_chunk: int = 128
+  dry_run: bool = False  # tiny Qwen3 shape in place of each preset, on whatever device there is
+  run_torch: bool = True
+  run_sequential: bool = True
+  peak_matmul_size: int = 8192
+
+
+def _timing_row(preset: str, variant: str, timing: jax_round.RoundTiming, fpt: float,
+                peak: float | None) -> dict[str, Any]:
+  row = {"preset": preset, "variant": variant, **timing.to_dict(), "flops_per_token": fpt,
+         "model_flops_per_s": timing.tokens_per_s * fpt}
+  if peak:
+    row["mfu"] = row["model_flops_per_s"] / peak
+  return row
+
+
+def gpu_section(opt: GpuOptions, log: Log = print) -> dict[str, Any]:
+  """Per preset: the engine with XLA and with cuDNN attention, the same jitted client update
+  called per client, PyTorch + PEFT clients one after another (same device), and the engine with
+  `wide_clients` clients; tokens/s, MFU against a measured bf16 matmul peak, device memory.
+
+  With `dry_run`, each preset is replaced by the tiny Qwen3 shape (same dtypes, remat), so the
+  same code runs on CPU (cuDNN attention then fails to lower and its row says why).
   """
   import jax
   dev = jax.devices()[0]
-  if dev.platform == "cpu" and not dry_run:
+  if dev.platform == "cpu" and not opt.dry_run:
     return {"skipped": "no GPU/TPU device (use --gpu_dry_run to exercise the code on CPU)"}
-  peak = flops.chip_peak(dev.device_kind)
-  rows = []
-  for name in presets:
-    cfg = models.preset(name, param_dtype="bfloat16", dtype="bfloat16", remat=True)
-    if dry_run:
-      cfg = models.preset("qwen3-tiny", param_dtype="bfloat16", dtype="bfloat16", remat=True)
+  size = opt.peak_matmul_size if not opt.dry_run else 256
+  measured = flops.measure_matmul_peak(sizes=(size,), dtype="bfloat16")
+  peak = measured["peak_flops"]
+  log(f"  bf16 {size}^3 matmul: {peak / 1e12:.1f} TFLOP/s ({dev.device_kind})")
+  out: dict[str, Any] = {"shape": dataclasses.asdict(opt.shape), "device_kind": dev.device_kind,
+                         "matmul_peak": measured, "table_peak_flops": flops.chip_peak(
+                             dev.device_kind), "dry_run": opt.dry_run, "rows": []}
+  shape = opt.shape
+  tr = jax_round.local_training(shape, logits_chunk=opt.logits_chunk)
+  for name in opt.presets:
+    kw = dict(param_dtype="bfloat16", dtype="bfloat16", remat_policy="full")
+    cfg = (models.preset("qwen3-tiny", num_hidden_layers=2, vocab_size=1024, **kw)
+           if opt.dry_run else models.preset(name, **kw))
     t = time.perf_counter()
     setup = jax_round.build(cfg, shape.rank)
-    init_s = time.perf_counter() - t
+    log(f"  {name}{' (dry run: tiny shape)' if opt.dry_run else ''}: random init "
+        f"{time.perf_counter() - t:.1f} s")
     batches = client_batches(shape, cfg.vocab_size)
-    timing = jax_round.time_engine(setup, shape, batches, repeats=repeats,
-                                   training=jax_round.local_training(shape,
-                                                                     logits_chunk=logits_chunk))
     fpt = flops.train_flops_per_token(cfg, shape.rank, shape.seq)["total"]
-    row = {"preset": name, "dry_run": dry_run, "init_s": init_s, **timing.to_dict(),
-           "flops_per_token": fpt, "model_flops_per_s": timing.tokens_per_s * fpt,
-           "device_kind": dev.device_kind, "chip_peak_flops": peak}
-    row.pop("losses", None)
-    if peak:
-      row["mfu"] = row["model_flops_per_s"] / peak
-    rows.append(row)
-    log(f"  gpu {name}{' (dry run: tiny shape)' if dry_run else ''}: {timing.median_s:.3f} s/round, "
-        f"{timing.tokens_per_s:.0f} tok/s, compile {timing.compile_s:.1f} s"
-        + (f", MFU {row['mfu']:.1%}" if peak else ""))
-    del setup
-  return {"shape": dataclasses.asdict(shape), "rows": rows}
+
+    def record(variant, run, rows=out["rows"]):
+      try:
+        timing = run()
+      except Exception as e:  # noqa: BLE001 -- e.g. cuDNN attention on a CPU dry run
+        rows.append({"preset": name, "variant": variant, "skipped": f"{type(e).__name__}: {e}"})
+        log(f"    {variant:22s} skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        return None
+      rows.append(row := _timing_row(name, variant, timing, fpt, peak))
+      dm = timing.device_memory or {}
+      log(f"    {variant:22s} {timing.median_s:8.3f} s/round {timing.tokens_per_s:9.0f} tok/s  "
+          f"MFU {row.get('mfu', float('nan')):6.1%}  compile {timing.compile_s:6.1f} s  "
+          f"device peak {dm.get('peak_bytes_in_use', 0) / 2**30:.1f} GiB")
+      return timing
+
+    for impl in ("xla", "cudnn"):
+      impl_setup = jax_round.with_model_config(setup, cfg.replace(attention_impl=impl))
+      record(f"engine {impl}", lambda s=impl_setup: jax_round.time_engine(
+          s, shape, batches, repeats=opt.repeats, training=tr))
+    best = jax_round.with_model_config(setup, cfg.replace(attention_impl="auto"))
+    if opt.run_sequential:
+      record("per-client jit", lambda: jax_round.time_sequential(
+          best, shape, batches, repeats=opt.repeats, training=tr))
+    if opt.run_torch:
+      record("torch + PEFT", lambda: _torch_timing(best, shape, batches, opt.repeats))
+    if name in opt.wide_clients:
+      wide = dataclasses.replace(shape, clients=opt.wide_clients[name])
+      record(f"engine C={wide.clients}", lambda: jax_round.time_engine(
+          best, wide, client_batches(wide, cfg.vocab_size), repeats=opt.repeats,
+          training=tr))
+    del setup, best
+  return out
+
+
+def _torch_timing(setup: jax_round.Setup, shape: RoundShape, batches: dict,
+                  repeats: int) -> jax_round.RoundTiming:
+  """PyTorch + PEFT on this machine's accelerator (CUDA when torch sees one), as a RoundTiming."""
+  import torch
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  r = torch_peft.time_rounds(setup.model, setup.lora, setup.lora_config, batches,
+                             np.full(shape.clients, 100.0), repeats=repeats,
+                             num_threads=torch.get_num_threads(), device=device,
+                             random_base=True)
+  mem = ({"peak_bytes_in_use": int(torch.cuda.max_memory_allocated())} if device == "cuda"
+         else None)
+  return jax_round.RoundTiming(name="torch_peft", round_s=r.round_s, compile_s=0.0,
+                               first_call_s=r.setup_s, tokens=trained_tokens(batches),
+                               host_peak_rss_growth_bytes=r.host_peak_rss_growth_bytes,
+                               device_memory=mem, losses=r.losses.tolist())

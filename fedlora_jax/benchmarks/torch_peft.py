@@ -35,8 +35,14 @@ def _torch():
   return torch
 
 
-def build_peft_model(model, lora_tree: dict, lora_config, *, num_threads: int | None = None):
-  """(peft_model, torch module) with the JAX model's base weights and `lora_tree` as adapter."""
+def build_peft_model(model, lora_tree: dict, lora_config, *, num_threads: int | None = None,
+                     device: str = "cpu", random_base: bool = False):
+  """(peft_model, adapter state dict) with `lora_tree` as adapter on `device`.
+
+  The base holds the JAX model's weights in float32, or, with `random_base` (speed only: the
+  paper-size models of the GPU section), transformers' own random init of the same architecture
+  in the model's `param_dtype`, created directly on the device.
+  """
   torch = _torch()
   import peft
   import transformers
@@ -45,16 +51,23 @@ def build_peft_model(model, lora_tree: dict, lora_config, *, num_threads: int | 
 
   if num_threads is not None:
     torch.set_num_threads(num_threads)
-  with tempfile.TemporaryDirectory() as d:
-    save_hf_checkpoint(model, d)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+  if random_base:
+    hf_config = transformers.AutoConfig.for_model(**model.cfg.to_hf_config())
+    with torch.device(device):
+      hf = transformers.AutoModelForCausalLM.from_config(
+          hf_config, dtype=getattr(torch, model.cfg.param_dtype))
+  else:
+    with tempfile.TemporaryDirectory() as d:
+      save_hf_checkpoint(model, d)
+      hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    hf = hf.to(device)
   hf.config.use_cache = False
   pc = peft.LoraConfig(r=lora_config.rank, lora_alpha=lora_config.alpha,
                        target_modules=list(lora_config.target_modules), lora_dropout=0.0,
                        use_rslora=lora_config.use_rslora, bias="none", task_type="CAUSAL_LM")
   pm = peft.get_peft_model(hf, pc)
   pm.train()
-  sd = {k: torch.from_numpy(np.array(v)) for k, v in peft_tensors(lora_tree).items()}
+  sd = {k: torch.from_numpy(np.array(v)).to(device) for k, v in peft_tensors(lora_tree).items()}
   peft.set_peft_model_state_dict(pm, sd)
   return pm, sd
 
@@ -71,10 +84,12 @@ def run_round(pm, global_sd: dict, batches: dict[str, np.ndarray], num_samples, 
   import peft
 
   c, k = batches["input_ids"].shape[:2]
-  ids = torch.from_numpy(np.asarray(batches["input_ids"], np.int64))
-  att = torch.from_numpy(np.asarray(batches["attention_mask"], np.int64))
+  device = pm.device
+  ids = torch.from_numpy(np.asarray(batches["input_ids"], np.int64)).to(device)
+  att = torch.from_numpy(np.asarray(batches["attention_mask"], np.int64)).to(device)
   lm = np.asarray(batches["loss_mask"]) > 0
-  labels = torch.from_numpy(np.where(lm, batches["input_ids"], -100).astype(np.int64))
+  labels = np.where(lm, batches["input_ids"], -100).astype(np.int64)
+  labels = torch.from_numpy(labels).to(device)
   params = [p for p in pm.parameters() if p.requires_grad]
   saved, losses = [], np.zeros((c, k), np.float32)
   for ci in range(c):
@@ -96,11 +111,14 @@ def run_round(pm, global_sd: dict, batches: dict[str, np.ndarray], num_samples, 
 
 
 def time_rounds(model, lora_tree, lora_config, batches, num_samples, *, repeats: int,
-                num_threads: int, learning_rate: float = 1e-3) -> TorchRoundResult:
-  """Builds the PEFT model, runs one untimed warm-up round, then `repeats` timed rounds."""
+                num_threads: int, learning_rate: float = 1e-3, device: str = "cpu",
+                random_base: bool = False) -> TorchRoundResult:
+  """Builds the PEFT model, runs one untimed warm-up round, then `repeats` timed rounds (each
+  round ends with a host read of every loss, so GPU work is finished when it is timed)."""
   torch = _torch()
   t0 = time.perf_counter()
-  pm, global_sd = build_peft_model(model, lora_tree, lora_config, num_threads=num_threads)
+  pm, global_sd = build_peft_model(model, lora_tree, lora_config, num_threads=num_threads,
+                                   device=device, random_base=random_base)
   setup = time.perf_counter() - t0
   from fedlora_jax.benchmarks.machine import PeakRSS
   with PeakRSS() as mem:
@@ -109,6 +127,8 @@ def time_rounds(model, lora_tree, lora_config, batches, num_samples, *, repeats:
     for _ in range(repeats):
       t = time.perf_counter()
       _, losses = run_round(pm, global_sd, batches, num_samples, learning_rate=learning_rate)
+      if device.startswith("cuda"):
+        torch.cuda.synchronize()  # the adapter average is still queued
       times.append(time.perf_counter() - t)
   return TorchRoundResult(round_s=times, losses=losses, num_threads=torch.get_num_threads(),
                           setup_s=setup, host_peak_rss_growth_bytes=mem.growth)

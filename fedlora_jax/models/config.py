@@ -11,9 +11,16 @@ import json
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# "none": no remat; "full": recompute the whole layer; "save_base_matmuls": keep the frozen
+# projections' outputs, recompute the rest; "save_named": keep q/k/v after RoPE, the attention
+# output and the MLP hidden state (names in `transformer.SAVED_NAMES`).
+REMAT_POLICIES = ("none", "full", "save_base_matmuls", "save_named")
+_CHOICES = {"attention_impl": ("xla", "cudnn"), "remat_policy": REMAT_POLICIES,
+            "fuse_lora": ("on", "off")}
 
 
 class ConfigError(ValueError):
@@ -52,7 +59,10 @@ class ModelConfig:
   eos_token_id: int | None = None
   param_dtype: str = "bfloat16"  # base weights; LoRA weights are always float32
   dtype: str = "bfloat16"  # activations / matmul inputs
-  remat: bool = False  # gradient checkpointing of each decoder layer
+  # Speed options; "auto" picks per `jax.default_backend()` (see `resolved`).
+  attention_impl: str = "auto"  # "xla" | "cudnn" (fused, bf16/fp16 on GPUs) | "auto"
+  remat_policy: str = "auto"  # gradient checkpointing per layer: one of REMAT_POLICIES | "auto"
+  fuse_lora: str = "auto"  # "on": one LoRA-A matmul for q/k/v and one for gate/up | "off" | "auto"
 
   def __post_init__(self):
     if self.model_type not in ("qwen3", "llama"):
@@ -64,6 +74,26 @@ class ModelConfig:
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ConfigError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
+    for name, allowed in _CHOICES.items():
+      if getattr(self, name) not in allowed + ("auto",):
+        raise ConfigError(f"{name} must be one of {allowed + ('auto',)}, "
+                          f"got {getattr(self, name)!r}")
+
+  def resolved(self, backend: str | None = None) -> "ModelConfig":
+    """This config with every "auto" replaced by the choice for `backend` (default: JAX's).
+
+    GPU: cuDNN fused attention for bf16/fp16, full remat (memory for many clients), fused
+    LoRA-A (fewer small kernels). CPU/TPU: XLA attention, no remat, separate LoRA-A matmuls
+    (fusing them measured no gain on CPU: benchmark.py --sections=ablation).
+    """
+    backend = backend or jax.default_backend()
+    gpu = backend in ("gpu", "cuda", "rocm")
+    auto = {
+        "attention_impl": "cudnn" if gpu and self.dtype in ("bfloat16", "float16") else "xla",
+        "remat_policy": "full" if gpu else "none",
+        "fuse_lora": "on" if gpu else "off",
+    }
+    return self.replace(**{k: v for k, v in auto.items() if getattr(self, k) == "auto"})
 
   @property
   def qk_norm(self) -> bool:

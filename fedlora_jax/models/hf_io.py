@@ -55,7 +55,8 @@ def _tensor_files(model_dir: str) -> dict[str, str]:
 def load_hf_checkpoint(model_dir: str | os.PathLike, **config_overrides: Any) -> CausalLM:
   """Builds a `CausalLM` from a local HF directory (config.json + safetensors).
 
-  `config_overrides` replace `ModelConfig` fields (e.g. param_dtype="float32", remat=True).
+  `config_overrides` replace `ModelConfig` fields (e.g. param_dtype="float32",
+  remat_policy="full").
   Raises `CheckpointError` naming any missing, unexpected or mis-shaped tensor.
   """
   model_dir = os.fspath(model_dir)

@@ -19,6 +19,7 @@ base weights for export or fast inference.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -26,9 +27,11 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from fedlora_jax.models.partitioning import LogicalAxes, param
 
+BASE_MATMUL = "base_matmul"  # checkpoint name of every frozen projection's output
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -94,23 +97,49 @@ class Linear(nnx.Module):
   def __call__(self, x_bti: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
     """x: [..., in] -> [..., out]."""
     x = x_bti.astype(self.dtype)
-    y = jnp.einsum("...i,oi->...o", x, self.weight[...].astype(self.dtype))
-    if self.bias is not None:
-      y = y + self.bias[...].astype(self.dtype)
+    y = self.base(x)
     if self.lora_A is not None:
       if dropout_rng is not None and self.lora_dropout > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - self.lora_dropout, x.shape)
         x = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(x.dtype)
-      a = self.lora_A[...].astype(self.dtype)
-      b = self.lora_B[...].astype(self.dtype)
-      y = y + self.lora_scaling * jnp.einsum("...r,or->...o", jnp.einsum("...i,ri->...r", x, a), b)
+      y = y + self.lora_up(jnp.einsum("...i,ri->...r", x, self.lora_A[...].astype(self.dtype)))
     return y
+
+  def base(self, x: jax.Array) -> jax.Array:
+    """The frozen projection x W^T (+ b), [..., in] -> [..., out], named BASE_MATMUL for remat."""
+    y = jnp.einsum("...i,oi->...o", x.astype(self.dtype), self.weight[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return checkpoint_name(y, BASE_MATMUL)
+
+  def lora_up(self, xa: jax.Array) -> jax.Array:
+    """scaling * (x A^T) B^T from x A^T [..., r] -> [..., out]."""
+    b_or = self.lora_B[...].astype(self.dtype)
+    return self.lora_scaling * jnp.einsum("...r,or->...o", xa, b_or)
 
   def delta_weight(self) -> jax.Array:
     """scaling * B A, [out, in] float32 (zeros without LoRA)."""
     if self.lora_A is None:
       return jnp.zeros((self.out_features, self.in_features), jnp.float32)
     return self.lora_scaling * (self.lora_B[...] @ self.lora_A[...])
+
+
+def projections(linears: Sequence[Linear], x_bti: jax.Array,
+                rngs: Sequence[jax.Array | None], *, fuse: bool) -> list[jax.Array]:
+  """The outputs of several projections of the same input x [..., in] (q/k/v, or gate/up).
+
+  With `fuse`, when all of them carry LoRA without dropout, their A matrices run as one
+  concatenated matmul x [A_1; A_2; ...]^T ([..., r_1 + r_2 + ...]) instead of one small matmul
+  each; the result equals calling each projection (with its dropout key in `rngs`) on its own.
+  """
+  if not fuse or any(lin.lora_A is None or lin.lora_dropout > 0.0 for lin in linears):
+    return [lin(x_bti, rng) for lin, rng in zip(linears, rngs)]
+  x = x_bti.astype(linears[0].dtype)
+  a_ri = jnp.concatenate([lin.lora_A[...] for lin in linears], axis=0).astype(x.dtype)
+  xa = jnp.einsum("...i,ri->...r", x, a_ri)
+  ends = list(itertools.accumulate(lin.lora_A.shape[0] for lin in linears))
+  return [lin.base(x) + lin.lora_up(xa[..., end - lin.lora_A.shape[0]:end])
+          for lin, end in zip(linears, ends)]
 
 
 def iter_linears(model: nnx.Module):

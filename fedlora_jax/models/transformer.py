@@ -13,6 +13,7 @@ from flax import nnx
 from fedlora_jax.models.attention import Attention
 from fedlora_jax.models.config import ModelConfig
 from fedlora_jax.models.layers import Embed, RMSNorm, rope_cos_sin, rope_inv_freq
+from fedlora_jax.models.lora import BASE_MATMUL
 from fedlora_jax.models.mlp import MLP
 from fedlora_jax.models.partitioning import param
 
@@ -37,7 +38,15 @@ def _layer_forward(layer: DecoderLayer, x, cos, sin, mask, rng):
   return layer(x, cos, sin, mask, rng)
 
 
-_remat_layer_forward = nnx.remat(_layer_forward)
+# Activations the "save_named" policy keeps (`checkpoint_name`s in attention.py and mlp.py).
+SAVED_NAMES = ("qkv", "attention_out", "mlp_hidden")
+_save = jax.checkpoint_policies.save_only_these_names
+LAYER_FORWARD = {
+    "none": _layer_forward,
+    "full": nnx.remat(_layer_forward),
+    "save_base_matmuls": nnx.remat(_layer_forward, policy=_save(BASE_MATMUL)),
+    "save_named": nnx.remat(_layer_forward, policy=_save(*SAVED_NAMES)),
+}
 
 
 class DecoderModel(nnx.Module):
@@ -63,7 +72,7 @@ class DecoderModel(nnx.Module):
     inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     cos_bth, sin_bth = rope_cos_sin(positions_bt, inv_freq)
     x_btd = self.embed_tokens(input_ids_bt).astype(cfg.jnp_dtype)
-    forward = _remat_layer_forward if cfg.remat else _layer_forward
+    forward = LAYER_FORWARD[cfg.remat_policy]
     for i, layer in enumerate(self.layers):
       rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
       x_btd = forward(layer, x_btd, cos_bth, sin_bth, attention_mask_bt, rng)
@@ -74,6 +83,7 @@ class CausalLM(nnx.Module):
   """Qwen3ForCausalLM / LlamaForCausalLM: `model` plus an (optionally tied) `lm_head`."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    cfg = cfg.resolved()  # "auto" speed options -> this backend's choice
     self.cfg = cfg
     self.model = DecoderModel(cfg, rngs=rngs)
     if cfg.tie_word_embeddings:

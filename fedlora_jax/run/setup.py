@@ -153,7 +153,9 @@ def load_model(cfg) -> tuple[models.CausalLM, Tokenizer, str]:
   """(model with LoRA attached, tokenizer, base directory)."""
   base_dir = base_model_dir(cfg)
   model = models.load_hf_checkpoint(base_dir, param_dtype=cfg.model.param_dtype,
-                                    dtype=cfg.model.dtype, remat=cfg.model.remat)
+                                    dtype=cfg.model.dtype, remat_policy=cfg.model.remat_policy,
+                                    attention_impl=cfg.model.attention_impl,
+                                    fuse_lora=cfg.model.fuse_lora)
   models.add_lora(model, lora_config(cfg), rngs=nnx.Rngs(lora=cfg.seed))
   return model, D.load_hf_tokenizer(base_dir), base_dir
 

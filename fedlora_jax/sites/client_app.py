@@ -11,8 +11,9 @@ import os
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedlora_jax.compile_cache import enable_compilation_cache
 from fedlora_jax.sites import job
-from fedlora_jax.sites.hospital import Hospital, enable_compilation_cache
+from fedlora_jax.sites.hospital import Hospital
 from fedlora_jax.sites.messages import from_records, payload_bytes, to_records
 from fedlora_jax.sites.node_config import NodeConfig
 

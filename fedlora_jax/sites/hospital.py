@@ -34,13 +34,6 @@ PyTree = Any
 _COMMITTED = re.compile(r"committed_(\d+)\.npz")
 
 
-def enable_compilation_cache(directory: str) -> None:
-  """JAX's persistent compilation cache in `directory`: a fresh process skips recompiling."""
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 class Hospital:
   """The node's engine for one job config (built once per process)."""
 
