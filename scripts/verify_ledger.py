@@ -5,6 +5,7 @@ and the trust anchors given (what the run published, the operator's registry, ho
       [--server_public_key=HEX] [--genesis_hash=HEX] [--registry=registry.jsonl] \
       [--receipts=runs/demo/receipts] [--backend=auto]
 
+A ledger of a differentially private run also prints the privacy its last round block records.
 Without anchors a ledger is only shown self-consistent (anyone can build one with fresh keys).
 Exit status: 0 valid; 1 invalid, with one line naming the first problem (bad block, mismatched
 anchor, omitted or contradicted receipt), or a torn trailing line (an interrupted append: the
@@ -49,6 +50,11 @@ def main(argv: list[str]) -> int:
     return 1
   print(f"OK: {result.num_blocks} blocks verified"
         + (f", {result.receipts} receipts in the ledger" if _RECEIPTS.value else ""))
+  p = result.privacy
+  if p is not None:
+    print(f"privacy spent: epsilon {p['epsilon']:.4g} at delta {p['delta']:.3g} per {p['unit']} "
+          f"({p['accountant']} accountant, noise multiplier {p['noise_multiplier']:.4g}, clip "
+          f"{p['clip']:.4g})")
   return 0
 
 

@@ -268,13 +268,16 @@ class Ledger:
     return RoundVerdict(round, atts, outcomes, accepted, rejected, receipts, weighting)
 
   def append_round(self, round: int, verdict: RoundVerdict, global_digest: bytes,
-                   algorithm: str, residual_digest: bytes | None = None) -> dict[str, Any]:
+                   algorithm: str, residual_digest: bytes | None = None,
+                   privacy: dict[str, Any] | None = None) -> dict[str, Any]:
     """Appends the block of `round` from the `verify_round` verdict of this round and head.
 
     The server signs the block body: participants with their signed counts and the weights
     derived from them, rejections, `global_digest` (the new global adapter) and, for algorithms
     that change the base (FedEx-LoRA), `residual_digest`. A round with no accepted client is
-    recorded too (aggregate signature null).
+    recorded too (aggregate signature null). `privacy` (DP runs): the epsilon spent so far,
+    {unit, epsilon, delta, noise_multiplier, clip, accountant} (`block.PRIVACY_KEYS`); a
+    malformed or decreasing one raises BlockError before anything is written.
     """
     round = self._check_next_round(round)
     round_, head, verified = self._verified or (None, None, set())
@@ -311,6 +314,7 @@ class Ledger:
         "global_digest": global_digest.hex(),
         "residual_digest": None if residual_digest is None else residual_digest.hex(),
         "rejected": [r._asdict() for r in rejected],
+        "privacy": None if privacy is None else dict(privacy),
     })
     self._verified = None
     return block

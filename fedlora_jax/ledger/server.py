@@ -98,9 +98,11 @@ class LedgerServer:
                                     weighting=self.weighting)
 
   def record(self, round: int, verdict: RoundVerdict, global_digest: bytes, algorithm: str,
-             residual_digest: bytes | None = None) -> dict[str, Any]:
-    """Appends the round's block; returns it."""
-    return self.ledger.append_round(round, verdict, global_digest, algorithm, residual_digest)
+             residual_digest: bytes | None = None,
+             privacy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Appends the round's block (with the privacy spent so far, DP runs); returns it."""
+    return self.ledger.append_round(round, verdict, global_digest, algorithm, residual_digest,
+                                    privacy)
 
   def recorded_block(self, round: int) -> dict[str, Any] | None:
     """The block of `round` when it is already in the ledger (resume after a crash)."""

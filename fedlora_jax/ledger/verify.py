@@ -23,7 +23,8 @@ from fedlora_jax.ledger.signer import load_receipts
 
 class VerifyResult(NamedTuple):
   """`ok`; else the index of the first bad block and why. `torn_tail`: a crash fragment follows
-  the `num_blocks` complete blocks (not part of the ledger). `receipts`: receipts checked."""
+  the `num_blocks` complete blocks (not part of the ledger). `receipts`: receipts checked.
+  `privacy`: the last round block's privacy field (the epsilon spent by the whole run), or None."""
 
   ok: bool
   first_bad_block: int | None
@@ -31,6 +32,7 @@ class VerifyResult(NamedTuple):
   num_blocks: int
   torn_tail: bool
   receipts: int = 0
+  privacy: dict[str, Any] | None = None
 
 
 def verify_ledger(path: str | os.PathLike[str], backend: Backend | str | None = None, *,
@@ -60,7 +62,9 @@ def verify_ledger(path: str | os.PathLike[str], backend: Backend | str | None = 
   if problem is not None:
     return VerifyResult(False, problem[0], problem[1], len(lines), bool(torn))
   checked = sum(r.ledger_id == state.ledger_id for _, r in answers)
-  return VerifyResult(True, None, "ok", len(lines), bool(torn), checked)
+  rounds = [b for b in state.blocks if b["kind"] == "round"]
+  return VerifyResult(True, None, "ok", len(lines), bool(torn), checked,
+                      rounds[-1]["privacy"] if rounds else None)
 
 
 def _anchor_problem(state: ChainState, server_pk: bytes | str | None, genesis_hash: str | None,
