@@ -8,8 +8,8 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
                                                                 # 8 CPU devices (subprocess)
   python scripts/benchmark.py --sections=dp --skip_torch        # a round with vs without DP-SGD
 
-A run of only the memory section updates its own key of --out_json and its own heading of
---out_md, leaving the other sections' figures as they are.
+A run of only the memory (or only the dp) section updates its own key of --out_json and its own
+heading of --out_md, leaving the other sections' figures as they are.
 
 Writes every figure to --out_json and a summary table to --out_md.
 """
@@ -74,21 +74,21 @@ def _ints(xs):
   return [int(x) for x in xs]
 
 
-def _update_memory_only(memory: dict) -> None:
-  """Writes the memory figures into the existing --out_json and --out_md, nothing else."""
+def _update_section_only(key: str, figures: dict, heading: str, lines: list[str]) -> None:
+  """Writes one section's figures into the existing --out_json and --out_md, nothing else."""
   from fedlora_jax.benchmarks import report
   old = {}
   if os.path.exists(_OUT_JSON.value):
     with open(_OUT_JSON.value) as f:
       old = json.load(f)
-  old["memory"] = memory
+  old[key] = figures
   with open(_OUT_JSON.value, "w") as f:
     json.dump(old, f, indent=1, default=str)
   if _OUT_MD.value:
     text = open(_OUT_MD.value).read() if os.path.exists(_OUT_MD.value) else "# Benchmarks\n"
     with open(_OUT_MD.value, "w") as f:
-      f.write(report.splice_section(text, report.MEMORY_HEADING, report.memory_lines(memory)))
-  print(f"wrote the memory section of {_OUT_JSON.value} and {_OUT_MD.value}", flush=True)
+      f.write(report.splice_section(text, heading, lines))
+  print(f"wrote the {key} section of {_OUT_JSON.value} and {_OUT_MD.value}", flush=True)
 
 
 def main(argv):
@@ -142,6 +142,12 @@ def main(argv):
     res["dp"] = suite.dp_section(_PRESET.value, RoundShape(
         _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
         _CHUNK.value, log)
+    if sections == {"dp"}:  # a dp-only run replaces its own section, keeping the others
+      res["dp"].update(date=res["date"], command=res["command"],
+                       load_average_at_start=res["machine"]["load_average_at_start"],
+                       load_average_at_end=os.getloadavg())
+      _update_section_only("dp", res["dp"], report.DP_HEADING, report.dp_lines(res["dp"]))
+      return
   if "scaling" in sections:
     log("scaling ...")
     k, b, s = _ints(_SCALE_SHAPE.value)
@@ -171,7 +177,8 @@ def main(argv):
     if sections == {"memory"}:
       res["memory"].update(date=res["date"], command=res["command"],
                            load_average_at_end=os.getloadavg())
-      _update_memory_only(res["memory"])
+      _update_section_only("memory", res["memory"], report.MEMORY_HEADING,
+                           report.memory_lines(res["memory"]))
       return
   res["host_max_rss_bytes"] = machine.max_rss_bytes()
   res["load_average_at_end"] = os.getloadavg()
