@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from fedlora_jax.privacy.accounting import ClientAccountant, ExampleAccountant
@@ -42,7 +43,8 @@ class PrivacyMeter:
     adaptive = server_state.get("privacy") if isinstance(server_state, dict) else None
     if adaptive is None:
       return float(self.clip_norm)
-    return float(np.asarray(adaptive["clip_norm"].addressable_data(0)))
+    clip = adaptive["clip_norm"]
+    return float(np.asarray(clip.addressable_data(0) if isinstance(clip, jax.Array) else clip))
 
   def after_round(self, clients: Sequence[str], clip_norm: float | None = None) -> dict[str, Any]:
     """Counts a finished round of `clients` (names); the record's "privacy" entry."""
