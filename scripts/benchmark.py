@@ -12,7 +12,7 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
   nice python scripts/benchmark.py --sections=compile            # qwen3-8b round compile time
   python scripts/benchmark.py --sections=ablation --repeats=5   # each speed option on vs off
 
-A run of only the memory (or the deploy) section updates its own key of --out_json and its own
+A run of only the memory, the dp or the deploy section updates its own key of --out_json and its own
 heading of --out_md, leaving the other sections' figures as they are.
 
 Writes every figure to --out_json and a summary table to --out_md.
@@ -84,12 +84,10 @@ _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS before 
 _OUT_JSON = flags.DEFINE_string("out_json", "benchmarks.json", "Where to write all figures.")
 _OUT_MD = flags.DEFINE_string("out_md", "BENCHMARKS.md", "Markdown summary ('' to skip).")
 _NOTES = flags.DEFINE_multi_string("note", [], "A note recorded in the JSON and the markdown.")
-# --- deploy section (sites, issue 12) ---
 _DEPLOY_SET = flags.DEFINE_multi_string("deploy_set", [], "key=value overrides of "
                                         "configs/default.py for the deploy section's job.")
 _DEPLOY_DIR = flags.DEFINE_string("deploy_workdir", "runs/benchmark_deploy",
                                   "Where the deploy section's two runs write (must not exist).")
-# --- end deploy section flags ---
 _FROM_JSON = flags.DEFINE_string("from_json", None,
                                  "Only rewrite --out_md from this JSON (plus any --note).")
 
@@ -98,29 +96,27 @@ def _ints(xs):
   return [int(x) for x in xs]
 
 
-def _update_memory_only(memory: dict) -> None:
-  """Writes the memory figures into the existing --out_json and --out_md, nothing else."""
+def _update_section_only(key: str, figures: dict, heading: str, lines: list[str]) -> None:
+  """Writes one section's figures into the existing --out_json and --out_md, nothing else."""
   from fedlora_jax.benchmarks import report
   old = {}
   if os.path.exists(_OUT_JSON.value):
     with open(_OUT_JSON.value) as f:
       old = json.load(f)
-  old["memory"] = memory
+  old[key] = figures
   with open(_OUT_JSON.value, "w") as f:
     json.dump(old, f, indent=1, default=str)
   if _OUT_MD.value:
     text = open(_OUT_MD.value).read() if os.path.exists(_OUT_MD.value) else "# Benchmarks\n"
     with open(_OUT_MD.value, "w") as f:
-      f.write(report.splice_section(text, report.MEMORY_HEADING, report.memory_lines(memory)))
-  print(f"wrote the memory section of {_OUT_JSON.value} and {_OUT_MD.value}", flush=True)
+      f.write(report.splice_section(text, heading, lines))
+  print(f"wrote the {key} section of {_OUT_JSON.value} and {_OUT_MD.value}", flush=True)
 
 
-# --- deploy section (sites, issue 12) ---
 def _deploy_only() -> None:
   """Runs the deploy section alone; writes its key of --out_json and its heading of --out_md."""
   import ast
 
-  from fedlora_jax.benchmarks import report
   from fedlora_jax.run.configs import load_config_file
   from fedlora_jax.sites import bench
   cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "default.py"))
@@ -139,20 +135,13 @@ def _deploy_only() -> None:
              command=" ".join(["python scripts/benchmark.py"] + sys.argv[1:]),
              job="configs/default.py" + "".join(f" {x}" for x in _DEPLOY_SET.value),
              load_average_at_end=os.getloadavg())
-  old = json.load(open(_OUT_JSON.value)) if os.path.exists(_OUT_JSON.value) else {}
-  with open(_OUT_JSON.value, "w") as f:
-    json.dump({**old, "deploy": res}, f, indent=1, default=str)
-  if _OUT_MD.value:
-    text = open(_OUT_MD.value).read() if os.path.exists(_OUT_MD.value) else "# Benchmarks\n"
-    with open(_OUT_MD.value, "w") as f:
-      f.write(report.splice_section(text, bench.DEPLOY_HEADING, bench.deploy_lines(res)))
   print("\n".join(bench.deploy_lines(res)), flush=True)
-# --- end deploy section ---
+  _update_section_only("deploy", res, bench.DEPLOY_HEADING, bench.deploy_lines(res))
 
 
 def main(argv):
   del argv
-  if set(_SECTIONS.value) == {"deploy"}:  # deploy section (sites, issue 12): runs alone
+  if set(_SECTIONS.value) == {"deploy"}:  # runs alone (two whole jobs)
     return _deploy_only()
   if _FROM_JSON.value:
     from fedlora_jax.benchmarks import report
@@ -214,6 +203,12 @@ def main(argv):
     res["dp"] = suite.dp_section(_PRESET.value, RoundShape(
         _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
         _CHUNK.value, log)
+    if sections == {"dp"}:  # a dp-only run replaces its own section, keeping the others
+      res["dp"].update(date=res["date"], command=res["command"],
+                       load_average_at_start=res["machine"]["load_average_at_start"],
+                       load_average_at_end=os.getloadavg())
+      _update_section_only("dp", res["dp"], report.DP_HEADING, report.dp_lines(res["dp"]))
+      return
   if "scaling" in sections:
     log("scaling ...")
     k, b, s = _ints(_SCALE_SHAPE.value)
@@ -257,7 +252,8 @@ def main(argv):
     if sections == {"memory"}:
       res["memory"].update(date=res["date"], command=res["command"],
                            load_average_at_end=os.getloadavg())
-      _update_memory_only(res["memory"])
+      _update_section_only("memory", res["memory"], report.MEMORY_HEADING,
+                           report.memory_lines(res["memory"]))
       return
   res["host_max_rss_bytes"] = machine.max_rss_bytes()
   res["load_average_at_end"] = os.getloadavg()

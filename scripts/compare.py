@@ -6,6 +6,7 @@ intervals for the gaps).
         [--variants=local,fedavg,fedprox,fedsa_lora,ffa_lora,fedex_lora,scaffold,centralized] \
         [--config.fed.rounds=15 ...]
     python scripts/compare.py --table=attack --root=runs/compare   # robust rules under attack
+        [--rules=mean,median --attacks=none,gaussian]                # a part of the grid
     python scripts/compare.py --table=privacy --root=runs/compare  # DP-SGD at epsilon 1, 3, 8
 """
 
@@ -25,6 +26,9 @@ _DRAWS = flags.DEFINE_integer("bootstrap_draws", 2000, "Paired bootstrap resampl
 _TABLE = flags.DEFINE_enum("table", "methods", ["methods", "attack", "privacy"],
                            "methods: the comparison above; attack / privacy: robustness under "
                            "attack and the privacy-utility table.")
+_RULES = flags.DEFINE_list("rules", None, "--table=attack: the aggregation rules (default: all).")
+_ATTACKS = flags.DEFINE_list("attacks", None, "--table=attack: the attacks, 'none' for clean "
+                             "(default: all).")
 
 
 def main(argv: list[str]) -> int:
@@ -33,8 +37,10 @@ def main(argv: list[str]) -> int:
   from fedlora_jax.run.cli import run_cli
   from fedlora_jax.run.compare import VARIANTS, compare
   if _TABLE.value != "methods":
-    from fedlora_jax.run.safeguard_tables import safeguard_table
-    return run_cli(lambda: print(safeguard_table(_CONFIG.value, _TABLE.value, _ROOT.value)))
+    from fedlora_jax.run.safeguard_tables import ATTACKS, RULES, safeguard_table
+    grid = {"rules": _RULES.value or RULES, "attacks": _ATTACKS.value or ATTACKS}
+    return run_cli(lambda: print(safeguard_table(_CONFIG.value, _TABLE.value, _ROOT.value,
+                                                 **grid)))
   unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")

@@ -5,6 +5,7 @@ and the trust anchors given (what the run published, the operator's registry, ho
       [--server_public_key=HEX] [--genesis_hash=HEX] [--registry=registry.jsonl] \
       [--receipts=runs/demo/receipts] [--backend=auto]
 
+A ledger of a differentially private run also prints the privacy its last round block records.
 Without anchors a ledger is only shown self-consistent (anyone can build one with fresh keys).
 Prints the sampled hospitals that did not reply, one line per round and hospital.
 Exit status: 0 valid; 1 invalid, with one line naming the first problem (bad block, mismatched
@@ -52,6 +53,11 @@ def main(argv: list[str]) -> int:
         + (f", {result.receipts} receipts in the ledger" if _RECEIPTS.value else ""))
   for round_no, name, reason in result.missing:
     print(f"round {round_no}: {name} missing ({reason})")
+  p = result.privacy
+  if p is not None:
+    print(f"privacy spent: epsilon {p['epsilon']:.4g} at delta {p['delta']:.3g} per {p['unit']} "
+          f"({p['accountant']} accountant, noise multiplier {p['noise_multiplier']:.4g}, clip "
+          f"{p['clip']:.4g})")
   return 0
 
 

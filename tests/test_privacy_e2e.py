@@ -1,6 +1,6 @@
 """End to end with patient-level DP-SGD: every round's metrics record each hospital's epsilon
-(equal to the accountant's value for its rounds), and a budget stops the run after
-checkpointing the last round within it."""
+(equal to the accountant's value for its rounds) and the round's ledger block the largest of
+them, and a budget stops the run after checkpointing the last round within it."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from fedlora_jax.ledger import verify_ledger
 from fedlora_jax.privacy import accounting as A
 from fedlora_jax.run import experiment
 from tests.run_fixtures import tiny_config
@@ -25,11 +26,25 @@ def _records(workdir):
 def test_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path):
   cache = str(tmp_path / "cache")
   run1 = str(tmp_path / "run1")
-  experiment.run(tiny_config(run1, cache, **DP))
+  experiment.run(tiny_config(run1, cache, **{**DP, "ledger.enabled": True}))
   recs = [r for r in _records(run1) if r["round"] > 0]
   assert [r["round"] for r in recs] == [1, 2]
   eps1, eps2 = recs[0]["privacy"]["epsilon"], recs[1]["privacy"]["epsilon"]
   assert set(eps1) == set(recs[0]["clients"]) and all(eps2[h] > eps1[h] > 0 for h in eps1)
+  # Each round's block records the largest epsilon so far, as metrics.jsonl does.
+  ledger = os.path.join(run1, "ledger.jsonl")
+  with open(ledger) as f:
+    lines = f.readlines()
+  spent = [json.loads(line)["privacy"] for line in lines[1:]]
+  assert spent == [{"unit": "example", "epsilon": max(r["privacy"]["epsilon"].values()),
+                    "delta": 1e-5, "noise_multiplier": 1.0, "clip": 1.0, "accountant": "pld"}
+                   for r in recs]
+  assert 0 < spent[0]["epsilon"] < spent[1]["epsilon"]
+  assert verify_ledger(ledger).privacy == spent[1]
+  with open(ledger, "w") as f:  # a tampered epsilon fails verification at its block
+    f.writelines(lines[:2] + [lines[2].replace(repr(spent[1]["epsilon"]),
+                                               repr(spent[1]["epsilon"] / 2))])
+  assert verify_ledger(ledger)[:2] == (False, 2)
   # Hospital sizes from the run itself; the accountant called directly agrees.
   h = recs[0]["clients"][0]
   sizes = json.load(open(os.path.join(run1, "summary.json")))["clients"]

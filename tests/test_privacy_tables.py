@@ -39,3 +39,12 @@ def test_tables_from_summaries():
   assert "| eps 1 | 2.500 | 0.98 | 30.0 | 20.0 | 25.0 |" in table
   with pytest.raises(ValueError, match="unknown table"):
     safeguard_table(load_config_file(DEFAULT), "speed", "/tmp/x")
+
+
+def test_a_part_of_the_attack_grid():
+  base = load_config_file(DEFAULT)
+  att = attack_configs(base, "/r", rules=("mean", "krum"), attacks=("none", "gaussian"))
+  assert list(att) == [("mean", "none"), ("mean", "gaussian"), ("krum", "none"),
+                       ("krum", "gaussian")]
+  with pytest.raises(ValueError, match=r"unknown rules or attacks \['bulyan', 'flood'\]"):
+    attack_configs(base, "/r", rules=("mean", "bulyan"), attacks=("flood",))

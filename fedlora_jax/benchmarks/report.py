@@ -26,19 +26,8 @@ def markdown(res: dict[str, Any]) -> str:
               + (f"; PyTorch: {res['torch_matmul_peak']['peak_flops'] / 1e9:.0f} GFLOP/s "
                  f"({res['torch_matmul_peak']['num_threads']} threads)"
                  if res.get("torch_matmul_peak") else "") + ".", ""]
-  dp = res.get("dp")
-  if dp:
-    s = dp["shape"]
-    lines += ["## Example-level DP-SGD: a round with vs without", "",
-              f"`{dp['preset']}`, C={s['clients']} x K={s['local_steps']} x B={s['batch']} x "
-              f"S={s['seq']}, r={s['rank']}, the same batches; DP-SGD with z = 1, C = 1 "
-              "(per-example gradients by vmap, clipping, Gaussian noise).", "",
-              "| variant | s/round (median) | tokens/s | compile s |", "|---|---|---|---|"]
-    for name in ("no_dp", "dp_sgd"):
-      d = dp[name]
-      lines.append(f"| {name} | {d['median_s']:.3f} | {d['tokens_per_s']:.0f} | "
-                   f"{d['compile_s']:.1f} |")
-    lines += ["", f"DP-SGD throughput / plain: **{dp['dp_over_no_dp_tokens_per_s']:.2f}**", ""]
+  if res.get("dp"):
+    lines += dp_lines(res["dp"])
   r = res.get("round")
   if r:
     s = r["shape"]
@@ -143,6 +132,32 @@ def markdown(res: dict[str, Any]) -> str:
   if res.get("notes"):
     lines += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
   return "\n".join(lines)
+
+
+DP_HEADING = "## Example-level DP-SGD: a round with vs without"
+
+
+def dp_lines(dp: dict[str, Any]) -> list[str]:
+  """The DP section: a round's tokens/s with and without DP-SGD, measured in one invocation
+  (a dp-only run also records its date, command and load average)."""
+  s = dp["shape"]
+  lines = [DP_HEADING, ""]
+  if "date" in dp:
+    lines += [f"Measured on {dp['date']} (command: `{dp['command']}`); load average at start "
+              f"{', '.join(f'{x:.2f}' for x in dp['load_average_at_start'])}, at end "
+              f"{', '.join(f'{x:.2f}' for x in dp['load_average_at_end'])}: both variants run "
+              "in the same process, so their ratio is the figure to read on a shared machine.",
+              ""]
+  lines += [f"`{dp['preset']}`, C={s['clients']} x K={s['local_steps']} x B={s['batch']} x "
+            f"S={s['seq']}, r={s['rank']}, the same batches; DP-SGD with z = 1, C = 1 "
+            "(per-example gradients by vmap, clipping, Gaussian noise).", "",
+            "| variant | s/round (median) | tokens/s | compile s |", "|---|---|---|---|"]
+  for name in ("no_dp", "dp_sgd"):
+    d = dp[name]
+    lines.append(f"| {name} | {d['median_s']:.3f} | {d['tokens_per_s']:.0f} | "
+                 f"{d['compile_s']:.1f} |")
+  lines += ["", f"DP-SGD throughput / plain: **{dp['dp_over_no_dp_tokens_per_s']:.2f}**", ""]
+  return lines
 
 
 MEMORY_HEADING = "## Memory: clients x model mesh (compiled, per device)"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 GENESIS_PREV_HASH = "00" * 32
-FORMAT_VERSION = 3  # 3: round blocks record sampled clients that did not reply (`missing`)
+FORMAT_VERSION = 3  # 3: round blocks record missing clients (`missing`) and DP spent (`privacy`)
 REJECT_REASONS = ("unregistered", "bad_signature", "replay", "digest_mismatch", "duplicate_client",
                   "over_cap")
 # why a sampled client is recorded as missing: no node of it connected, its node stopped reporting
@@ -23,6 +23,9 @@ REJECT_REASONS = ("unregistered", "bad_signature", "replay", "digest_mismatch", 
 MISSING_REASONS = ("not_connected", "unavailable", "timeout", "node_error", "malformed_reply")
 WEIGHTINGS = ("num_samples", "uniform")  # how a round's aggregation weights follow from the counts
 NONCE_LEN = 32
+# A round block's `privacy` field (null without DP): the differential privacy spent so far.
+PRIVACY_KEYS = {"unit", "epsilon", "delta", "noise_multiplier", "clip", "accountant"}
+PRIVACY_UNITS = ("example", "client")  # what one neighbouring dataset adds or removes
 
 
 def ledger_id_of(label: str, nonce: str) -> str:

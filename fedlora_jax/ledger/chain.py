@@ -1,22 +1,24 @@
 """Chain verification: replays blocks one by one, checking everything a block claims.
 
 For each block: canonical JSON, its hash, the link to the previous block, its schema, the server
-signature over its body, every proof of possession (genesis/register blocks), and the aggregate
-signature of a round's participants over their reconstructed attestation messages.
+signature over its body, every proof of possession (genesis/register blocks), the aggregate
+signature of a round's participants over their reconstructed attestation messages, and a round's
+`privacy` field (null, or the epsilon spent so far: it never decreases along the chain).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from fedlora_jax.ledger.attestation import (
     Registration, attestation_hash, attestation_message, server_message,
 )
 from fedlora_jax.ledger.block import (
-    FORMAT_VERSION, GENESIS_PREV_HASH, MISSING_REASONS, NONCE_LEN, REJECT_REASONS, WEIGHTINGS,
-    block_hash, body_hash, canonical_json, weights_of,
+    FORMAT_VERSION, GENESIS_PREV_HASH, MISSING_REASONS, NONCE_LEN, PRIVACY_KEYS, PRIVACY_UNITS,
+    REJECT_REASONS, WEIGHTINGS, block_hash, body_hash, canonical_json, weights_of,
 )
 from fedlora_jax.ledger.bls import Backend
 from fedlora_jax.ledger.errors import BlockError
@@ -28,7 +30,7 @@ KEYS = {
     "register": _COMMON | {"registrations"},
     "round": _COMMON | {
         "round", "algorithm", "participants", "aggregate_signature", "global_digest", "rejected",
-        "weighting", "residual_digest",
+        "weighting", "residual_digest", "privacy",
         "missing",  # sampled clients that did not reply: [{"client_id", "reason"}]
     },
 }
@@ -207,6 +209,7 @@ def _round(index: int, block: dict[str, Any], state: ChainState, backend: Backen
     if check_sigs:
       _check(index, backend.aggregate_verify(pks, messages, bytes.fromhex(agg)),
              "aggregate signature of the participants does not verify")
+  _privacy(index, block["privacy"], state)
   if check_sigs:
     _check_server_signature(index, block, state.ledger_id, state.server, backend)
   state.last_round = r
@@ -224,6 +227,35 @@ def _check_missing(index: int, entries: Any, state: ChainState, participants: se
            f"missing client {client.name!r} is also a participant or listed twice")
     _check(index, m["reason"] in MISSING_REASONS, f"unknown missing reason {m['reason']!r}")
     listed.add(client.id)
+
+
+def _is_number(value: Any) -> bool:
+  return type(value) in (int, float) and math.isfinite(value)
+
+
+def _privacy(index: int, privacy: Any, state: ChainState) -> None:
+  """null, or {unit, epsilon, delta, noise_multiplier, clip, accountant}: the privacy spent up to
+  this round, which keeps the previous round's unit and delta and never decreases."""
+  prev = next((b["privacy"] for b in reversed(state.blocks) if b["kind"] == "round"), None)
+  if privacy is None:
+    _check(index, prev is None, "privacy field dropped after an earlier round reported it")
+    return
+  _check(index, isinstance(privacy, dict) and set(privacy) == PRIVACY_KEYS,
+         f"malformed privacy field (keys: {sorted(PRIVACY_KEYS)})")
+  _check(index, privacy["unit"] in PRIVACY_UNITS, f"unknown privacy unit {privacy['unit']!r}")
+  eps, delta = privacy["epsilon"], privacy["delta"]
+  _check(index, _is_number(eps) and eps >= 0, f"malformed privacy epsilon {eps!r}")
+  _check(index, _is_number(delta) and 0 < delta < 1, f"malformed privacy delta {delta!r}")
+  z, clip = privacy["noise_multiplier"], privacy["clip"]
+  _check(index, _is_number(z) and z >= 0 and _is_number(clip) and clip > 0,
+         "malformed privacy noise multiplier or clip norm")
+  _check(index, isinstance(privacy["accountant"], str) and bool(privacy["accountant"]),
+         "malformed privacy accountant name")
+  if prev is not None:
+    _check(index, (privacy["unit"], delta) == (prev["unit"], prev["delta"]),
+           "privacy unit or delta differs from the previous round's")
+    _check(index, eps >= prev["epsilon"], f"privacy epsilon {eps} decreases from the previous "
+           f"round's {prev['epsilon']}")
 
 
 def _as_list(index: int, value: Any, what: str) -> list[Any]:

@@ -269,7 +269,8 @@ class Ledger:
 
   def append_round(self, round: int, verdict: RoundVerdict, global_digest: bytes,
                    algorithm: str, residual_digest: bytes | None = None,
-                   missing: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+                   missing: Sequence[tuple[str, str]] = (),
+                   privacy: dict[str, Any] | None = None) -> dict[str, Any]:
     """Appends the block of `round` from the `verify_round` verdict of this round and head.
 
     The server signs the block body: participants with their signed counts and the weights
@@ -277,7 +278,9 @@ class Ledger:
     that change the base (FedEx-LoRA), `residual_digest`, and the sampled clients that did not
     reply, `missing` [(client id, reason in `MISSING_REASONS`)] (registered, not accepted; a
     bad entry raises BlockError). A round with no accepted client is recorded too (aggregate
-    signature null).
+    signature null). `privacy` (DP runs): the epsilon spent so far,
+    {unit, epsilon, delta, noise_multiplier, clip, accountant} (`block.PRIVACY_KEYS`); a
+    malformed or decreasing one raises BlockError before anything is written.
     """
     round = self._check_next_round(round)
     round_, head, verified = self._verified or (None, None, set())
@@ -315,6 +318,7 @@ class Ledger:
         "residual_digest": None if residual_digest is None else residual_digest.hex(),
         "rejected": [r._asdict() for r in rejected],
         "missing": [{"client_id": cid, "reason": reason} for cid, reason in missing],
+        "privacy": None if privacy is None else dict(privacy),
     })
     self._verified = None
     return block

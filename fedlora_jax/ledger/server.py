@@ -99,11 +99,12 @@ class LedgerServer:
 
   def record(self, round: int, verdict: RoundVerdict, global_digest: bytes, algorithm: str,
              residual_digest: bytes | None = None,
-             missing: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+             missing: Sequence[tuple[str, str]] = (),
+             privacy: dict[str, Any] | None = None) -> dict[str, Any]:
     """Appends the round's block (`missing`: sampled clients that did not reply, as
-    (client id, reason)); returns it."""
+    (client id, reason); `privacy`: the privacy spent so far, DP runs); returns it."""
     return self.ledger.append_round(round, verdict, global_digest, algorithm, residual_digest,
-                                    missing)
+                                    missing=missing, privacy=privacy)
 
   def recorded_block(self, round: int) -> dict[str, Any] | None:
     """The block of `round` when it is already in the ledger (resume after a crash)."""

@@ -24,7 +24,8 @@ from fedlora_jax.ledger.signer import load_receipts
 class VerifyResult(NamedTuple):
   """`ok`; else the index of the first bad block and why. `torn_tail`: a crash fragment follows
   the `num_blocks` complete blocks (not part of the ledger). `receipts`: receipts checked.
-  `missing`: (round, hospital name, reason) of every sampled hospital that did not reply."""
+  `missing`: (round, hospital name, reason) of every sampled hospital that did not reply.
+  `privacy`: the last round block's privacy field (the epsilon spent by the whole run), or None."""
 
   ok: bool
   first_bad_block: int | None
@@ -33,6 +34,7 @@ class VerifyResult(NamedTuple):
   torn_tail: bool
   receipts: int = 0
   missing: tuple[tuple[int, str, str], ...] = ()
+  privacy: dict[str, Any] | None = None
 
 
 def verify_ledger(path: str | os.PathLike[str], backend: Backend | str | None = None, *,
@@ -64,7 +66,9 @@ def verify_ledger(path: str | os.PathLike[str], backend: Backend | str | None = 
   checked = sum(r.ledger_id == state.ledger_id for _, r in answers)
   missing = tuple((b["round"], state.clients[m["client_id"]].name, m["reason"])
                   for b in state.blocks if b["kind"] == "round" for m in b["missing"])
-  return VerifyResult(True, None, "ok", len(lines), bool(torn), checked, missing)
+  rounds = [b for b in state.blocks if b["kind"] == "round"]
+  return VerifyResult(True, None, "ok", len(lines), bool(torn), checked, missing,
+                      rounds[-1]["privacy"] if rounds else None)
 
 
 def _anchor_problem(state: ChainState, server_pk: bytes | str | None, genesis_hash: str | None,

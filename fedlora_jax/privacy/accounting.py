@@ -103,6 +103,8 @@ class ExampleAccountant:
   target_epsilon: float = 0.0
   rounds_taken: list[int] = dataclasses.field(default_factory=list)
 
+  kind = "pld"  # the accountant behind the reported epsilon
+
   def __post_init__(self):
     if not self.rounds_taken:
       self.rounds_taken = [0] * len(self.names)
@@ -153,6 +155,11 @@ class ClientAccountant:
   delta: float
   target_epsilon: float = 0.0
   rounds: int = 0
+
+  @property
+  def kind(self) -> str:
+    """The accountant behind the reported epsilon: "pld" | "rdp_replace_one"."""
+    return client_round_event(self.num_clients, self.clients_per_round, 1.0)[1]
 
   def epsilon_after(self, rounds: int) -> float:
     event, kind = client_round_event(self.num_clients, self.clients_per_round,

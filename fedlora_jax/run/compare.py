@@ -173,7 +173,7 @@ def compare(base: ml_collections.ConfigDict, variants: Sequence[str], root: str,
     summaries = {}
     for v in variants:
       cfg = variant_config(base, v, seed_root, s)
-      summaries[v] = _finished_summary(cfg) or run(cfg)
+      summaries[v] = finished_summary(cfg) or run(cfg)
     per_seed.append(compare_table(summaries)[1])
     correct_by_seed.append({v: _load_correct(os.path.join(seed_root, v)) for v in variants})
   data = aggregate_seeds(per_seed)
@@ -192,7 +192,7 @@ def compare(base: ml_collections.ConfigDict, variants: Sequence[str], root: str,
   return md
 
 
-def _finished_summary(cfg) -> dict[str, Any] | None:
+def finished_summary(cfg) -> dict[str, Any] | None:
   """The summary of a finished run of exactly this config in its workdir (None otherwise), so a
   comparison continues where an interrupted one stopped without evaluating finished runs again."""
   paths = [os.path.join(cfg.workdir, n) for n in ("config.json", "summary.json", "correct.npz")]

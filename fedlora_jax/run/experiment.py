@@ -28,6 +28,7 @@ from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import Evaluator
 from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate, base_tensors
 from fedlora_jax.privacy.plan import privacy_plan
+from fedlora_jax.privacy.spent import PrivacyMeter
 from fedlora_jax.run.hooks import (PERSONALISED, CheckpointHook, EvaluationHook, Job, MetricsHook,
                                    PrivacyHook, eval_loras, per_client, progress)
 from fedlora_jax.run.loop import RoundRunner, run_rounds
@@ -132,11 +133,11 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                         clients_per_round=per_round)
   hooks = [evaluation, metrics,
            CheckpointHook(ckpt, lambda: getattr(gate, "head_hash", None))]
-  if plan.accountant is not None:  # epsilon joins the record before metrics writes it
-    hooks.insert(1, PrivacyHook(plan.accountant, level=cfg.privacy.level, delta=cfg.privacy.delta,
-                                noise_multiplier=plan.noise_multiplier,
-                                client_names=data.train_names,
-                                target_epsilon=cfg.privacy.target_epsilon))
+  meter = None
+  if plan.accountant is not None:  # the budget stop comes before the checkpoint it forces
+    meter = PrivacyMeter(plan.accountant, cfg.privacy.level, cfg.privacy.delta,
+                         plan.noise_multiplier, cfg.privacy.clip_norm, list(data.train_names))
+    hooks.insert(1, PrivacyHook(plan.accountant, target_epsilon=cfg.privacy.target_epsilon))
   if multihost.is_writer():
     logging.info("clients: %s", data.summary)
   if start == 0:
@@ -146,7 +147,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
       progress(record0, 0)
   runner = RoundRunner(engine, placement, data, clients_per_round=per_round,
                        local_steps=steps, batch_size=cfg.fed.batch_size,
-                       seed=cfg.seed, max_batch_size=plan.max_batch_size)
+                       seed=cfg.seed, max_batch_size=plan.max_batch_size, privacy=meter)
   run_rounds(job, runner, gate, hooks, start)
   ckpt.close()
   metrics.close()

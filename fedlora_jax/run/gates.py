@@ -31,8 +31,10 @@ class Gate(Protocol):
             ) -> tuple[np.ndarray, np.ndarray]:
     """([S] accept, [S] sample counts) for round `round_no` (1-based) on every process."""
 
-  def record(self, round_no: int, global_lora: Any, base: Any) -> dict[str, Any]:
-    """The round's record after aggregation (what metrics.jsonl shows under "ledger")."""
+  def record(self, round_no: int, global_lora: Any, base: Any,
+             privacy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The round's record after aggregation (what metrics.jsonl shows under "ledger");
+    `privacy`: the block's privacy field (DP runs)."""
 
   def summary(self, adapter_file: str | None) -> dict[str, Any]:
     """What summary.json shows under "ledger" ({} without a ledger)."""
@@ -49,8 +51,8 @@ class OpenGate:
     real = slot_ids != PAD
     return real, np.where(real, self.train_sizes[np.maximum(slot_ids, 0)], 0.0)
 
-  def record(self, round_no, global_lora, base):
-    del round_no, global_lora, base
+  def record(self, round_no, global_lora, base, privacy=None):
+    del round_no, global_lora, base, privacy
     return {}
 
   def summary(self, adapter_file):
@@ -185,16 +187,18 @@ class LedgerGate:
       accept[s], counts[s], receipts[s] = bool(ok), int(n), receipt.to_dict()
     return {"accept": accept, "counts": counts, "receipts": receipts}
 
-  def record(self, round_no, global_lora, base):
+  def record(self, round_no, global_lora, base, privacy=None):
     def append():
       gdigest = L.tree_digest(update_tensors(jax.tree.map(multihost.host_value, global_lora)))
       residual = (None if self.original_base is None
                   else L.residual_digest(base_tensors(base), self.original_base))
       block = self._recorded
       if block is None:
-        block = self.server.record(round_no, self._verdict, gdigest, self.algorithm, residual)
+        block = self.server.record(round_no, self._verdict, gdigest, self.algorithm, residual,
+                                   privacy=privacy)
       elif (block["global_digest"] != gdigest.hex()
-            or block["residual_digest"] != (residual and residual.hex())):
+            or block["residual_digest"] != (residual and residual.hex())
+            or block["privacy"] != privacy):
         raise L.LedgerError(f"round {round_no}: recomputed global adapter differs from the "
                             "ledger's record (non-deterministic resume?)")
       return {"accepted": len(block["participants"]),

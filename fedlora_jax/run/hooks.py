@@ -198,23 +198,14 @@ class CheckpointHook:
 
 
 class PrivacyHook:
-  """Epsilon spent so far (dp-accounting) in the round's record; asks the loop to stop, after
-  this round's checkpoint, when one more round would pass `privacy.target_epsilon`."""
+  """Asks the loop to stop, after this round's checkpoint, when one more round would pass
+  `privacy.target_epsilon` (the round's epsilon is counted by the runner's `PrivacyMeter`)."""
 
-  def __init__(self, accountant, *, level: str, delta: float, noise_multiplier: float,
-               client_names: list[str], target_epsilon: float):
+  def __init__(self, accountant, *, target_epsilon: float):
     self.accountant = accountant
-    self.level = level
-    self.delta = delta
-    self.noise_multiplier = noise_multiplier
-    self.names = client_names
     self.target_epsilon = target_epsilon
 
   def after_round(self, job: Job, record: dict[str, Any]) -> None:
-    ids = [self.names.index(n) for n in record["clients"]]
-    record["privacy"] = {"level": self.level, "delta": self.delta,
-                         "noise_multiplier": self.noise_multiplier,
-                         "epsilon": self.accountant.after_round(ids)}
     if record["round"] < job.rounds and self.accountant.would_exceed():
       job.stop = True
       logging.warning("privacy budget epsilon=%g would be exceeded by round %d: stopping",

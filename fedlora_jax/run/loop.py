@@ -14,6 +14,7 @@ from fedlora_jax.data import poisson_round_batches, round_batches
 from fedlora_jax.data.batching import BATCH_KEYS
 from fedlora_jax.federated.placement import ClientPlacement
 from fedlora_jax.federated.round import PAD
+from fedlora_jax.privacy.spent import PrivacyMeter, ledger_field
 from fedlora_jax.run import multihost
 from fedlora_jax.run.gates import Gate
 from fedlora_jax.run.hooks import Hook, Job
@@ -25,7 +26,7 @@ class RoundRunner:
 
   def __init__(self, engine: F.FederatedRound, placement: ClientPlacement, data: ClientData, *,
                clients_per_round: int, local_steps: int, batch_size: int, seed: int,
-               max_batch_size: int | None = None):
+               max_batch_size: int | None = None, privacy: PrivacyMeter | None = None):
     self.engine = engine
     self.placement = placement
     self.data = data
@@ -34,6 +35,7 @@ class RoundRunner:
     self.batch_size = batch_size
     self.seed = seed
     self.max_batch_size = max_batch_size  # DP-SGD: Poisson batches of this fixed shape
+    self.privacy = privacy  # DP: counts each round before its ledger block records the epsilon
     held = [int(t.seq_len) for t in data.train.values()]
     self.seq_len = max(multihost.allgather_json(max(held, default=0)))  # once, at setup
 
@@ -81,18 +83,22 @@ class RoundRunner:
     trained = self.engine.train(job.state, job.base, batches, slot_ids)
     accept, num_samples = gate.admit(round_idx + 1, slot_ids, trained[0])
     timing["train_and_gate_s"] = time.time() - t0 - timing["data_s"]
+    clip = self.privacy and self.privacy.clip_in_use(job.state["server_state"])
     job.state, job.base, m = self.engine.aggregate(job.state, job.base, trained, slot_ids,
                                                    num_samples, accept)
-    ledger = gate.record(round_idx + 1, job.state["global_lora"], job.base)
     real = np.flatnonzero(slot_ids != PAD)
     real = real[np.argsort(slot_ids[real])]  # in client-id order
+    names = [self.data.train_names[c] for c in slot_ids[real]]
+    privacy = self.privacy and self.privacy.after_round(names, clip)
+    ledger = gate.record(round_idx + 1, job.state["global_lora"], job.base, ledger_field(privacy))
     host = {k: multihost.gather_rows(m[k])[real] for k in ("loss", "valid", "weights")}
     timing["round_s"] = time.time() - t0
     return {
-        "round": round_idx + 1, "clients": [self.data.train_names[c] for c in slot_ids[real]],
+        "round": round_idx + 1, "clients": names,
         "loss": host["loss"].mean(axis=1).round(5).tolist(), "valid": host["valid"].tolist(),
         "weights": host["weights"].tolist(), "ledger": ledger,
         "timing": {k: round(v, 3) for k, v in timing.items()},
+        **({"privacy": privacy} if privacy else {}),
     }
 
 

@@ -1,5 +1,6 @@
 """report.md with PNG plots: per-client accuracy over rounds, worst-client and harmonic-mean
-curves, and the model x client-test-set heatmap."""
+curves, the model x client-test-set heatmap, and for DP runs the privacy spent (epsilon per
+round)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,53 @@ def _plot_heatmap(summary: dict[str, Any], path: str) -> None:
               color="white" if m[i, j] < 0.6 else "black", fontsize=8)
   ax.set(title="Accuracy: model (row) x client test set (column)")
   fig.colorbar(im, ax=ax, fraction=0.03)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# (privacy) The privacy spent, from the metrics records' "privacy" entries (run/loop.py).
+UNITS = {"example": "one patient record in a hospital's training data",
+         "client": "one whole hospital's participation"}
+SMALL_FEDERATION = 100  # client level below this many hospitals: say the guarantee is weak
+
+
+def _privacy_lines(records: list[dict[str, Any]], num_hospitals: int) -> list[str]:
+  """The privacy section: epsilon spent, what it protects, and epsilon after every round."""
+  spent = [r for r in records if "privacy" in r]
+  if not spent:
+    return []
+  last = spent[-1]["privacy"]
+  eps = last["epsilon"]
+  level, worst = last["level"], max(eps.values())
+  lines = ["## Privacy", "",
+           f"{level.capitalize()}-level differential privacy: **epsilon = {worst:.3g} at delta = "
+           f"{last['delta']:.3g}** after round {spent[-1]['round']} (unit protected: "
+           f"{UNITS[level]}; noise multiplier {last['noise_multiplier']:.4g}, clip norm "
+           f"{last['clip_norm']:.4g}, dp-accounting {last['accountant']} accountant).", ""]
+  if level == "example":
+    lines += ["Epsilon per hospital: " + ", ".join(f"{h} {e:.3g}" for h, e in eps.items())
+              + " (the largest is the run's guarantee; the ledger block records it).", ""]
+  elif num_hospitals < SMALL_FEDERATION:
+    lines += [f"With {num_hospitals} hospitals this guarantee is weak: "
+              "hiding a whole hospital among so few needs noise that swamps the update or gives "
+              "a large epsilon. It says nothing about individual patients' records.", ""]
+  lines += ["| round | " + " | ".join(str(r["round"]) for r in spent) + " |",
+            "|---|" + "---|" * len(spent),
+            "| epsilon | " + " | ".join(f"{max(r['privacy']['epsilon'].values()):.3g}"
+                                       for r in spent) + " |", "",
+            "![epsilon per round](epsilon_per_round.png)", ""]
+  return lines
+
+
+def _plot_epsilon(records: list[dict[str, Any]], path: str) -> None:
+  spent = [r for r in records if "privacy" in r]
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  ax.plot([r["round"] for r in spent],
+          [max(r["privacy"]["epsilon"].values()) for r in spent], marker=".")
+  ax.set(title=f"Privacy spent (delta {spent[-1]['privacy']['delta']:.3g})", xlabel="round",
+         ylabel="epsilon (largest over hospitals)")
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -114,6 +162,10 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
                  f"| {summary['accuracy'][n]:.3f} | {summary['accuracy_all_tests'][n]:.3f} |")
   lines += ["", *_protocol_lines(summary), "", "![accuracy curves](accuracy_curves.png)", "",
             "![client x test set](client_test_heatmap.png)", ""]
+  privacy = _privacy_lines(records, len(summary["clients"]))
+  if privacy:
+    _plot_epsilon(records, os.path.join(workdir, "epsilon_per_round.png"))
+    lines += privacy
   if "ledger" in summary:
     lg = summary["ledger"]
     lines += [f"Ledger: `{os.path.basename(lg['path'])}`, {lg['blocks']} blocks, "

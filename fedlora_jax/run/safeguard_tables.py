@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
 from fedlora_jax.federated.robust import RULES
+from fedlora_jax.run.compare import finished_summary
 from fedlora_jax.run.experiment import run
 
 ATTACKS = ("none", "sign_flip", "scale", "gaussian", "alie")
@@ -31,12 +33,17 @@ def _variant(base: ml_collections.ConfigDict, workdir: str, **fields) -> ml_coll
   return cfg
 
 
-def attack_configs(base, root: str, attackers: str = "1") -> dict[tuple[str, str], Any]:
+def attack_configs(base, root: str, attackers: str = "1", rules: Sequence[str] = RULES,
+                   attacks: Sequence[str] = ATTACKS) -> dict[tuple[str, str], Any]:
   """(rule, attack) -> config; `attackers` is `attack.clients` (default: the first hospital)."""
+  unknown = sorted(set(rules) - set(RULES)) + sorted(set(attacks) - set(ATTACKS))
+  if unknown:
+    raise ValueError(f"unknown rules or attacks {unknown}; rules: {', '.join(RULES)}; attacks: "
+                     f"{', '.join(ATTACKS)}")
   return {(rule, kind): _variant(base, os.path.join(root, "attack", f"{rule}-{kind}"),
                                  fed__robust_rule=rule, attack__kind=kind,
                                  attack__clients=attackers if kind != "none" else "")
-          for rule in RULES for kind in ATTACKS}
+          for rule in rules for kind in attacks}
 
 
 def privacy_configs(base, root: str) -> dict[str, Any]:
@@ -77,16 +84,20 @@ def _last_privacy_record(workdir: str) -> dict[str, Any] | None:
   return next((r["privacy"] for r in reversed(records) if "privacy" in r), None)
 
 
-def safeguard_table(base: ml_collections.ConfigDict, which: str, root: str) -> str:
-  """Runs the `which` ("attack" | "privacy") grid into root/<which>/ and writes its table there."""
+def safeguard_table(base: ml_collections.ConfigDict, which: str, root: str,
+                    rules: Sequence[str] = RULES, attacks: Sequence[str] = ATTACKS) -> str:
+  """Runs the `which` ("attack" | "privacy") grid into root/<which>/ and writes its table there;
+  a finished run of the same config is read back, not run again. The attack grid is `rules` x
+  `attacks`."""
   if which == "attack":
-    summaries = {k: run(cfg) for k, cfg in attack_configs(base, root).items()}
+    summaries = {k: finished_summary(cfg) or run(cfg)
+                 for k, cfg in attack_configs(base, root, rules=rules, attacks=attacks).items()}
     table = attack_table(summaries)
     title = "Clean vs one attacking hospital: FedAvg and robust rules (accuracy %)"
   elif which == "privacy":
     results = {}
     for label, cfg in privacy_configs(base, root).items():
-      results[label] = (run(cfg), _last_privacy_record(cfg.workdir))
+      results[label] = (finished_summary(cfg) or run(cfg), _last_privacy_record(cfg.workdir))
     table = privacy_table(results)
     title = "Patient-level DP-SGD: privacy vs utility (delta 1e-5, accuracy %)"
   else:

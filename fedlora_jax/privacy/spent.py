@@ -1,0 +1,63 @@
+"""The privacy spent so far, as a run records it after each round (before the round's block).
+
+metrics.jsonl's "privacy" entry (`PrivacyMeter.after_round`):
+    {level, delta, noise_multiplier, clip_norm, accountant, epsilon: {hospital | "federation": eps}}
+The ledger block's `privacy` field (`ledger_field`, see ledger/block.py `PRIVACY_KEYS`): the same
+with one epsilon, the largest, i.e. the guarantee that every hospital's records (example level)
+or every hospital (client level) has at least.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from fedlora_jax.privacy.accounting import ClientAccountant, ExampleAccountant
+
+
+@dataclasses.dataclass
+class PrivacyMeter:
+  """Counts each finished round in the accountant (on every process, so all agree on the budget)
+  and describes the privacy spent.
+
+  Attributes:
+    accountant: the run's accountant. level: "example" | "client". delta: the reported delta.
+    noise_multiplier: z in use. clip_norm: the configured C (adaptive clipping: the initial one).
+    client_names: every client, in client-id order.
+  """
+
+  accountant: ExampleAccountant | ClientAccountant
+  level: str
+  delta: float
+  noise_multiplier: float
+  clip_norm: float
+  client_names: list[str]
+
+  def clip_in_use(self, server_state: dict[str, Any]) -> float:
+    """The clip norm of the round about to be aggregated: adaptive clipping keeps it in the
+    server state (a replicated scalar), fixed clipping is the configured one."""
+    adaptive = server_state.get("privacy") if isinstance(server_state, dict) else None
+    if adaptive is None:
+      return float(self.clip_norm)
+    clip = adaptive["clip_norm"]
+    return float(np.asarray(clip.addressable_data(0) if isinstance(clip, jax.Array) else clip))
+
+  def after_round(self, clients: Sequence[str], clip_norm: float | None = None) -> dict[str, Any]:
+    """Counts a finished round of `clients` (names); the record's "privacy" entry."""
+    ids = [self.client_names.index(n) for n in clients]
+    return {"level": self.level, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
+            "clip_norm": float(self.clip_norm if clip_norm is None else clip_norm),
+            "accountant": self.accountant.kind, "epsilon": self.accountant.after_round(ids)}
+
+
+def ledger_field(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+  """The block's `privacy` field from a record's "privacy" entry (None without DP)."""
+  if entry is None:
+    return None
+  return {"unit": entry["level"], "epsilon": max(entry["epsilon"].values()),
+          "delta": entry["delta"], "noise_multiplier": entry["noise_multiplier"],
+          "clip": entry["clip_norm"], "accountant": entry["accountant"]}
