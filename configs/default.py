@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.seed = -1  # icd10 split and tiny-base pretraining; -1: the run's seed (compare fixes 0)
   c.data.level = "chapter"  # icd10: "chapter" (easier) or "block" (harder)
   c.data.tokenizer_vocab = 4096  # icd10 with the tiny base: BPE trained on ICD text
-  c.data.max_len = 104  # the embedded benchmark's longest prompt + answer is 99 tokens
+  c.data.max_len = 128
   c.data.medqa = ""  # files: local JSON/JSONL/parquet paths; empty ones are skipped
   c.data.medmcqa = ""
   c.data.pubmedqa = ""
