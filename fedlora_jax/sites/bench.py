@@ -60,9 +60,9 @@ def deploy_lines(res: dict[str, Any]) -> list[str]:
            f"Command: `{res['command']}` ({res['date']}). Job: {res['job']}; "
            f"{len(res['hospitals'])} hospitals ({', '.join(res['hospitals'])}), "
            f"{res['rounds']} rounds. Load average at the end: "
-           f"{', '.join(f'{x:.1f}' for x in res['load_average_at_end'])} — this machine has 2 "
-           "cores shared by 4 workers, so absolute seconds are pessimistic and noisy; compare "
-           "the two columns, measured back to back.", "",
+           f"{', '.join(f'{x:.1f}' for x in res['load_average_at_end'])} on "
+           f"{os.cpu_count()} cores (the Flower processes count too); compare the two columns, "
+           "measured back to back.", "",
            "| | simulation (one process) | Flower (SuperLink + one SuperNode per hospital) |",
            "|---|---|---|",
            f"| round 1 s (compiles) | {sim['round_s'][0]:.1f} | {flw['round_s'][0]:.1f} |",
