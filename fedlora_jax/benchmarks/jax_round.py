@@ -130,20 +130,28 @@ def _first_and_repeats(run_once: Callable[[], Any], repeats: int):
   return first_s, first_losses, times
 
 
+def _engine(setup: Setup, shape: RoundShape, training: federated.LocalTraining, *,
+            algorithm: str = "fedavg", sharding: federated.ClientSharding | None = None,
+            safeguards: Safeguards = Safeguards()):
+  """(round, placed initial state, placed base, client ids [C], sample counts [C]) of C clients."""
+  alg = federated.make_algorithm(algorithm)
+  c = shape.clients
+  fr = federated.FederatedRound(setup.graphdef, alg, training, num_clients=c, sharding=sharding,
+                                safeguards=safeguards)
+  state = federated.init_state(alg, setup.lora, c, seed=0, safeguards=safeguards)
+  state, base = fr.place(state, setup.base)
+  return fr, state, base, np.arange(c), np.full(c, 100.0)
+
+
 def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
                 training: federated.LocalTraining | None = None,
                 sharding: federated.ClientSharding | None = None,
                 algorithm: str = "fedavg", safeguards: Safeguards = Safeguards(),
                 name: str = "engine") -> RoundTiming:
   """All C clients in one jitted round, `repeats` timed rounds after compile and a first call."""
-  tr = training or local_training(shape)
-  alg = federated.make_algorithm(algorithm)
-  c = shape.clients
-  fr = federated.FederatedRound(setup.graphdef, alg, tr, num_clients=c, sharding=sharding,
-                                safeguards=safeguards)
-  ids, counts = np.arange(c), np.full(c, 100.0)
-  state = federated.init_state(alg, setup.lora, c, seed=0, safeguards=safeguards)
-  state, base = fr.place(state, setup.base)
+  fr, state, base, ids, counts = _engine(setup, shape, training or local_training(shape),
+                                         algorithm=algorithm, sharding=sharding,
+                                         safeguards=safeguards)
   dev_batches = {k: jnp.asarray(v) for k, v in batches.items()}
   with PeakRSS() as mem:
     t = time.perf_counter()
@@ -170,20 +178,16 @@ def interleaved_engines(setups: dict[str, Setup], shape: RoundShape, batches: di
 
   Returns per variant: {"round_s": [...], "median_s", "tokens_per_s", "compile_s", "losses"}.
   """
-  alg = federated.make_algorithm("fedavg")
-  c = shape.clients
-  ids, counts = np.arange(c), np.full(c, 100.0)
   dev_batches = {k: jnp.asarray(v) for k, v in batches.items()}
   runs, out = {}, {}
   for name, setup in setups.items():
-    fr = federated.FederatedRound(setup.graphdef, alg, training, num_clients=c)
-    state = federated.init_state(alg, setup.lora, c, seed=0)
+    fr, state, base, ids, counts = _engine(setup, shape, training)
     t = time.perf_counter()
-    fr.lower(state, setup.base, dev_batches, ids, counts).compile()
+    fr.lower(state, base, dev_batches, ids, counts).compile()
     out[name] = {"compile_s": time.perf_counter() - t, "round_s": []}
-    state, _, m = fr(state, setup.base, dev_batches, ids, counts)  # first call
+    state, _, m = fr(state, base, dev_batches, ids, counts)  # first call
     out[name]["losses"] = np.asarray(m["loss"]).tolist()  # [C, K], from the initial adapter
-    runs[name] = (fr, setup.base, {"state": state})
+    runs[name] = (fr, base, {"state": state})
   for _ in range(repeats):
     for name, (fr, base, carry) in runs.items():
       t = time.perf_counter()
