@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat_policy = "auto"  # none full save_base_matmuls save_named; auto: GPU full, else none
   c.model.attention_impl = "auto"  # xla, cudnn (GPU, bf16/fp16); auto: cudnn on GPU with bf16/fp16
   c.model.fuse_lora = "auto"  # on: one LoRA-A matmul for q/k/v, one for gate/up; off; auto: GPU on
+  c.model.scan_layers = "auto"  # on: layers stacked [L, ...], one lax.scan; auto: off on CPU
   c.model.compile_cache = True  # JAX's persistent compilation cache in <cache_dir>/jax_cache
 
   c.pretrain = ml_collections.ConfigDict()  # only for the tiny base (model.hf_path empty)

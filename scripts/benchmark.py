@@ -236,8 +236,9 @@ def main(argv):
     c, k, b, s, r = _ints(_COMPILE_SHAPE.value)
     depths = _ints(_COMPILE_LAYERS.value) or [models.preset(_COMPILE_PRESET.value)
                                               .num_hidden_layers]
-    variants = {f"layer loop, {n} layers": {"remat_policy": "full", "num_hidden_layers": n}
-                for n in depths}
+    variants = {f"layer {how}, {n} layers": {"remat_policy": "full", "num_hidden_layers": n,
+                                             "scan_layers": scan}
+                for n in depths for how, scan in (("loop", "off"), ("scan", "on"))}
     res["compile"] = suite.compile_section(_COMPILE_PRESET.value, c, (k, b, s), r, _GPU_CHUNK.value,
                                            variants, log)
   if "memory" in sections:

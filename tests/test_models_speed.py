@@ -14,7 +14,8 @@ from fedlora_jax.models.config import REMAT_POLICIES
 
 CFG = models.preset("qwen3-tiny", vocab_size=211, hidden_size=64, intermediate_size=96,
                     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                    head_dim=16, attention_impl="xla", remat_policy="none", fuse_lora="off")
+                    head_dim=16, attention_impl="xla", remat_policy="none", fuse_lora="off",
+                    scan_layers="off")
 
 
 def _split(cfg, lora_config=models.LoRAConfig(rank=4, alpha=8.0)):

@@ -219,7 +219,7 @@ def compile_section(preset: str, clients: int, shape: tuple[int, int, int], rank
                  "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
                  "layers": cfg.num_hidden_layers,
                  "remat_policy": resolved.remat_policy, "fuse_lora": resolved.fuse_lora,
-                 "attention_impl": resolved.attention_impl})
+                 "attention_impl": resolved.attention_impl, "scan_layers": resolved.scan_layers})
     log(f"  compile {preset} {name}: trace + lower {lower_s:.1f} s, compile {compile_s:.1f} s "
         f"(CPU time {compile_cpu_s:.1f} s)")
   return {"preset": preset, "clients": clients, "shape": list(shape), "rank": rank,

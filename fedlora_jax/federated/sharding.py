@@ -80,6 +80,7 @@ class AxisRules:
   kv_heads: str | None = MODEL
   mlp: str | None = MODEL
   head_dim: str | None = None
+  layers: str | None = None  # the layer axis of a scanned model's stacked params
 
   def spec(self, axes: tuple[str, ...]) -> P:
     """PartitionSpec of a parameter with these logical axes."""

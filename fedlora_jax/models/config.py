@@ -20,7 +20,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 # output and the MLP hidden state (names in `transformer.SAVED_NAMES`).
 REMAT_POLICIES = ("none", "full", "save_base_matmuls", "save_named")
 _CHOICES = {"attention_impl": ("xla", "cudnn"), "remat_policy": REMAT_POLICIES,
-            "fuse_lora": ("on", "off")}
+            "fuse_lora": ("on", "off"), "scan_layers": ("on", "off")}
 
 
 class ConfigError(ValueError):
@@ -63,6 +63,7 @@ class ModelConfig:
   attention_impl: str = "auto"  # "xla" | "cudnn" (fused, bf16/fp16 on GPUs) | "auto"
   remat_policy: str = "auto"  # gradient checkpointing per layer: one of REMAT_POLICIES | "auto"
   fuse_lora: str = "auto"  # "on": one LoRA-A matmul for q/k/v and one for gate/up | "off" | "auto"
+  scan_layers: str = "auto"  # "on": layers stacked [L, ...], one lax.scan | "off" | "auto"
 
   def __post_init__(self):
     if self.model_type not in ("qwen3", "llama"):
@@ -84,7 +85,9 @@ class ModelConfig:
 
     GPU: cuDNN fused attention for bf16/fp16, full remat (memory for many clients), fused
     LoRA-A (fewer small kernels). CPU/TPU: XLA attention, no remat, separate LoRA-A matmuls
-    (fusing them measured no gain on CPU: benchmark.py --sections=ablation).
+    (fusing them measured no gain on CPU: benchmark.py --sections=ablation). The layer scan is on
+    for accelerators (compile time independent of depth), off on CPU (the unrolled layers leave
+    XLA free to fuse across them, and the CPU models here are shallow).
     """
     backend = backend or jax.default_backend()
     gpu = backend in ("gpu", "cuda", "rocm")
@@ -92,6 +95,7 @@ class ModelConfig:
         "attention_impl": "cudnn" if gpu and self.dtype in ("bfloat16", "float16") else "xla",
         "remat_policy": "full" if gpu else "none",
         "fuse_lora": "on" if gpu else "off",
+        "scan_layers": "off" if backend == "cpu" else "on",
     }
     return self.replace(**{k: v for k, v in auto.items() if getattr(self, k) == "auto"})
 

@@ -24,7 +24,8 @@ Params = dict[str, Any]
 
 
 def split_lora(model: CausalLM) -> tuple[nnx.GraphDef, Params, Params]:
-  """(graphdef, base params, LoRA params); the param trees are pure nested dicts of arrays."""
+  """(graphdef, base params, LoRA params); the param trees are pure nested dicts of arrays, both
+  with stacked layers when the model scans them (`models.layer_stack`)."""
   graphdef, lora, base = nnx.split(model, LoRAParam, ...)
   return graphdef, base.to_pure_dict(), lora.to_pure_dict()
 

@@ -21,7 +21,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from fedlora_jax.models.config import ModelConfig
-from fedlora_jax.models.lora import LoRAConfig, LoRAParam, iter_linears, lora_pairs
+from fedlora_jax.models.layer_stack import LAYERS, is_stacked, stack_layers, unstack_layers
+from fedlora_jax.models.lora import LoRAConfig, LoRAParam, iter_linears, layer_paths, lora_pairs
 from fedlora_jax.models.transformer import CausalLM
 
 PEFT_PREFIX = "base_model.model."
@@ -64,7 +65,14 @@ def load_hf_checkpoint(model_dir: str | os.PathLike, **config_overrides: Any) ->
   abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
   flat = traverse_util.flatten_dict(abstract_state.to_pure_dict())
-  expected = {hf_name(p): (p, v) for p, v in flat.items()}
+  stacked = abstract.cfg.scan_layers == "on"
+  expected: dict[str, tuple[tuple, int | None]] = {}  # HF name -> (tree path, layer if stacked)
+  for path in flat:
+    if stacked and path[:2] == ("model", LAYERS):
+      for i in range(flat[path].shape[0]):
+        expected[hf_name(path[:2] + (i,) + path[2:])] = (path, i)
+    else:
+      expected[hf_name(path)] = (path, None)
   files = _tensor_files(model_dir)
   present = set(files)
   if cfg.tie_word_embeddings:
@@ -77,18 +85,28 @@ def load_hf_checkpoint(model_dir: str | os.PathLike, **config_overrides: Any) ->
   if unexpected:
     raise CheckpointError(f"{model_dir}: unexpected tensor(s) {unexpected[:8]}")
   values: dict[tuple, jax.Array] = {}
+  layers: dict[tuple, dict[int, jax.Array]] = {}  # stacked leaves, one array per layer
   by_file: dict[str, list[str]] = {}
   for name in expected:
     by_file.setdefault(files[name], []).append(name)
   for fname, names in by_file.items():
     with safe_open(fname, framework="numpy") as f:
       for name in names:
-        path, spec = expected[name]
+        path, layer = expected[name]
+        spec = flat[path]
+        want = tuple(spec.shape[1:] if layer is not None else spec.shape)
         shape = tuple(f.get_slice(name).get_shape())
-        if shape != tuple(spec.shape):
+        if shape != want:
           raise CheckpointError(f"{model_dir}: tensor {name} has shape {shape}, "
-                                f"the config expects {tuple(spec.shape)}")
-        values[path] = jnp.asarray(f.get_tensor(name), dtype=spec.dtype)
+                                f"the config expects {want}")
+        value = jnp.asarray(f.get_tensor(name), dtype=spec.dtype)
+        if layer is None:
+          values[path] = value
+        else:
+          layers.setdefault(path, {})[layer] = value
+  for path in list(layers):  # one leaf at a time: the extra memory is one stacked leaf
+    per_layer = layers.pop(path)
+    values[path] = jnp.stack([per_layer[i] for i in range(len(per_layer))])
   return nnx.merge(graphdef, traverse_util.unflatten_dict(values))
 
 
@@ -98,7 +116,7 @@ def save_hf_checkpoint(model: CausalLM, model_dir: str | os.PathLike) -> None:
   os.makedirs(model_dir, exist_ok=True)
   _, _, base = nnx.split(model, LoRAParam, ...)
   tensors = {hf_name(p): np.asarray(v)
-             for p, v in traverse_util.flatten_dict(base.to_pure_dict()).items()}
+             for p, v in traverse_util.flatten_dict(unstack_layers(base.to_pure_dict())).items()}
   save_file(tensors, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(model_dir, "config.json"), "w") as f:
     json.dump(model.cfg.to_hf_config(), f, indent=2)
@@ -110,7 +128,8 @@ def save_hf_checkpoint(model: CausalLM, model_dir: str | os.PathLike) -> None:
 def peft_target_modules(model: CausalLM) -> list[str] | str:
   """PEFT `target_modules`: projection names when every such projection is adapted, else a
   regex that full-matches exactly the adapted module names."""
-  adapted = [(p, lin.lora_A is not None) for p, lin in iter_linears(model)]
+  adapted = [(p, lin.lora_A is not None) for path, lin in iter_linears(model)
+             for p in layer_paths(path, lin)]
   names = sorted({p.rsplit("/", 1)[-1] for p, on in adapted if on})
   if all(on for p, on in adapted if p.rsplit("/", 1)[-1] in names):
     return names
@@ -121,7 +140,7 @@ def peft_tensors(lora: dict) -> dict[str, np.ndarray]:
   """The {PEFT tensor name: float32 array} dict of an adapter (what `export_peft_adapter` writes;
   its ledger digest equals the digest of the exported file)."""
   tensors: dict[str, np.ndarray] = {}
-  for path, pair in lora_pairs(lora):
+  for path, pair in lora_pairs(unstack_layers(lora)):
     if pair["lora_A"].ndim != 2:
       raise ValueError(f"adapter {hf_name(path)} has a client axis; export one client's LoRA")
     for part in ("lora_A", "lora_B"):
@@ -163,11 +182,11 @@ def export_peft_adapter(lora: dict, model: CausalLM, lora_config: LoRAConfig,
 
 
 def load_peft_adapter(adapter_dir: str | os.PathLike, like: dict) -> dict:
-  """Reads a PEFT adapter into a pure LoRA dict with the structure of `like`."""
+  """Reads a PEFT adapter into a pure LoRA dict with the structure of `like` (stacked or not)."""
   path = os.path.join(os.fspath(adapter_dir), "adapter_model.safetensors")
   if not os.path.exists(path):
     raise CheckpointError(f"no adapter_model.safetensors in {adapter_dir}")
-  flat_like = traverse_util.flatten_dict(like)
+  flat_like = traverse_util.flatten_dict(unstack_layers(like))
   out = {}
   with safe_open(path, framework="numpy") as f:
     keys = set(f.keys())
@@ -179,4 +198,5 @@ def load_peft_adapter(adapter_dir: str | os.PathLike, like: dict) -> dict:
       if arr.shape != tuple(ref.shape):
         raise CheckpointError(f"{path}: tensor {name} has shape {arr.shape}, expected {ref.shape}")
       out[p] = jnp.asarray(arr, ref.dtype)
-  return traverse_util.unflatten_dict(out)
+  lora = traverse_util.unflatten_dict(out)
+  return stack_layers(lora) if is_stacked(like) else lora

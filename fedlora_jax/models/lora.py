@@ -118,9 +118,9 @@ class Linear(nnx.Module):
     return self.lora_scaling * jnp.einsum("...r,or->...o", xa, b_or)
 
   def delta_weight(self) -> jax.Array:
-    """scaling * B A, [out, in] float32 (zeros without LoRA)."""
+    """scaling * B A, [..., out, in] float32 (zeros without LoRA; [L, out, in] when stacked)."""
     if self.lora_A is None:
-      return jnp.zeros((self.out_features, self.in_features), jnp.float32)
+      return jnp.zeros(self.weight.shape, jnp.float32)
     return self.lora_scaling * (self.lora_B[...] @ self.lora_A[...])
 
 
@@ -149,6 +149,14 @@ def iter_linears(model: nnx.Module):
       yield "/".join(str(p) for p in path), module
 
 
+def layer_paths(path: str, lin: Linear) -> list[str]:
+  """The per-layer module paths a projection stands for: itself, or, stacked ([L, out, in] under
+  "model/layers/..."), "model/layers/<i>/..." for each layer i."""
+  if len(lin.weight.shape) == 2:
+    return [path]
+  return [path.replace("/layers/", f"/layers/{i}/", 1) for i in range(lin.weight.shape[0])]
+
+
 def add_lora(model: nnx.Module, config: LoRAConfig, *, rngs: nnx.Rngs) -> list[str]:
   """Attaches LoRA A (Kaiming-uniform) and B (zeros) to every targeted projection, in place.
 
@@ -156,15 +164,24 @@ def add_lora(model: nnx.Module, config: LoRAConfig, *, rngs: nnx.Rngs) -> list[s
   """
   adapted = []
   for path, lin in iter_linears(model):
-    if not config.targets(path):
+    paths = layer_paths(path, lin)
+    chosen = [config.targets(p) for p in paths]
+    if not any(chosen):
       continue
+    if not all(chosen):
+      raise ValueError(
+          f"with model.scan_layers the layers are stacked, so LoRA adapts {path} in every layer "
+          f"or in none; target_regex {config.target_regex!r} picks layers "
+          f"{[i for i, c in enumerate(chosen) if c]} of {len(paths)}")
+    lead = tuple(lin.weight.shape[:-2])  # (L,) when stacked
     bound = 1.0 / math.sqrt(lin.in_features)  # kaiming_uniform_(a=sqrt(5)) as in PEFT
-    a = jax.random.uniform(rngs.lora(), (config.rank, lin.in_features), jnp.float32, -bound, bound)
+    a = jax.random.uniform(rngs.lora(), lead + (config.rank, lin.in_features), jnp.float32,
+                           -bound, bound)
     lin.lora_A = LoRAParam(a)
-    lin.lora_B = LoRAParam(jnp.zeros((lin.out_features, config.rank), jnp.float32))
+    lin.lora_B = LoRAParam(jnp.zeros(lead + (lin.out_features, config.rank), jnp.float32))
     lin.lora_scaling = config.scaling
     lin.lora_dropout = config.dropout
-    adapted.append(path)
+    adapted.extend(paths)
   if not adapted:
     raise ValueError(f"LoRA config {config} matches no projection of the model")
   return adapted

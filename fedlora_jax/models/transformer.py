@@ -1,7 +1,10 @@
 """The llama-like decoder serving Qwen3 and Llama-3.x, with HF module names.
 
 `CausalLM.model.layers[i].self_attn.q_proj.weight` is HF's `model.layers.i.self_attn.q_proj.weight`,
-so checkpoint loading and PEFT export are by-name maps.
+so checkpoint loading and PEFT export are by-name maps. With `ModelConfig.scan_layers` the layers
+are one `DecoderLayer` whose variables carry a leading layer axis [L, ...], run by one `lax.scan`
+(XLA compiles the layer once, so compile time does not grow with depth); `models.layer_stack`
+converts between the two layouts.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from flax import nnx
 
 from fedlora_jax.models.attention import Attention
 from fedlora_jax.models.config import ModelConfig
+from fedlora_jax.models.layer_stack import LAYERS
 from fedlora_jax.models.layers import Embed, RMSNorm, rope_cos_sin, rope_inv_freq
 from fedlora_jax.models.lora import BASE_MATMUL
 from fedlora_jax.models.mlp import MLP
@@ -55,7 +59,10 @@ class DecoderModel(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=cfg.jnp_param_dtype,
                               dtype=cfg.jnp_dtype, rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    if cfg.scan_layers == "on":
+      self.layers = _stacked_layers(cfg, rngs)
+    else:
+      self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=cfg.jnp_param_dtype)
     self.cfg = cfg
 
@@ -73,10 +80,34 @@ class DecoderModel(nnx.Module):
     cos_bth, sin_bth = rope_cos_sin(positions_bt, inv_freq)
     x_btd = self.embed_tokens(input_ids_bt).astype(cfg.jnp_dtype)
     forward = LAYER_FORWARD[cfg.remat_policy]
-    for i, layer in enumerate(self.layers):
-      rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-      x_btd = forward(layer, x_btd, cos_bth, sin_bth, attention_mask_bt, rng)
+    if cfg.scan_layers == "on":
+      layer_def, layer_state = nnx.split(self.layers)
+      rngs = None if dropout_rng is None else jax.vmap(
+          lambda i: jax.random.fold_in(dropout_rng, i))(jnp.arange(cfg.num_hidden_layers))
+
+      def body(x, state_and_rng):
+        state, rng = state_and_rng
+        return forward(nnx.merge(layer_def, state), x, cos_bth, sin_bth, attention_mask_bt,
+                       rng), None
+
+      x_btd, _ = jax.lax.scan(body, x_btd, (layer_state, rngs))
+    else:
+      for i, layer in enumerate(self.layers):
+        rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+        x_btd = forward(layer, x_btd, cos_bth, sin_bth, attention_mask_bt, rng)
     return self.norm(x_btd)
+
+
+def _stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
+  """One `DecoderLayer` holding all L layers: every variable [L, ...], logical axes
+  ("layers", ...)."""
+
+  @nnx.split_rngs(splits=cfg.num_hidden_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS})
+  def create(layer_rngs: nnx.Rngs) -> DecoderLayer:
+    return DecoderLayer(cfg, rngs=layer_rngs)
+
+  return create(rngs)
 
 
 class CausalLM(nnx.Module):

@@ -77,7 +77,7 @@ def local_updates(local_c: Any, slot_ids: np.ndarray) -> dict[int, Any]:
 def base_tensors(base: Any) -> dict[str, np.ndarray]:
   """{HF tensor name: array} of the base params (what `save_hf_checkpoint` writes), from this
   process's own shards."""
-  flat = traverse_util.flatten_dict(base)
+  flat = traverse_util.flatten_dict(models.unstack_layers(base))
   return {".".join(str(k) for k in path): multihost.host_value(v) for path, v in flat.items()}
 
 

@@ -155,7 +155,8 @@ def load_model(cfg) -> tuple[models.CausalLM, Tokenizer, str]:
   model = models.load_hf_checkpoint(base_dir, param_dtype=cfg.model.param_dtype,
                                     dtype=cfg.model.dtype, remat_policy=cfg.model.remat_policy,
                                     attention_impl=cfg.model.attention_impl,
-                                    fuse_lora=cfg.model.fuse_lora)
+                                    fuse_lora=cfg.model.fuse_lora,
+                                    scan_layers=cfg.model.scan_layers)
   models.add_lora(model, lora_config(cfg), rngs=nnx.Rngs(lora=cfg.seed))
   return model, D.load_hf_tokenizer(base_dir), base_dir
 

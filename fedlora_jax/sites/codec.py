@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from fedlora_jax.models import peft_tensors
 from fedlora_jax.models.hf_io import PEFT_PREFIX, hf_name
+from fedlora_jax.models.layer_stack import is_stacked, stack_layers, unstack_layers
 
 PyTree = Any
 
@@ -26,15 +27,17 @@ class MessageError(ValueError):
 
 
 def lora_arrays(lora: PyTree) -> dict[str, np.ndarray]:
-  """{PEFT name: float32 [r, in] or [out, r]} of one adapter (no client axis)."""
+  """{PEFT name: float32 [r, in] or [out, r]} of one adapter (no client axis; per layer)."""
   return peft_tensors(jax.device_get(lora))
 
 
 def lora_from_arrays(arrays: Mapping[str, np.ndarray], like: PyTree) -> PyTree:
-  """The adapter with the structure and dtypes of `like` from its PEFT-named arrays."""
-  flat_like = traverse_util.flatten_dict(like)
+  """The adapter with the structure and dtypes of `like` (stacked layers or not) from its
+  PEFT-named arrays."""
+  flat_like = traverse_util.flatten_dict(unstack_layers(like))
   names = {f"{PEFT_PREFIX}{hf_name(p)}.weight": p for p in flat_like}
-  return traverse_util.unflatten_dict(_take(arrays, names, flat_like, "adapter"))
+  lora = traverse_util.unflatten_dict(_take(arrays, names, flat_like, "adapter"))
+  return stack_layers(lora) if is_stacked(like) else lora
 
 
 def tree_arrays(tree: PyTree) -> dict[str, np.ndarray]:
@@ -60,12 +63,14 @@ def base_changes(current: Mapping[str, np.ndarray], original: Mapping[str, np.nd
 
 
 def with_base_changes(base: PyTree, arrays: Mapping[str, np.ndarray]) -> PyTree:
-  """`base` with the weights `base_changes` sent put in place (exactly, in the base's dtype)."""
-  flat = traverse_util.flatten_dict(base)
+  """`base` with the weights `base_changes` sent put in place (exactly, in the base's dtype);
+  the names are per layer also when `base` is stacked (`models.layer_stack`)."""
+  flat = traverse_util.flatten_dict(unstack_layers(base))
   names = {".".join(map(str, p)): p for p in flat}
   known = {k: names[k] for k in arrays if k in names}  # the others are refused by name
   got = _take(arrays, known, {p: flat[p] for p in known.values()}, "base weights")
-  return traverse_util.unflatten_dict({**flat, **got})
+  changed = traverse_util.unflatten_dict({**flat, **got})
+  return stack_layers(changed) if is_stacked(base) else changed
 
 
 def _take(arrays: Mapping[str, np.ndarray], names: dict[str, Any], flat_like: dict[Any, Any],

@@ -8,7 +8,8 @@ models.
 The residual is small (~1e-5 per round) next to a base weight (~1e-2), whose bf16 spacing is
 ~1e-4: added to a bf16 weight it would mostly round away. So each adapted weight is held as a
 double word: the base weight W (its own dtype, what the forward pass uses) and an f32 remainder
-L in the server state (`"base_lo"`), with W + L the exact f32 master weight. Every round adds the
+L in the server state (`"base_lo"`, [layers, out, in] when the layers are stacked),
+with W + L the exact f32 master weight. Every round adds the
 residual to L, then moves the part W's dtype can represent into W:
     L += residual;  W' = dtype(W + L);  L -= W' - W      (W' - W is exact in f32)
 so no rounding error accumulates: W + L - W_0 equals the sum of the rounds' residuals to f32
@@ -38,7 +39,7 @@ class FedExLoRA(Algorithm):
   updates_base: bool = True
 
   def init_server_state(self, global_lora):
-    lo = {path: jnp.zeros((p["lora_B"].shape[-2], p["lora_A"].shape[-1]), jnp.float32)
+    lo = {path: jnp.zeros(p["lora_B"].shape[:-1] + p["lora_A"].shape[-1:], jnp.float32)
           for path, p in lora_pairs(global_lora)}
     return {**super().init_server_state(global_lora), "base_lo": traverse_util.unflatten_dict(lo)}
 
@@ -48,7 +49,8 @@ class FedExLoRA(Algorithm):
     lo = _copy_dicts(server_state["base_lo"])
     w = inp.weights_c
     for path, pair_c in lora_pairs(inp.local_c):
-      exact = jnp.einsum("c,cor,cri->oi", w, pair_c["lora_B"], pair_c["lora_A"], precision=_HIGHEST)
+      exact = jnp.einsum("c,c...or,c...ri->...oi", w, pair_c["lora_B"], pair_c["lora_A"],
+                         precision=_HIGHEST)  # [..., out, in]: [L, out, in] when stacked
       g = _get(new_global, path)
       mean_product = jnp.matmul(g["lora_B"], g["lora_A"], precision=_HIGHEST)
       # Unchanged base when no client was valid (all weights 0 -> exact = 0, global unchanged).
