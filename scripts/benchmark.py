@@ -11,8 +11,9 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
                                                                 # simulation, configs/default.py
   nice python scripts/benchmark.py --sections=compile            # qwen3-8b round compile time
   python scripts/benchmark.py --sections=ablation --repeats=5   # each speed option on vs off
+  python scripts/benchmark.py --sections=profile                # a CPU round's time by op kind
 
-A run of only the memory, the dp or the deploy section updates its own key of --out_json and its own
+A run of only the memory, dp, deploy, compile or profile section updates its own key of --out_json and its own
 heading of --out_md, leaving the other sections' figures as they are.
 
 Writes every figure to --out_json and a summary table to --out_md.
@@ -29,7 +30,7 @@ from absl import app, flags
 
 _SECTIONS = flags.DEFINE_list("sections", ["round", "scaling", "ledger", "gpu"],
                               "Sections to run: round, scaling, ledger, gpu, memory, dp, compile, "
-                              "ablation.")
+                              "profile, ablation.")
 _PRESET = flags.DEFINE_string("preset", "qwen3-tiny", "Model preset of the round section.")
 _CLIENTS = flags.DEFINE_integer("clients", 8, "Clients per round (round section).")
 _STEPS = flags.DEFINE_integer("local_steps", 4, "Local steps K.")
@@ -76,6 +77,9 @@ _COMPILE_SHAPE = flags.DEFINE_list("compile_shape", ["16", "1", "2", "512", "16"
                                    "C, K, B, S, r of the compile section.")
 _COMPILE_LAYERS = flags.DEFINE_list("compile_layers", [],
                                     "Depths compiled (empty: the preset's own depth).")
+_PROFILE_SHAPE = flags.DEFINE_list(
+    "profile_shape", ["6", "4", "4", "128", "16"],
+    "C, K, B, S, r of the profile section (6 and 16 occur in no other dimension of qwen3-tiny).")
 _COMPILE_CACHE = flags.DEFINE_bool(
     "compile_cache", False, "JAX's persistent compilation cache in --cache_dir/jax_cache (off by "
     "default: a warm cache would turn the compile-time figures into cache loads).")
@@ -241,6 +245,24 @@ def main(argv):
                 for n in depths for how, scan in (("loop", "off"), ("scan", "on"))}
     res["compile"] = suite.compile_section(_COMPILE_PRESET.value, c, (k, b, s), r, _GPU_CHUNK.value,
                                            variants, log)
+    if sections == {"compile"}:  # a compile-only run replaces its own section
+      res["compile"].update(date=res["date"], command=res["command"])
+      _update_section_only("compile", res["compile"], report.COMPILE_HEADING,
+                           report.compile_lines(res["compile"]))
+      return
+  if "profile" in sections:
+    log("profile ...")
+    from fedlora_jax.benchmarks import profile
+    c, k, b, s, r = _ints(_PROFILE_SHAPE.value)
+    res["profile"] = profile.profile_round(_PRESET.value, RoundShape(c, k, b, s, r),
+                                           logits_chunk=_CHUNK.value)
+    res["profile"].update(date=res["date"], command=res["command"],
+                          load_average_at_end=os.getloadavg())
+    log("\n".join(report.profile_lines(res["profile"])))
+    if sections == {"profile"}:
+      _update_section_only("profile", res["profile"], report.PROFILE_HEADING,
+                           report.profile_lines(res["profile"]))
+      return
   if "memory" in sections:
     log("memory ...")
     from fedlora_jax.benchmarks import memory

@@ -130,7 +130,7 @@ def _first_and_repeats(run_once: Callable[[], Any], repeats: int):
   return first_s, first_losses, times
 
 
-def _engine(setup: Setup, shape: RoundShape, training: federated.LocalTraining, *,
+def engine(setup: Setup, shape: RoundShape, training: federated.LocalTraining, *,
             algorithm: str = "fedavg", sharding: federated.ClientSharding | None = None,
             safeguards: Safeguards = Safeguards()):
   """(round, placed initial state, placed base, client ids [C], sample counts [C]) of C clients."""
@@ -149,7 +149,7 @@ def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
                 algorithm: str = "fedavg", safeguards: Safeguards = Safeguards(),
                 name: str = "engine") -> RoundTiming:
   """All C clients in one jitted round, `repeats` timed rounds after compile and a first call."""
-  fr, state, base, ids, counts = _engine(setup, shape, training or local_training(shape),
+  fr, state, base, ids, counts = engine(setup, shape, training or local_training(shape),
                                          algorithm=algorithm, sharding=sharding,
                                          safeguards=safeguards)
   dev_batches = {k: jnp.asarray(v) for k, v in batches.items()}
@@ -181,7 +181,7 @@ def interleaved_engines(setups: dict[str, Setup], shape: RoundShape, batches: di
   dev_batches = {k: jnp.asarray(v) for k, v in batches.items()}
   runs, out = {}, {}
   for name, setup in setups.items():
-    fr, state, base, ids, counts = _engine(setup, shape, training)
+    fr, state, base, ids, counts = engine(setup, shape, training)
     t = time.perf_counter()
     fr.lower(state, base, dev_batches, ids, counts).compile()
     out[name] = {"compile_s": time.perf_counter() - t, "round_s": []}

@@ -119,14 +119,10 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{row['compile_s']:.1f} | "
                      f"{_f(dm.get('peak_bytes_in_use', 0) / 2**30, '{:.1f}')} |")
     lines.append("")
-  c = res.get("compile")
-  if c:
-    lines += [f"## Compile time: one round of `{c['preset']}` (bf16, {c['clients']} clients, "
-              f"abstract shapes, {c['backend']})", "",
-              "| variant | trace + lower s | compile s | compile CPU s |", "|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
-              f"{r['compile_cpu_s']:.1f} |" for r in c["rows"]]
-    lines.append("")
+  if res.get("compile"):
+    lines += compile_lines(res["compile"])
+  if res.get("profile"):
+    lines += profile_lines(res["profile"])
   if res.get("memory"):
     lines += memory_lines(res["memory"])
   if res.get("notes"):
@@ -200,6 +196,51 @@ def memory_lines(mem: dict[str, Any]) -> list[str]:
   for f in mem["fits"]:
     lines.append(f"| {f['model']} | {f['fixed_bytes'] / gb:.2f} | {f['per_client_bytes'] / gb:.3f}"
                  f" | " + " | ".join(str(f["max_clients_per_shard"][c]) for c in caps) + " |")
+  return lines + [""]
+
+
+COMPILE_HEADING = "## Compile time: one round from abstract shapes"
+
+
+def compile_lines(c: dict[str, Any]) -> list[str]:
+  """The compile section: trace + lower and compile seconds of each variant."""
+  k, b, seq = c["shape"]
+  lines = [COMPILE_HEADING, "",
+           f"`{c['preset']}` architecture, bf16, {c['clients']} clients x K={k} x B={b} x "
+           f"S={seq}, LoRA r={c['rank']} on all projections, full remat, no weights "
+           f"(`jax.jit(...).lower(...).compile()` for {c['backend']}, {c.get('cpu_count')} cores). "
+           f"Compile CPU time is the steadier figure on a shared machine."
+           + (f" Measured {c['date']}: `{c['command']}`, load average "
+              f"{', '.join(f'{x:.1f}' for x in c['load_average_at_end'])} at the end."
+              if c.get("date") else ""), "",
+           "| variant | layers | trace + lower s | compile s (wall) | compile s (CPU) |",
+           "|---|---|---|---|---|"]
+  lines += [f"| {r['variant']} | {r['layers']} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
+            f"{r['compile_cpu_s']:.1f} |" for r in c["rows"]]
+  return lines + [""]
+
+
+PROFILE_HEADING = "## Profile: where a CPU round's time goes"
+
+
+def profile_lines(p: dict[str, Any]) -> list[str]:
+  """The profile section: op seconds of one engine round by kind, and the top ops."""
+  sh = p["shape"]
+  lines = [PROFILE_HEADING, "",
+           f"One warm engine round of `{p['preset']}` (C={sh['clients']} x K={sh['local_steps']} x "
+           f"B={sh['batch']} x S={sh['seq']}, r={sh['rank']}, logits_chunk={p['logits_chunk']}) "
+           f"under `jax.profiler.trace`; every executed XLA op attributed by the dots it contains "
+           f"(`fedlora_jax/benchmarks/profile.py`). Round wall time {p['round_wall_s']:.2f} s; op "
+           f"time summed over the threads {p['op_s_total']:.2f} s."
+           + (f" Measured {p['date']}: `{p['command']}`, load average "
+              f"{', '.join(f'{x:.1f}' for x in p['load_average_at_end'])} at the end."
+              if p.get("date") else ""), "",
+           "| kind | op s | share | ops |", "|---|---|---|---|"]
+  lines += [f"| {k} | {v['s']:.2f} | {v['share']:.1%} | {v['ops']} |"
+            for k, v in p["kinds"].items()]
+  lines += ["", "| top op | s | kind | dot shapes |", "|---|---|---|---|"]
+  lines += [f"| {r['op']} | {r['s']:.3f} | {r['kind']} | "
+            f"{' '.join('x'.join(map(str, s)) for s in r['dot_shapes'])} |" for r in p["top_ops"]]
   return lines + [""]
 
 
