@@ -4,14 +4,14 @@ import pytest
 
 from fedlora_jax.benchmarks import report
 from fedlora_jax.benchmarks.data import RoundShape
-from fedlora_jax.benchmarks.profile import KINDS, _computations, _dot_shapes, kind_of, profile_round
+from fedlora_jax.benchmarks.profile import KINDS, _computations, dot_names, kind_of, profile_round
 
 HLO = """HloModule m
 
 %fused_head (p0: f32[384,256], p1: f32[8192,256]) -> f32[384,8192] {
   %p0 = f32[384,256]{1,0} parameter(0)
   %p1 = f32[8192,256]{1,0} parameter(1)
-  ROOT %dot.1 = f32[384,8192]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={1}
+  ROOT %dot.1 = f32[384,8192]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={1}, metadata={op_name="jit(_round)/vmap()/while/body/closed_call/cd,vd->cv/dot_general"}
 }
 
 %fused_add (a: f32[4]) -> f32[4] {
@@ -28,16 +28,17 @@ ENTRY %main (x: f32[384,256], w: f32[8192,256]) -> f32[384,8192] {
 """
 
 
-def test_ops_are_attributed_by_the_shapes_of_their_dots():
+def test_ops_are_attributed_by_the_einsums_of_their_dots():
   comps, instr = _computations(HLO)
-  assert _dot_shapes("ynn_fusion.3", comps, instr) == [[384, 8192]]
-  assert _dot_shapes("add_fusion", comps, instr) == []
-  kind = lambda shapes: kind_of(shapes, vocab=8192, rank=16, seq=128)
-  assert kind([[384, 8192]]) == "LM head"
-  assert kind([[3072, 16]]) == "LoRA"
-  assert kind([[6, 4, 8, 128, 128]]) == "attention"
-  assert kind([[3072, 704]]) == "base projections"
-  assert kind([]) == "no matmul"
+  assert dot_names("ynn_fusion.3", comps, instr) == [
+      "jit(_round)/vmap()/while/body/closed_call/cd,vd->cv/dot_general"]
+  assert dot_names("add_fusion", comps, instr) == []
+  assert kind_of(dot_names("ynn_fusion.3", comps, instr)) == "LM head"
+  assert kind_of(["x/transpose(jvp(...r,or->...o))/dot_general"]) == "LoRA"
+  assert kind_of(["x/jvp(vmap(BTNH,BSNH->BNTS))/dot_general"]) == "attention"
+  assert kind_of(["x/transpose(jvp(...i,oi->...o))/dot_general"]) == "base projections"
+  assert kind_of(["jit(_round)/c,c...->.../dot_general"]) == "other matmul"
+  assert kind_of([]) == "no matmul"
 
 
 def test_a_profiled_round_splits_its_op_time_over_the_kinds():
@@ -47,8 +48,8 @@ def test_a_profiled_round_splits_its_op_time_over_the_kinds():
   assert set(kinds) == set(KINDS)
   assert sum(k["s"] for k in kinds.values()) == pytest.approx(p["op_s_total"])
   assert sum(k["share"] for k in kinds.values()) == pytest.approx(1.0)
-  # Every kind of work a training round does shows up (qwen3-tiny: V=8192, r=16, S=32).
-  for kind in ("LM head", "LoRA", "base projections", "no matmul"):
+  # Every kind of work a training round does shows up.
+  for kind in ("LM head", "LoRA", "base projections", "attention", "no matmul"):
     assert kinds[kind]["ops"] > 0 and kinds[kind]["s"] > 0, kind
   assert len(p["top_ops"]) == 5
   assert p["top_ops"][0]["s"] >= p["top_ops"][-1]["s"]

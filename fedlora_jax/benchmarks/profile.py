@@ -1,11 +1,10 @@
 """Where a round's time goes: a JAX profiler trace of one engine round, by kind of XLA op.
 
 One round runs under `jax.profiler.trace` (perfetto trace); each executed XLA op (a fusion) is
-attributed by the `dot`s it contains, read from the round's optimized HLO, to: the LM head
-(a dimension equal to the vocabulary), LoRA (the rank), attention (two sequence-length
-dimensions), the frozen base projections (any other dot), or no matmul (elementwise ops,
-reductions, copies). Pick a shape whose rank, clients and sequence length differ from the model's
-other dimensions, or the attribution mixes kinds.
+attributed by the dots it contains, read from the round's optimized HLO: each dot's JAX op name
+names the einsum of `models/` it came from (forward or its transpose), so the kinds are the
+frozen base projections, attention, LoRA, the LM head, another matmul (e.g. the FedAvg mean), or
+no matmul (elementwise ops, reductions, copies).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from fedlora_jax import models
 from fedlora_jax.benchmarks import jax_round
 from fedlora_jax.benchmarks.data import RoundShape, client_batches
 
-KINDS = ("base projections", "attention", "LoRA", "LM head", "no matmul")
+KINDS = ("base projections", "attention", "LoRA", "LM head", "other matmul", "no matmul")
 _NOT_OPS = ("ThunkExecutor", "$", "Slinky", "while", "PjRt", "Execute", "conditional")
 
 
@@ -50,35 +49,42 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], dict[str, str]]:
   return comps, instr
 
 
-def _dot_shapes(op: str, comps, instr) -> list[list[int]]:
-  """Shapes appearing on the `dot` lines inside `op` (its called computations, two deep)."""
-  lines, todo, seen = [], [instr.get(op, "")], set()
+def dot_names(op: str, comps, instr) -> list[str]:
+  """The `op_name`s (JAX source of each dot, e.g. "transpose(jvp(...i,ri->...r))/dot_general")
+  of the dots inside `op` and its called computations, two deep."""
+  names, todo, seen = [], [instr.get(op, "")], set()
   for _ in range(3):
     nxt = []
     for line in todo:
-      if " dot(" in line or line.lstrip().startswith("dot("):
-        lines.append(line)
+      if " dot(" in line:
+        m = re.search(r'op_name="([^"]*)"', line)
+        names.append(m.group(1) if m else "dot")
       for callee in re.findall(r"calls=%?([\w.\-]+)", line):
         if callee not in seen:
           seen.add(callee)
           nxt.extend(comps.get(callee, []))
     todo = nxt
-  text = " ".join(re.sub(r"metadata=.*", "", l) for l in lines)
-  return [[int(x) for x in s.split(",") if x] for s in re.findall(r"\[([\d,]+)\]", text)]
+  return names
 
 
-def kind_of(shapes: list[list[int]], vocab: int, rank: int, seq: int) -> str:
-  """The kind (one of KINDS) of an op whose dots have these operand / result shapes."""
-  if not shapes:
+# The einsums of models/ (lora.py, attention.py, functional.py) that each kind's dots come from.
+# An op holding dots of several kinds counts as the first (the costlier): a base projection fused
+# with its LoRA branch is a base projection.
+_KIND_OF_EINSUM = (("LM head", ("cd,vd->cv", "cv,vd->cd", "cv,cd->vd")),
+                   ("attention", ("BTNH,BSNH->BNTS", "BNTS,BSNH->BTNH")),
+                   ("base projections", ("...i,oi->...o",)),
+                   ("LoRA", ("...i,ri->...r", "...r,or->...o")))
+
+
+def kind_of(dot_op_names: list[str]) -> str:
+  """The kind (one of KINDS) of an op from the JAX op names of its dots."""
+  if not dot_op_names:
     return "no matmul"
-  dims = {d for s in shapes for d in s}
-  if vocab in dims:
-    return "LM head"
-  if rank in dims:
-    return "LoRA"
-  if any(s.count(seq) >= 2 for s in shapes):
-    return "attention"
-  return "base projections"
+  text = " ".join(dot_op_names)
+  for kind, einsums in _KIND_OF_EINSUM:
+    if any(e in text for e in einsums):
+      return kind
+  return "other matmul"
 
 
 def op_times(trace_dir: str) -> dict[str, float]:
@@ -118,11 +124,13 @@ def profile_round(preset: str, shape: RoundShape, *, logits_chunk: int,
   ops = dict.fromkeys(KINDS, 0)
   rows = []
   for op, s in times.items():
-    shapes = _dot_shapes(op, comps, instr)
-    kind = kind_of(shapes, cfg.vocab_size, shape.rank, shape.seq)
+    names = dot_names(op, comps, instr)
+    kind = kind_of(names)
     by_kind[kind] += s
     ops[kind] += 1
-    rows.append({"op": op, "s": s, "kind": kind, "dot_shapes": shapes[:3]})
+    rows.append({"op": op, "s": s, "kind": kind, "dots": sorted(set(
+        re.sub(r"^jit\([^)]*\)/(vmap\(\)/)?(while/body/)?(closed_call/)?", "", n)
+        for n in names))[:3]})
   total = sum(by_kind.values())
   return {"preset": preset, "shape": shape.__dict__, "logits_chunk": logits_chunk,
           "round_wall_s": wall, "op_s_total": total,

@@ -238,9 +238,9 @@ def profile_lines(p: dict[str, Any]) -> list[str]:
            "| kind | op s | share | ops |", "|---|---|---|---|"]
   lines += [f"| {k} | {v['s']:.2f} | {v['share']:.1%} | {v['ops']} |"
             for k, v in p["kinds"].items()]
-  lines += ["", "| top op | s | kind | dot shapes |", "|---|---|---|---|"]
-  lines += [f"| {r['op']} | {r['s']:.3f} | {r['kind']} | "
-            f"{' '.join('x'.join(map(str, s)) for s in r['dot_shapes'])} |" for r in p["top_ops"]]
+  lines += ["", "| top op | s | kind | its dots (JAX op names) |", "|---|---|---|---|"]
+  lines += [f"| {r['op']} | {r['s']:.3f} | {r['kind']} | {'; '.join(r['dots'])} |"
+            for r in p["top_ops"]]
   return lines + [""]
 
 
