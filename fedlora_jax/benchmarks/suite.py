@@ -229,7 +229,7 @@ def compile_section(preset: str, clients: int, shape: tuple[int, int, int], rank
 
 @dataclasses.dataclass
 class GpuOptions:
-  """The GPU section: paper-size architectures, bf16, full remat, random weights."""
+  """The GPU section: paper-size architectures, bf16, full remat, layer scan, random weights."""
 
   presets: list[str] = dataclasses.field(default_factory=lambda: ["qwen3-1.7b", "qwen3-8b"])
   shape: RoundShape = dataclasses.field(default_factory=lambda: RoundShape(16, 1, 2, 512, 16))
@@ -273,7 +273,7 @@ def gpu_section(opt: GpuOptions, log: Log = print) -> dict[str, Any]:
   shape = opt.shape
   tr = jax_round.local_training(shape, logits_chunk=opt.logits_chunk)
   for name in opt.presets:
-    kw = dict(param_dtype="bfloat16", dtype="bfloat16", remat_policy="full")
+    kw = dict(param_dtype="bfloat16", dtype="bfloat16", remat_policy="full", scan_layers="on")
     cfg = (models.preset("qwen3-tiny", num_hidden_layers=2, vocab_size=1024, **kw)
            if opt.dry_run else models.preset(name, **kw))
     t = time.perf_counter()
