@@ -195,3 +195,17 @@ def test_scan_is_on_for_accelerators_and_off_on_cpu():
   assert auto.resolved("tpu").scan_layers == "on"
   with pytest.raises(models.ConfigError, match="scan_layers must be one of"):
     CFG.replace(scan_layers="yes")
+
+
+def test_resuming_a_loop_checkpoint_with_the_scan_is_a_clear_error(checkpoint, tmp_path):
+  from fedlora_jax.run.checkpoint import Checkpointer, CheckpointMismatchError
+  lora = _lora(checkpoint)
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), every=1, keep=1)
+  ckpt.save(1, {"state": {"global_lora": lora}}, {"round": 1})
+  restored, meta = ckpt.restore(1, {"state": {"global_lora": lora}})
+  _close(restored["state"]["global_lora"], lora, atol=0)
+  assert meta == {"round": 1}
+  with pytest.raises(CheckpointMismatchError, match=r"ckpt/1 does not match this run's state.*"
+                                                    r"model.scan_layers"):
+    ckpt.restore(1, {"state": {"global_lora": models.stack_layers(lora)}})
+  ckpt.close()

@@ -9,6 +9,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class CheckpointMismatchError(ValueError):
+  """A checkpoint whose trees do not fit this run's state (another model, LoRA or layout)."""
+
+
 class Checkpointer:
   """Saves {"state", "base"?} plus JSON metadata every `every` rounds, keeping the last `keep`."""
 
@@ -35,8 +39,15 @@ class Checkpointer:
     """Restores trees shaped like `like` (arrays or ShapeDtypeStructs) and the metadata."""
     abstract = {k: jax.tree.map(ocp.utils.to_shape_dtype_struct, v) for k, v in like.items()}
     args = {k: ocp.args.StandardRestore(v) for k, v in abstract.items()}
-    out = self._mgr.restore(round_done,
-                            args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
+    try:
+      out = self._mgr.restore(round_done,
+                              args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
+    except (ValueError, KeyError, TypeError) as e:
+      first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+      raise CheckpointMismatchError(
+          f"{self.directory}/{round_done} does not match this run's state ({type(e).__name__}: "
+          f"{first}); resume with the model, LoRA and layer layout (model.scan_layers, whose "
+          f"auto differs between CPU and accelerators) the run was started with") from e
     return {k: out[k] for k in like}, dict(out["meta"])
 
   def close(self) -> None:
