@@ -128,9 +128,8 @@ def profile_round(preset: str, shape: RoundShape, *, logits_chunk: int,
     kind = kind_of(names)
     by_kind[kind] += s
     ops[kind] += 1
-    rows.append({"op": op, "s": s, "kind": kind, "dots": sorted(set(
-        re.sub(r"^jit\([^)]*\)/(vmap\(\)/)?(while/body/)?(closed_call/)?", "", n)
-        for n in names))[:3]})
+    rows.append({"op": op, "s": s, "kind": kind,
+                 "dots": sorted({n.rsplit("closed_call/", 1)[-1] for n in names})[:3]})
   total = sum(by_kind.values())
   return {"preset": preset, "shape": shape.__dict__, "logits_chunk": logits_chunk,
           "round_wall_s": wall, "op_s_total": total,
