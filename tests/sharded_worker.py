@@ -218,6 +218,7 @@ def run_mesh2d(out_dir: str) -> None:
         results.update(flat_leaves(f"{name}/{mode}/metrics{rnd}", m))
       for part in ("global_lora", "server_state", "client_states"):
         results.update(flat_leaves(f"{name}/{mode}/{part}", state[part]))
+  _scan_on_mesh(F, sharding, tr, results, report)
   alg = F.make_algorithm("fedavg")
   report["errors"] = _errors({
       "too_many": lambda: F.make_mesh(3, 3),
@@ -231,6 +232,41 @@ def run_mesh2d(out_dir: str) -> None:
   np.savez(os.path.join(out_dir, "mesh2d.npz"), **results)
   with open(os.path.join(out_dir, "mesh2d.json"), "w") as f:
     json.dump(report, f)
+
+
+def _scan_on_mesh(F, sharding, tr, results: dict, report: dict) -> None:
+  """Two FedAvg rounds of a 2-layer model: the layer loop on one device vs the layer scan on the
+  mesh (stacked base [L, ...], its layer axis replicated, the rest split over `model`)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from fedlora_jax import models  # pylint: disable=import-outside-toplevel
+  from tests.fed_fixtures import TINY, tiny_model  # pylint: disable=import-outside-toplevel
+  cfg = TINY.replace(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                     scan_layers="off")
+  lcfg = models.LoRAConfig(rank=2, alpha=4.0)
+  graphdef, base, lora = tiny_model(cfg, lcfg)
+
+  def build_scanned():
+    m = models.CausalLM(cfg.replace(scan_layers="on"), rngs=nnx.Rngs(params=0))
+    models.add_lora(m, lcfg, rngs=nnx.Rngs(lora=1))
+    return m
+
+  graphdef_scan = models.split_lora(nnx.eval_shape(build_scanned))[0]
+  alg = F.make_algorithm("fedavg")
+  runs = {"loop_single": (graphdef, base, lora, None),
+          "scan_sharded": (graphdef_scan, models.stack_layers(base), models.stack_layers(lora),
+                           sharding)}
+  for mode, (gd, b, l, sh) in runs.items():
+    fr = F.FederatedRound(gd, alg, tr, num_clients=MESH_CLIENTS, sharding=sh)
+    state, base_m = fr.place(F.init_state(alg, l, MESH_CLIENTS, seed=0), b)
+    for rnd in range(2):
+      state, base_m, m = fr(state, base_m, *fed_round_inputs(MESH_CLIENTS, rnd))
+      results.update(flat_leaves(f"scan/{mode}/metrics{rnd}", m))
+    results.update(flat_leaves(f"scan/{mode}/global_lora",
+                               models.unstack_layers(state["global_lora"])))
+  q = base_m["model"]["layers"]["self_attn"]["q_proj"]["weight"]
+  report["scan_q_proj"] = _describe(q)
 
 
 def mp_round(F, graphdef, base, lora, sharding):

@@ -152,3 +152,16 @@ def test_unplaceable_mesh_shapes_are_clear_errors(mesh2d_run):
       "split as P(None, 'model') over the mesh {'clients': 2, 'model': 4}" in message
   assert errors["groups"] == ["ValueError", "client_group_size=2 must divide the 3 clients of "
                               "each of the 2 client shards (6 clients)"]
+
+
+@pytest.mark.multidevice
+def test_layer_scan_on_the_mesh_equals_the_layer_loop_on_one_device(mesh2d_run):
+  results, report = mesh2d_run
+  loop, scan = _run(results, "scan", "loop_single"), _run(results, "scan", "scan_sharded")
+  assert loop.keys() == scan.keys() and any(k.startswith("global_lora/") for k in loop)
+  assert any("[1]" in k for k in loop)  # both layers' adapters are compared
+  for k in loop:
+    np.testing.assert_allclose(scan[k], loop[k], rtol=0, atol=1e-5, err_msg=k)
+  q = report["scan_q_proj"]  # stacked [L, out, in]: layers replicated, q's heads split 4 ways
+  assert q["shape"] == [2, 64, 64] and q["spec"] == "P(None, 'model', None)", q
+  assert q["shard_shapes"][0] == [2, 16, 64], q
