@@ -189,3 +189,35 @@ def test_fedex_lora_block_attests_the_shipped_base_residual(tmp_path, cache_dir)
   assert summary["ledger"]["valid"] and last["algorithm"] == "fedex_lora"
   assert last["residual_digest"] == L.residual_digest(shipped, original).hex()
   assert L.base_residual(shipped, original)  # the base really changed
+
+
+@pytest.mark.slow  # four short runs
+@pytest.mark.parametrize("algorithm", ["fedsa_lora", "fedex_lora"])
+def test_layer_scan_run_equals_the_layer_loop_run(tmp_path, cache_dir, algorithm):
+  """The whole job (setup, rounds, evaluation, ledger, exports) with model.scan_layers=on gives
+  the layer loop's losses, adapters and shipped base, under the same per-layer names."""
+  from safetensors.numpy import load_file
+  out = {}
+  for scan in ("off", "on"):
+    workdir = str(tmp_path / scan)
+    summary = experiment.run(tiny_config(workdir, cache_dir, **{
+        "fed.algorithm": algorithm, "model.num_hidden_layers": 2, "model.scan_layers": scan}))
+    assert summary["ledger"]["valid"]
+    losses = [json.loads(line).get("loss") for line in open(os.path.join(workdir,
+                                                                          "metrics.jsonl"))]
+    files = {"adapter": os.path.join(workdir, "adapter", "adapter_model.safetensors")}
+    if algorithm == "fedsa_lora":
+      files["cardiology"] = os.path.join(workdir, "adapters", "cardiology",
+                                         "adapter_model.safetensors")
+    else:
+      files["base"] = os.path.join(workdir, "base_with_residuals", "model.safetensors")
+    out[scan] = ([x for x in losses if x], {k: load_file(f) for k, f in files.items()})
+  (loss_off, files_off), (loss_on, files_on) = out["off"], out["on"]
+  assert len(loss_off) == 2  # rounds 1 and 2, per client
+  np.testing.assert_allclose(np.asarray(loss_on), np.asarray(loss_off), rtol=1e-5)
+  for name, tensors in files_off.items():
+    assert tensors.keys() == files_on[name].keys(), name
+    assert any(".layers.1." in k for k in tensors), name
+    for k, v in tensors.items():
+      np.testing.assert_allclose(files_on[name][k].astype(np.float32), v.astype(np.float32),
+                                 rtol=0, atol=1e-5, err_msg=f"{name}: {k}")

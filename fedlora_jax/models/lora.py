@@ -162,7 +162,7 @@ def add_lora(model: nnx.Module, config: LoRAConfig, *, rngs: nnx.Rngs) -> list[s
 
   Returns the adapted module paths; raises if the config targets nothing.
   """
-  adapted = []
+  targets: list[tuple[Linear, list[str]]] = []
   for path, lin in iter_linears(model):
     paths = layer_paths(path, lin)
     chosen = [config.targets(p) for p in paths]
@@ -173,11 +173,19 @@ def add_lora(model: nnx.Module, config: LoRAConfig, *, rngs: nnx.Rngs) -> list[s
           f"with model.scan_layers the layers are stacked, so LoRA adapts {path} in every layer "
           f"or in none; target_regex {config.target_regex!r} picks layers "
           f"{[i for i, c in enumerate(chosen) if c]} of {len(paths)}")
-    lead = tuple(lin.weight.shape[:-2])  # (L,) when stacked
+    targets.append((lin, paths))
+  # Keys drawn layer by layer, projection by projection, as a layer loop draws them, so a model
+  # with stacked layers gets exactly the adapters of the same model without.
+  num_layers = len(targets[0][1]) if targets else 0
+  keys = [[rngs.lora() for _ in targets] for _ in range(num_layers)]
+  adapted = []
+  for j, (lin, paths) in enumerate(targets):
     bound = 1.0 / math.sqrt(lin.in_features)  # kaiming_uniform_(a=sqrt(5)) as in PEFT
-    a = jax.random.uniform(rngs.lora(), lead + (config.rank, lin.in_features), jnp.float32,
-                           -bound, bound)
-    lin.lora_A = LoRAParam(a)
+    a = [jax.random.uniform(keys[i][j], (config.rank, lin.in_features), jnp.float32, -bound, bound)
+         for i in range(num_layers)]
+    stacked = len(lin.weight.shape) == 3
+    lin.lora_A = LoRAParam(jnp.stack(a) if stacked else a[0])
+    lead = tuple(lin.weight.shape[:-2])  # (L,) when stacked
     lin.lora_B = LoRAParam(jnp.zeros(lead + (lin.out_features, config.rank), jnp.float32))
     lin.lora_scaling = config.scaling
     lin.lora_dropout = config.dropout
