@@ -70,7 +70,8 @@ def test_round_section_engine_sequential_torch_agree(monkeypatch):
 def test_ablation_times_variants_that_train_identically(monkeypatch):
   monkeypatch.setitem(models.PRESETS, "micro", MICRO)
   shape = data.RoundShape(clients=2, local_steps=2, batch=2, seq=8, rank=2)
-  variants = {k: suite.ABLATIONS[k] for k in ("baseline", "fuse_lora", "remat full")}
+  variants = {k: suite.ABLATIONS[k] for k in ("baseline", "fuse_lora", "remat full",
+                                               "scan_layers")}
   out = suite.ablation_section("micro", shape, 2, 4, variants, log=lambda s: None)
   base = out["variants"]["baseline"]
   for name, d in out["variants"].items():

@@ -50,18 +50,22 @@ def build(cfg: models.ModelConfig, rank: int, *, alpha: float | None = None,
 
 def with_model_config(setup: Setup, cfg: models.ModelConfig) -> Setup:
   """The same weights and adapter under another config of the same architecture (e.g. another
-  attention implementation): only the graphdef changes."""
+  attention implementation, or the layer scan: then the params are stacked or unstacked)."""
   def build():
     m = models.CausalLM(cfg, rngs=nnx.Rngs(params=0))
     models.add_lora(m, setup.lora_config, rngs=nnx.Rngs(lora=1))
     return m
 
   graphdef, base, lora = models.split_lora(nnx.eval_shape(build))
-  for new, old in ((base, setup.base), (lora, setup.lora)):
+  old_base, old_lora = setup.base, setup.lora
+  if models.is_stacked(base) != models.is_stacked(old_base):  # the layer scan on or off
+    convert = models.stack_layers if models.is_stacked(base) else models.unstack_layers
+    old_base, old_lora = convert(old_base), convert(old_lora)
+  for new, old in ((base, old_base), (lora, old_lora)):
     if jax.tree.map(lambda x: (x.shape, x.dtype), new) != jax.tree.map(
         lambda x: (x.shape, x.dtype), old):
       raise ValueError(f"{cfg} does not have the parameters of {setup.cfg}")
-  return dataclasses.replace(setup, cfg=cfg, graphdef=graphdef)
+  return dataclasses.replace(setup, cfg=cfg, graphdef=graphdef, base=old_base, lora=old_lora)
 
 
 def local_training(shape: RoundShape, **kw) -> federated.LocalTraining:

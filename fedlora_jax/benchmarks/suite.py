@@ -89,12 +89,13 @@ def round_section(opt: RoundOptions, peak_flops: float | None, log: Log = print)
   return out
 
 
+_OFF = {"fuse_lora": "off", "remat_policy": "none", "attention_impl": "xla", "scan_layers": "off"}
 ABLATIONS = {  # name -> ModelConfig overrides, each against "baseline"
-    "baseline": {"fuse_lora": "off", "remat_policy": "none", "attention_impl": "xla"},
-    "fuse_lora": {"fuse_lora": "on", "remat_policy": "none", "attention_impl": "xla"},
-    "remat full": {"fuse_lora": "off", "remat_policy": "full", "attention_impl": "xla"},
-    "remat save_base_matmuls": {"fuse_lora": "off", "remat_policy": "save_base_matmuls",
-                                "attention_impl": "xla"},
+    "baseline": _OFF,
+    "fuse_lora": {**_OFF, "fuse_lora": "on"},
+    "remat full": {**_OFF, "remat_policy": "full"},
+    "remat save_base_matmuls": {**_OFF, "remat_policy": "save_base_matmuls"},
+    "scan_layers": {**_OFF, "scan_layers": "on"},
 }
 
 
