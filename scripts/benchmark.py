@@ -13,8 +13,8 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
   python scripts/benchmark.py --sections=ablation --repeats=5   # each speed option on vs off
   python scripts/benchmark.py --sections=profile                # a CPU round's time by op kind
 
-A run of only the memory, dp, deploy, compile or profile section updates its own key of --out_json and its own
-heading of --out_md, leaving the other sections' figures as they are.
+A run of only the memory, dp, deploy, compile or profile section updates its own key of
+--out_json and its own heading of --out_md, leaving the other sections' figures as they are.
 
 Writes every figure to --out_json and a summary table to --out_md.
 """

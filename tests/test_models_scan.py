@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from fedlora_jax import federated as F
 from fedlora_jax import models
@@ -171,10 +171,10 @@ def test_scan_refuses_lora_on_some_layers_only_and_names_bad_checkpoints(checkpo
   assert adapted == [f"model/layers/{i}/self_attn/q_proj" for i in range(3)]
   tensors = load_file(os.path.join(checkpoint, "model.safetensors"))
   del tensors["model.layers.2.mlp.up_proj.weight"]
-  tensors["model.layers.1.mlp.gate_proj.weight"] = tensors["model.layers.1.mlp.gate_proj.weight"][:5]
+  gate = "model.layers.1.mlp.gate_proj.weight"
+  tensors[gate] = tensors[gate][:5]
   bad = tmp_path / "bad"
   bad.mkdir()
-  from safetensors.numpy import save_file
   save_file(tensors, bad / "model.safetensors")
   with open(os.path.join(checkpoint, "config.json")) as f:
     (bad / "config.json").write_text(f.read())
