@@ -13,7 +13,7 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
   python scripts/benchmark.py --sections=ablation --repeats=5   # each speed option on vs off
   python scripts/benchmark.py --sections=profile                # a CPU round's time by op kind
 
-A run of only the memory, dp, deploy, compile or profile section updates its own key of
+A run of only the memory, dp, deploy, compile, profile or ablation section updates its own key of
 --out_json and its own heading of --out_md, leaving the other sections' figures as they are.
 
 Writes every figure to --out_json and a summary table to --out_md.
@@ -202,6 +202,11 @@ def main(argv):
     res["ablation"] = suite.ablation_section(_PRESET.value, RoundShape(
         _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
         _CHUNK.value, log=log)
+    if sections == {"ablation"}:  # an ablation-only run replaces its own section
+      res["ablation"].update(date=res["date"], command=res["command"])
+      _update_section_only("ablation", res["ablation"], report.ABLATION_HEADING,
+                           report.ablation_lines(res["ablation"]))
+      return
   if "dp" in sections:
     log("dp ...")
     res["dp"] = suite.dp_section(_PRESET.value, RoundShape(

@@ -80,6 +80,10 @@ def test_ablation_times_variants_that_train_identically(monkeypatch):
     assert d["tokens_per_s_over_baseline"] == pytest.approx(
         d["tokens_per_s"] / base["tokens_per_s"])
     np.testing.assert_allclose(d["losses"], base["losses"], rtol=0, atol=1e-5)
+  lines = report.ablation_lines(out)
+  assert lines[0] == report.ABLATION_HEADING
+  row = next(line for line in lines if line.startswith("| scan_layers |"))
+  assert f"| {out['variants']['scan_layers']['tokens_per_s_over_baseline']:.2f}x |" in row
 
 
 def test_linear_fit_recovers_intercept_and_slope():

@@ -119,6 +119,8 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{row['compile_s']:.1f} | "
                      f"{_f(dm.get('peak_bytes_in_use', 0) / 2**30, '{:.1f}')} |")
     lines.append("")
+  if res.get("ablation"):
+    lines += ablation_lines(res["ablation"])
   if res.get("compile"):
     lines += compile_lines(res["compile"])
   if res.get("profile"):
@@ -196,6 +198,30 @@ def memory_lines(mem: dict[str, Any]) -> list[str]:
   for f in mem["fits"]:
     lines.append(f"| {f['model']} | {f['fixed_bytes'] / gb:.2f} | {f['per_client_bytes'] / gb:.3f}"
                  f" | " + " | ".join(str(f["max_clients_per_shard"][c]) for c in caps) + " |")
+  return lines + [""]
+
+
+ABLATION_HEADING = "## Ablation: the speed options (CPU)"
+
+
+def ablation_lines(a: dict[str, Any]) -> list[str]:
+  """The ablation section: engine tokens/s of each speed option against the baseline."""
+  sh = a["shape"]
+  first = next(iter(a["variants"]))
+  lines = [ABLATION_HEADING, "",
+           f"Each speed option on vs off in one process, rounds of all variants timed in turns "
+           f"(`{a['preset']}`, C={sh['clients']} x K={sh['local_steps']} x B={sh['batch']} x "
+           f"S={sh['seq']}, r={sh['rank']}); the variants train identically (asserted by "
+           f"`tests/test_benchmarks.py`)."
+           + (f" Measured {a['date']}: `{a['command']}`, load average "
+              f"{', '.join(f'{x:.1f}' for x in a['load_average_at_end'])} at the end."
+              if a.get("date") else ""), "",
+           f"| variant | overrides | s/round (median) | tokens/s | vs {first} | compile s |",
+           "|---|---|---|---|---|---|"]
+  for name, d in a["variants"].items():
+    overrides = ", ".join(f"{k}={v}" for k, v in d["overrides"].items())
+    lines.append(f"| {name} | {overrides} | {d['median_s']:.3f} | {d['tokens_per_s']:.0f} | "
+                 f"{d[f'tokens_per_s_over_{first}']:.2f}x | {d['compile_s']:.1f} |")
   return lines + [""]
 
 
