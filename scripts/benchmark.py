@@ -202,22 +202,11 @@ def main(argv):
     res["ablation"] = suite.ablation_section(_PRESET.value, RoundShape(
         _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
         _CHUNK.value, log=log)
-    if sections == {"ablation"}:  # an ablation-only run replaces its own section
-      res["ablation"].update(date=res["date"], command=res["command"])
-      _update_section_only("ablation", res["ablation"], report.ABLATION_HEADING,
-                           report.ablation_lines(res["ablation"]))
-      return
   if "dp" in sections:
     log("dp ...")
     res["dp"] = suite.dp_section(_PRESET.value, RoundShape(
         _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
         _CHUNK.value, log)
-    if sections == {"dp"}:  # a dp-only run replaces its own section, keeping the others
-      res["dp"].update(date=res["date"], command=res["command"],
-                       load_average_at_start=res["machine"]["load_average_at_start"],
-                       load_average_at_end=os.getloadavg())
-      _update_section_only("dp", res["dp"], report.DP_HEADING, report.dp_lines(res["dp"]))
-      return
   if "scaling" in sections:
     log("scaling ...")
     k, b, s = _ints(_SCALE_SHAPE.value)
@@ -250,24 +239,13 @@ def main(argv):
                 for n in depths for how, scan in (("loop", "off"), ("scan", "on"))}
     res["compile"] = suite.compile_section(_COMPILE_PRESET.value, c, (k, b, s), r, _GPU_CHUNK.value,
                                            variants, log)
-    if sections == {"compile"}:  # a compile-only run replaces its own section
-      res["compile"].update(date=res["date"], command=res["command"])
-      _update_section_only("compile", res["compile"], report.COMPILE_HEADING,
-                           report.compile_lines(res["compile"]))
-      return
   if "profile" in sections:
     log("profile ...")
     from fedlora_jax.benchmarks import profile
     c, k, b, s, r = _ints(_PROFILE_SHAPE.value)
     res["profile"] = profile.profile_round(_PRESET.value, RoundShape(c, k, b, s, r),
                                            logits_chunk=_CHUNK.value)
-    res["profile"].update(date=res["date"], command=res["command"],
-                          load_average_at_end=os.getloadavg())
     log("\n".join(report.profile_lines(res["profile"])))
-    if sections == {"profile"}:
-      _update_section_only("profile", res["profile"], report.PROFILE_HEADING,
-                           report.profile_lines(res["profile"]))
-      return
   if "memory" in sections:
     log("memory ...")
     from fedlora_jax.benchmarks import memory
@@ -277,12 +255,14 @@ def main(argv):
         model_sizes=tuple(_ints(_MEM_MODEL.value)), local_steps=k, batch=b, seq=s, rank=r,
         layers=tuple(_ints(_MEM_LAYERS.value))), _OUT_JSON.value + ".memory.tmp", log)
     os.remove(_OUT_JSON.value + ".memory.tmp")
-    if sections == {"memory"}:
-      res["memory"].update(date=res["date"], command=res["command"],
-                           load_average_at_end=os.getloadavg())
-      _update_section_only("memory", res["memory"], report.MEMORY_HEADING,
-                           report.memory_lines(res["memory"]))
-      return
+  only = next(iter(sections)) if len(sections) == 1 else None
+  if only in report.SECTION_WRITERS:  # a run of one such section replaces only its own figures
+    res[only].update(date=res["date"], command=res["command"],
+                     load_average_at_start=res["machine"]["load_average_at_start"],
+                     load_average_at_end=os.getloadavg())
+    heading, lines = report.SECTION_WRITERS[only]
+    _update_section_only(only, res[only], heading, lines(res[only]))
+    return
   res["host_max_rss_bytes"] = machine.max_rss_bytes()
   res["load_average_at_end"] = os.getloadavg()
   with open(_OUT_JSON.value, "w") as f:

@@ -270,6 +270,14 @@ def profile_lines(p: dict[str, Any]) -> list[str]:
   return lines + [""]
 
 
+# Sections a run of their own writes into the existing files: key -> (heading, lines).
+SECTION_WRITERS = {"ablation": (ABLATION_HEADING, ablation_lines),
+                   "dp": (DP_HEADING, dp_lines),
+                   "compile": (COMPILE_HEADING, compile_lines),
+                   "profile": (PROFILE_HEADING, profile_lines),
+                   "memory": (MEMORY_HEADING, memory_lines)}
+
+
 def splice_section(markdown_text: str, heading: str, section: list[str]) -> str:
   """Replaces the `heading` block (up to the next "## ") of a markdown text, or inserts it before
   "## Notes" (or at the end), leaving every other section as it is."""
