@@ -2,8 +2,8 @@
 
 Both tokenizers are `tokenizers.Tokenizer` objects. A tokenized set is a `TokenizedMCQ` of numpy
 arrays, one row per record: the prompt (`format_prompt`) followed by the answer token
-(`answer_text`), right-padded to `max_len`, and each row's candidate answer tokens. Prompts too long for `max_len` lose tokens from the left
-of the question; the options and "Answer:" are never cut.
+(`answer_text`), right-padded to `max_len`, and the row's candidate answer tokens. Prompts too long
+for `max_len` lose tokens from the left of the question; the options and "Answer:" are never cut.
 """
 
 from __future__ import annotations
@@ -126,6 +126,12 @@ class TokenizedMCQ:
   option_token_ids: np.ndarray
   pad_id: int = 0
   num_truncated: int = 0
+
+  def __post_init__(self) -> None:
+    n = self.input_ids.shape[0]
+    if self.option_token_ids.ndim != 2 or self.option_token_ids.shape[0] != n:
+      raise ValueError(f"option_token_ids must be [N={n}, O] (each row's option tokens), got "
+                       f"shape {self.option_token_ids.shape}")
 
   def __len__(self) -> int:
     return int(self.input_ids.shape[0])
