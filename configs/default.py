@@ -36,12 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.compile_cache = True  # JAX's persistent compilation cache in <cache_dir>/jax_cache
 
   c.pretrain = ml_collections.ConfigDict()  # only for the tiny base (model.hf_path empty)
-  c.pretrain.steps = 600
+  c.pretrain.steps = 300
   c.pretrain.batch_size = 16
   c.pretrain.seq_len = 128
   c.pretrain.learning_rate = 3e-3
-  c.pretrain.tabular_lines = 5000  # of the public tabular list (benchmark codes left out)
-  c.pretrain.public_questions = 20000  # lettered questions on codes no hospital holds
+  c.pretrain.descriptions = 5000  # public diagnosis descriptions, unlabelled (no benchmark code)
+  c.pretrain.format_drills = 20000  # questions with random options and answers: the format only
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 8
@@ -56,8 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.source = "icd10"  # "icd10" (embedded) or "files" (MedQA / MedMCQA / PubMedQA paths)
   c.data.seed = -1  # icd10 split and tiny-base pretraining; -1: the run's seed (compare fixes 0)
   c.data.level = "chapter"  # icd10: "chapter" (easier) or "block" (harder)
+  c.data.chapter_style = "label"  # icd10 chapter options: "label" (one word, answered by it)
+  #                                  or "title" (chapter titles, lettered, answered by the letter)
   c.data.tokenizer_vocab = 4096  # icd10 with the tiny base: BPE trained on ICD text
-  c.data.max_len = 128
+  c.data.max_len = 64
   c.data.medqa = ""  # files: local JSON/JSONL/parquet paths; empty ones are skipped
   c.data.medmcqa = ""
   c.data.pubmedqa = ""
@@ -76,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.fed.local_steps = 10
   c.fed.batch_size = 8
   c.fed.local_optimizer = "adamw"
-  c.fed.local_lr = 2e-3
+  c.fed.local_lr = 5e-3
   c.fed.weight_decay = 0.0
   c.fed.grad_clip_norm = 1.0
   c.fed.uniform_weights = False
@@ -117,7 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.every = 1  # rounds
   c.eval.batch_size = 150
   c.eval.max_test_per_client = 0  # 0: the whole test set
-  c.eval.round_max_test_per_client = 0  # per-round evaluation on the first N (0: all); final: all
+  c.eval.round_max_test_per_client = 50  # per-round evaluation on the first N (0: all); final: all
   c.eval.group_size = 8  # (adapter, test batch) pairs each device scores at once
 
   c.ledger = ml_collections.ConfigDict()

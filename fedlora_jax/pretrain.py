@@ -1,11 +1,13 @@
 """Pretraining the tiny base of the CPU demo on public text, cached as an HF checkpoint.
 
-A real user adapts a pretrained LLM that already knows the domain. The CPU demo's base plays
-that part: a tiny Qwen3-architecture model trained as a causal LM on public text (the run setup
-passes the ICD-10-CM tabular list minus every code the benchmark's hospitals hold, and
-lettered-question documents with random answers), saved as a Hugging Face model directory
-(config.json, model.safetensors, tokenizer.json) so that it loads through exactly the code path of
-a real local checkpoint. The directory is keyed by a hash of everything that determines it.
+A real user adapts a pretrained LLM that already has the language of the domain. The CPU demo's
+base plays that part: a tiny Qwen3-architecture model trained as a causal LM on public text (the
+run setup passes unlabelled diagnosis descriptions outside the benchmark, the chapter and block
+titles, and format drills: benchmark-style questions whose options and answer are random, so the
+base learns to answer with one of the listed options and nothing about which chapter a description
+belongs to), saved as a Hugging Face model directory (config.json, model.safetensors,
+tokenizer.json) so that it loads through exactly the code path of a real local checkpoint. The
+directory is keyed by a hash of everything that determines it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ TINY_OVERRIDES = {
     "model.hidden_size": 64, "model.intermediate_size": 128, "model.num_hidden_layers": 1,
     "model.num_attention_heads": 2, "model.num_key_value_heads": 1, "model.head_dim": 32,
     "pretrain.steps": 10, "pretrain.batch_size": 4, "pretrain.seq_len": 32,
-    "pretrain.tabular_lines": 100, "pretrain.public_questions": 50,
+    "pretrain.descriptions": 100, "pretrain.format_drills": 50,
     "lora.rank": 4, "fed.rounds": 2, "fed.local_steps": 2, "fed.batch_size": 4,
     "eval.max_test_per_client": 16, "eval.batch_size": 16, "data.tokenizer_vocab": 1024,
 }

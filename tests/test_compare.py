@@ -96,7 +96,8 @@ def test_centralized_client_takes_the_federations_steps_per_round(tmp_path):
   cfg = tiny_config(str(tmp_path / "w"), str(tmp_path / "c"))
   rows = lambda n: D.TokenizedMCQ(np.zeros((n, 8), np.int32), np.ones((n, 8), np.int32),
                                   np.zeros((n, 8), np.float32), np.zeros(n, np.int32),
-                                  np.zeros(n, np.int32), np.arange(4, dtype=np.int32))
+                                  np.zeros(n, np.int32), np.tile(np.arange(4, dtype=np.int32),
+                                                                 (n, 1)))
   hospitals = [rows(5), rows(7), rows(9)]
   held = dict(enumerate(hospitals))
   fed = ClientData(NAMES, held, NAMES, held, [], [5, 7, 9], 1)

@@ -17,7 +17,7 @@ def _client(client: int, n: int) -> TokenizedMCQ:
   loss = np.zeros((n, S), np.float32)
   loss[:, 5] = 1.0
   return TokenizedMCQ(ids, mask, loss, np.full(n, 4, np.int32), np.zeros(n, np.int32),
-                      np.arange(4, dtype=np.int32))
+                      np.tile(np.arange(4, dtype=np.int32), (n, 1)))
 
 
 CLIENTS = [_client(0, 40), _client(1, 100), _client(2, 5)]

@@ -95,6 +95,26 @@ def test_block_level_options_are_blocks_of_the_chapter():
     assert set(r.options) <= allowed and len(set(r.options)) == 4
 
 
+def test_label_style_renames_chapter_options_only(tmp_path, bench):
+  labelled = build_icd10_benchmark(seed=0, chapter_style="label", cache_dir=str(tmp_path))
+  labels = icd10.CHAPTER_LABELS
+  assert sorted(labels) == sorted(icd10.CLINICAL_CHAPTERS) and len(set(labels.values())) == 21
+  titles = {title: labels[ch] for ch, title in chapter_names().items()}
+  for split in icd10.SPLITS:
+    for plain, short in zip(_all(bench, split), _all(labelled, split)):
+      assert (short.id, short.question, short.answer) == (plain.id, plain.question, plain.answer)
+      assert short.options == tuple(titles[o] for o in plain.options)
+      assert short.options[short.answer] == labels[short.label]
+      assert (short.answer_style, plain.answer_style) == ("option", "letter")
+  # a second style is a second cache file, not a hit on the first
+  build_icd10_benchmark(seed=0, cache_dir=str(tmp_path))
+  assert len(os.listdir(tmp_path)) == 2
+  with pytest.raises(ValueError, match="chapter_style"):
+    build_icd10_benchmark(seed=0, chapter_style="roman")
+  with pytest.raises(ValueError, match="level='block'"):
+    build_icd10_benchmark(seed=0, chapter_style="label", level="block")
+
+
 def test_cache_roundtrip(tmp_path, bench):
   built = build_icd10_benchmark(seed=0, cache_dir=str(tmp_path))
   files = os.listdir(tmp_path)

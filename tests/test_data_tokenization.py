@@ -8,7 +8,8 @@ import pytest
 from fedlora_jax.data import (MCQRecord, TokenizedMCQ, answer_text, build_icd10_benchmark,
                               format_prompt, load_hf_tokenizer, pad_token_id, tokenize_mcq,
                               train_icd_tokenizer)
-from fedlora_jax.data.prompts import QUESTION_HEADER
+from fedlora_jax.data.icd10 import CHAPTER_LABELS
+from fedlora_jax.data.prompts import QUESTION_HEADER, candidate_texts
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,15 @@ def records():
   return build_icd10_benchmark(seed=0).clients["clinic"].train
 
 
-def test_prompt_template():
+def test_prompt_templates():
   r = MCQRecord("Which is red?", ("apple", "sky"), 0, "toy", "1")
   assert format_prompt(r) == "Question: Which is red?\nA. apple\nB. sky\nAnswer:"
-  assert [answer_text(i) for i in range(4)] == [" A", " B", " C", " D"]
+  assert [answer_text(r, i) for i in range(2)] == [" A", " B"] and answer_text(r) == " A"
+  o = MCQRecord("Which is red?", ("apple", "sky", "sea"), 2, "toy", "1", answer_style="option")
+  assert format_prompt(o) == "Question: Which is red?\nOptions: apple, sky, sea\nAnswer:"
+  assert candidate_texts(o) == [" apple", " sky", " sea"] and answer_text(o) == " sea"
+  with pytest.raises(ValueError, match="answer_style"):
+    MCQRecord("q", ("a", "b"), 0, "toy", "1", answer_style="word")
 
 
 def test_answer_texts_are_single_tokens(tok):
@@ -39,6 +45,8 @@ def test_answer_texts_are_single_tokens(tok):
     assert len(tok.encode(text).ids) == 1, text
   ids = [tok.encode(t).ids[0] for t in [" A", " B", " C", " D"]]
   assert len(set(ids)) == 4
+  labels = [tok.encode(" " + label).ids for label in CHAPTER_LABELS.values()]
+  assert all(len(ids) == 1 for ids in labels) and len({i[0] for i in labels}) == 21
   # the trained vocabulary knows the domain: frequent clinical words are one token
   for word in [" infarction", " pregnancy", " fracture", " neoplasm", " Diseases"]:
     assert len(tok.encode(word).ids) == 1, word
@@ -67,15 +75,16 @@ def test_masks_exactly_on_answer_tokens(tok, records):
   assert data.input_ids.dtype == np.int32 and data.loss_mask.dtype == np.float32
   assert data.answer_pos.shape == data.labels.shape == (n,)
   assert data.num_truncated == 0
-  letters = np.asarray([tok.encode(answer_text(i)).ids[0] for i in range(4)])
-  np.testing.assert_array_equal(data.option_token_ids, letters)
+  letters = np.asarray([tok.encode(f" {x}").ids[0] for x in "ABCD"])
+  np.testing.assert_array_equal(data.option_token_ids, np.tile(letters, (n, 1)))
   for row, r in enumerate(records):
     prompt = tok.encode(format_prompt(r)).ids
     pos = data.answer_pos[row]
     assert pos == len(prompt) - 1
     np.testing.assert_array_equal(data.input_ids[row, :len(prompt)], prompt)
     assert np.flatnonzero(data.loss_mask[row]).tolist() == [pos + 1]
-    assert data.input_ids[row, pos + 1] == letters[r.answer] == data.option_token_ids[data.labels[row]]
+    assert (data.input_ids[row, pos + 1] == letters[r.answer]
+            == data.option_token_ids[row, data.labels[row]])
     assert data.attention_mask[row].sum() == pos + 2 and data.attention_mask[row, :pos + 2].all()
     assert (data.input_ids[row, pos + 2:] == 0).all()
   assert data.loss_mask.sum() == n
@@ -99,7 +108,7 @@ def test_truncation_cuts_question_left_keeps_options(tok, records):
     assert kept[:len(header)] == header                       # header kept
     assert kept[-len(tail):] == prompt[-len(tail):]           # options and "Answer:" kept
     assert kept[len(header):] == prompt[len(prompt) - (len(kept) - len(header)):]  # left cut
-    assert data.input_ids[row, pos + 1] == data.option_token_ids[r.answer]
+    assert data.input_ids[row, pos + 1] == data.option_token_ids[row, r.answer]
   with pytest.raises(ValueError, match="max_len=20"):
     tokenize_mcq(tok, records, max_len=20)
 
@@ -110,6 +119,8 @@ def test_take_and_concatenate(tok, records):
   both = TokenizedMCQ.concatenate([a, b])
   np.testing.assert_array_equal(both.input_ids, data.input_ids)
   np.testing.assert_array_equal(both.labels, data.labels)
+  np.testing.assert_array_equal(both.option_token_ids, data.option_token_ids)
+  np.testing.assert_array_equal(a.option_token_ids, data.option_token_ids[:3])
   assert len(a) == 3 and both.seq_len == 128
   with pytest.raises(ValueError):
     TokenizedMCQ.concatenate([a, tokenize_mcq(tok, records[:2], max_len=100)])
@@ -130,4 +141,23 @@ def test_special_tokens_of_hf_style_post_processor(tok, records):
   assert short.num_truncated > 10 and (short.input_ids[:, 0] == 1).all()
   rows = np.arange(len(records))
   np.testing.assert_array_equal(short.input_ids[rows, short.answer_pos + 1],
-                                short.option_token_ids[short.labels])
+                                short.option_token_ids[rows, short.labels])
+
+
+def test_option_style_rows_score_their_own_labels(tok):
+  """Chapter-label records: each row's candidates are its options' one-token labels, the target
+  is the right label; a record whose option is several tokens is refused by name."""
+  records = build_icd10_benchmark(seed=0, chapter_style="label").clients["clinic"].train
+  assert all(r.answer_style == "option" for r in records)
+  data = tokenize_mcq(tok, records, max_len=64)
+  assert data.num_truncated == 0 and data.option_token_ids.shape == (len(records), 4)
+  for row, r in enumerate(records):
+    expected = [tok.encode(" " + o).ids[0] for o in r.options]
+    np.testing.assert_array_equal(data.option_token_ids[row], expected)
+    prompt = tok.encode(format_prompt(r)).ids
+    assert data.answer_pos[row] == len(prompt) - 1
+    assert data.input_ids[row, len(prompt)] == expected[r.answer]
+    assert tok.decode([int(data.input_ids[row, len(prompt)])]) == " " + r.options[r.answer]
+  bad = MCQRecord("q?", ("infarction of heart", "eye"), 0, "toy", "X1", answer_style="option")
+  with pytest.raises(ValueError, match="X1.*infarction of heart"):
+    tokenize_mcq(tok, [bad], max_len=64)

@@ -1,5 +1,6 @@
 """The tiny base's pretraining: packing, public text that leaves the benchmark out, caching."""
 
+import collections
 import json
 import os
 
@@ -35,14 +36,29 @@ def test_public_text_never_contains_benchmark_codes():
   held_descriptions = {r.question.split("diagnosis: ", 1)[1][:-1]
                        for n in bench.client_names for s in ("train", "val", "test")
                        for r in bench.clients[n].split(s)}
-  lines = D.icd10_tabular_text(exclude_codes=held)
-  assert 60000 < len(lines) < len(D.icd10_tabular_text())
-  assert not held_descriptions & {line.split(": ", 1)[1] for line in lines}
-  questions = D.public_questions(held, 300, seed=0)
-  assert len({q.id for q in questions}) == 300 and not held & {q.id for q in questions}
-  assert {q.question.split("diagnosis: ", 1)[1][:-1] for q in questions}.isdisjoint(
+  lines = D.public_descriptions(held, 4200, seed=0)
+  assert len(lines) == 4200 and not held_descriptions & set(lines)
+  table = D.icd10._code_table()
+  chapter_of = dict(zip(table.descriptions, table.chapters))
+  names = D.chapter_names()
+  assert collections.Counter(chapter_of[line] for line in lines) == {ch: 200 for ch in names}
+  drills = D.format_drills(held, 2100, seed=0)
+  assert not held & {q.id for q in drills}
+  assert {q.question.split("diagnosis: ", 1)[1][:-1] for q in drills}.isdisjoint(
       held_descriptions)
-  assert all(q.options[q.answer] == D.chapter_names()[q.label] for q in questions)
+  assert collections.Counter(q.label for q in drills) == {ch: 100 for ch in names}
+  # options and answers random: the right chapter is listed about 4/21 of the time and marked as
+  # the answer about 1/21 of the time (binomial 3-sigma bounds), answer slots uniform
+  listed = np.mean([names[q.label] in q.options for q in drills])
+  marked = np.mean([q.options[q.answer] == names[q.label] for q in drills])
+  assert abs(listed - 4 / 21) < 3 * np.sqrt(4 / 21 * 17 / 21 / 2100)
+  assert abs(marked - 1 / 21) < 3 * np.sqrt(1 / 21 * 20 / 21 / 2100)
+  slots = np.bincount([q.answer for q in drills], minlength=4) / 2100
+  assert np.all(np.abs(slots - 0.25) < 3 * np.sqrt(0.25 * 0.75 / 2100))
+  assert all(len(set(q.options)) == 4 for q in drills)
+  labelled = D.format_drills(held, 42, seed=0, chapter_style="label")
+  assert all(q.answer_style == "option" and set(q.options) <= set(D.CHAPTER_LABELS.values())
+             for q in labelled)
 
 
 def test_pretraining_lowers_the_loss_and_is_cached(tmp_path):

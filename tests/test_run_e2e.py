@@ -219,5 +219,8 @@ def test_layer_scan_run_equals_the_layer_loop_run(tmp_path, cache_dir, algorithm
     assert tensors.keys() == files_on[name].keys(), name
     assert any(".layers.1." in k for k in tensors), name
     for k, v in tensors.items():
+      # AdamW divides each element by its own RMS, so the scan's float-order differences grow
+      # on a few elements (seen at lr 5e-3: 1.5e-5, 3e-4 relative, on 1 of 256); SGD-exact
+      # equality of scan and loop is tested in test_models_scan.py.
       np.testing.assert_allclose(files_on[name][k].astype(np.float32), v.astype(np.float32),
-                                 rtol=0, atol=1e-5, err_msg=f"{name}: {k}")
+                                 rtol=1e-3, atol=1e-5, err_msg=f"{name}: {k}")

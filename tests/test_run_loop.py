@@ -63,7 +63,8 @@ def _test_set(rng, n, options, vocab=64, s=8):
   mask = np.ones((n, s), np.int32)
   mask[: n // 2, -2:] = 0
   pos = np.where(mask[:, -1] == 1, s - 1, s - 3).astype(np.int32)
-  opts = rng.choice(np.arange(2, vocab), options, replace=False).astype(np.int32)
+  opts = np.stack([rng.choice(np.arange(2, vocab), options, replace=False)  # each row its own
+                   for _ in range(n)]).astype(np.int32)
   return TokenizedMCQ(ids, mask, np.zeros((n, s), np.float32), pos,
                       rng.integers(0, options, n).astype(np.int32), opts)
 
@@ -86,7 +87,8 @@ def test_evaluator_matches_per_question_scoring(group_size):
     for t, data in tests.items():
       logits = models.last_logits(graphdef, base, lora_one, data.input_ids, data.attention_mask,
                                   data.answer_pos)
-      pred = np.argmax(np.asarray(logits)[:, data.option_token_ids], axis=-1)
+      option_logits = np.take_along_axis(np.asarray(logits), data.option_token_ids, axis=-1)
+      pred = np.argmax(option_logits, axis=-1)
       expected[m, t] = np.mean(pred == data.labels)
   np.testing.assert_array_equal(acc, expected)
   # A subset: only (m, t) pairs asked for, on the first 2 questions of each test set.

@@ -2,6 +2,7 @@
 
 import pytest
 
+from fedlora_jax import data as D
 from fedlora_jax.run import setup
 from tests.run_fixtures import tiny_config
 
@@ -20,3 +21,18 @@ def test_data_hospitals_keeps_the_named_hospitals_with_their_records(tmp_path):
                     **{"data.hospitals": (names[0], "radiology")})
   with pytest.raises(setup.SetupError, match=r"unknown hospitals \['radiology'\]"):
     setup.hospital_names(bad)
+
+
+def test_chapter_style_reaches_the_hospitals_records(tmp_path):
+  titled = tiny_config(str(tmp_path / "w"), str(tmp_path / "cache"),
+                       **{"data.chapter_style": "title"})
+  labelled = tiny_config(str(tmp_path / "w"), str(tmp_path / "cache"),
+                         **{"data.chapter_style": "label"})
+  plain = setup.client_records(titled, {0})[1][0]
+  short = setup.client_records(labelled, {0})[1][0]
+  labels = D.chapter_options("label")
+  assert [r.id for r in short] == [r.id for r in plain]
+  assert all(r.options[r.answer] == labels[r.label] for r in short)
+  assert all(p.options[p.answer] == D.chapter_names()[p.label] for p in plain)
+  assert {r.answer_style for r in short} == {"option"} and {p.answer_style for p in plain} == {
+      "letter"}

@@ -4,7 +4,10 @@ Built from the code set shipped by the `simple-icd-10-cm` package (billable code
 descriptions, chapters and blocks); nothing is downloaded.
 
 * Question: a diagnosis description. Options: 4 ICD-10-CM chapters (level "chapter") or 4 blocks of
-  the answer's chapter (level "block"); distractors and the answer letter are drawn from the seed.
+  the answer's chapter (level "block"); distractors and the answer slot are drawn from the seed.
+  A chapter is named by its title (`chapter_style="title"`, options lettered A-D, answered by the
+  letter) or by a one-word label such as "circulatory" (`"label"`, `CHAPTER_LABELS`, answered by
+  the label itself: `answer_style="option"`), which the tiny demo base learns far more easily.
 * Splits: the billable codes are split into train / val / test globally (stratified by chapter)
   before any hospital gets data. Codes that differ only by their 7th character (initial /
   subsequent encounter, sequela, ...) form one group and stay in one split, and descriptions that
@@ -34,11 +37,18 @@ from fedlora_jax.data.records import MCQRecord
 SOURCE = "icd10cm"
 SPLITS = ("train", "val", "test")
 LEVELS = ("chapter", "block")
+CHAPTER_STYLES = ("title", "label")
 NUM_OPTIONS = 4
 CLINICAL_CHAPTERS = tuple(str(i) for i in range(1, 22))  # chapter 22 (U codes) left out
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 QUESTION_TEMPLATE = "Which ICD-10-CM {what} classifies the diagnosis: {description}?"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
+CHAPTER_LABELS = {  # chapter id -> one-word label (style "label"; each one token, tokenization.py)
+    "1": "infectious", "2": "neoplasms", "3": "blood", "4": "endocrine", "5": "mental",
+    "6": "nervous", "7": "eye", "8": "ear", "9": "circulatory", "10": "respiratory",
+    "11": "digestive", "12": "skin", "13": "musculoskeletal", "14": "genitourinary",
+    "15": "pregnancy", "16": "perinatal", "17": "congenital", "18": "symptoms", "19": "injury",
+    "20": "external", "21": "health"}
 _RANGE_SUFFIX = re.compile(r"\s*\([A-Z0-9.]+-[A-Z0-9.]+\)\s*$")
 
 
@@ -198,6 +208,16 @@ def _code_table() -> _CodeTable:
 
 
 @functools.cache
+def chapter_options(style: str = "title") -> dict[str, str]:
+  """Chapter id -> the text naming it in options and public text: its title or its short label."""
+  if style == "title":
+    return chapter_names()
+  if style == "label":
+    return dict(CHAPTER_LABELS)
+  raise ValueError(f"chapter_style must be one of {CHAPTER_STYLES}, got {style!r}")
+
+
+@functools.cache
 def _block_names() -> dict[str, str]:
   return {b: _strip_range(_icd().get_description(b)) for b in set(_code_table().blocks)}
 
@@ -213,34 +233,65 @@ def icd10_corpus() -> list[str]:
   return list(_code_table().descriptions) + icd10_titles()
 
 
-def icd10_tabular_text(exclude_codes: Collection[str] = ()) -> list[str]:
-  """The tabular list as text lines "chapter title; block title: description", one per billable
-  code, leaving out the given codes and every code of their 7th-character groups (so no near copy
-  of an excluded description remains)."""
-  table = _code_table()
+def _excluded_groups(table: _CodeTable, exclude_codes: Collection[str]) -> set[str]:
   index = {code: i for i, code in enumerate(table.codes)}
-  excluded_groups = {table.groups[index[c]] for c in exclude_codes if c in index}
-  chapters, blocks = chapter_names(), _block_names()
-  return [f"{chapters[ch]}; {blocks[b]}: {d}"
-          for d, ch, b, g in zip(table.descriptions, table.chapters, table.blocks, table.groups)
-          if g not in excluded_groups]
+  return {table.groups[index[c]] for c in exclude_codes if c in index}
 
 
-def public_questions(exclude_codes: Collection[str], n: int, *, level: str = "chapter",
-                     seed: int = 0) -> list[MCQRecord]:
-  """n questions about codes outside `exclude_codes` and their 7th-character groups.
+def _balanced_public_codes(exclude_codes: Collection[str], n: int,
+                           rng: np.random.Generator) -> list[int]:
+  """n code indices outside `exclude_codes` and their 7th-character groups, n / 21 of every
+  clinical chapter (largest remainder; a chapter with fewer public codes than its share repeats
+  codes), shuffled. Balanced, so that no chapter (the injury chapter holds over half the codes)
+  is more frequent than another in public text."""
+  table = _code_table()
+  excluded = _excluded_groups(table, exclude_codes)
+  public = np.asarray([g not in excluded for g in table.groups])
+  chapters = np.asarray(table.chapters)
+  quota = _mix_counts({ch: 1 / len(CLINICAL_CHAPTERS) for ch in CLINICAL_CHAPTERS}, n)
+  chosen = []
+  for chapter in CLINICAL_CHAPTERS:
+    pool = np.flatnonzero(public & (chapters == chapter))
+    if not len(pool):
+      raise ValueError(f"chapter {chapter} has no code outside the excluded groups")
+    chosen.extend(rng.choice(pool, quota[chapter], replace=quota[chapter] > len(pool)).tolist())
+  return [chosen[j] for j in rng.permutation(len(chosen))]
 
-  Public instruction data for pretraining a base that already knows the question format, as a
-  real LLM does: it never shares a code group with the benchmark's hospitals.
+
+def public_descriptions(exclude_codes: Collection[str], n: int, *, seed: int = 0) -> list[str]:
+  """n diagnosis descriptions, chapter-balanced (`_balanced_public_codes`), none of the given codes
+  nor of their 7th-character groups (so no near copy of an excluded description). Unlabelled:
+  nothing says which chapter or block a description belongs to."""
+  table = _code_table()
+  codes = _balanced_public_codes(exclude_codes, n, np.random.default_rng([seed, 13]))
+  return [table.descriptions[i] for i in codes]
+
+
+def format_drills(exclude_codes: Collection[str], n: int, *, level: str = "chapter",
+                  seed: int = 0, chapter_style: str = "title") -> list[MCQRecord]:
+  """n benchmark-format questions that teach the format and nothing else: each asks about a
+  public description (codes drawn as for `public_descriptions`), lists 4 options drawn at random
+  (chapters; at level "block", blocks of the description's chapter) and marks a random one as the
+  answer.
+
+  Pretraining data for the tiny base: it learns to answer with one of the listed options, but
+  neither the options nor the answer say which chapter a description belongs to (with the true
+  chapter always listed, as in a benchmark question, the options line alone would teach it), so
+  what the base prefers before federated training is unrelated to the right chapter.
   """
   table = _code_table()
-  index = {code: i for i, code in enumerate(table.codes)}
-  excluded_groups = {table.groups[index[c]] for c in exclude_codes if c in index}
-  pool = np.asarray([i for i, g in enumerate(table.groups) if g not in excluded_groups])
-  if n > len(pool):
-    raise ValueError(f"only {len(pool)} codes are outside the excluded groups, asked for {n}")
-  chosen = np.random.default_rng([seed, 12]).choice(pool, n, replace=False)
-  return [_make_record(table, int(i), level, seed) for i in chosen]
+  rng = np.random.default_rng([seed, 12])
+  out = []
+  for i in _balanced_public_codes(exclude_codes, n, rng):
+    record = _make_record(table, i, level, seed, chapter_style)
+    if level == "chapter":
+      names = list(chapter_options(chapter_style).values())
+    else:
+      names = [_block_names()[b] for b in _chapter_blocks()[table.chapters[i]]]
+    options = tuple(names[j] for j in rng.choice(len(names), NUM_OPTIONS, replace=False))
+    out.append(dataclasses.replace(record, options=options,
+                                   answer=int(rng.integers(NUM_OPTIONS))))
+  return out
 
 
 def icd10_prompt_vocabulary() -> list[str]:
@@ -281,12 +332,13 @@ def _mix_counts(mix: Mapping[str, float], n: int) -> dict[str, int]:
   return dict(zip(CLINICAL_CHAPTERS, counts.tolist()))
 
 
-def _make_record(table: _CodeTable, i: int, level: str, seed: int) -> MCQRecord:
+def _make_record(table: _CodeTable, i: int, level: str, seed: int,
+                 chapter_style: str = "title") -> MCQRecord:
   """The MCQ for code index i; distractors and answer slot depend only on (seed, code)."""
   rng = np.random.default_rng([seed, 1, i])
   chapter = table.chapters[i]
   if level == "chapter":
-    names = chapter_names()
+    names = chapter_options(chapter_style)
     answer = names[chapter]
     others = [names[c] for c in CLINICAL_CHAPTERS if c != chapter]
     what = "chapter"
@@ -299,7 +351,8 @@ def _make_record(table: _CodeTable, i: int, level: str, seed: int) -> MCQRecord:
   slot = int(rng.integers(NUM_OPTIONS))
   options = tuple(distractors[:slot] + [answer] + distractors[slot:])
   question = QUESTION_TEMPLATE.format(what=what, description=table.descriptions[i])
-  return MCQRecord(question, options, slot, SOURCE, table.codes[i], chapter)
+  style = "option" if level == "chapter" and chapter_style == "label" else "letter"
+  return MCQRecord(question, options, slot, SOURCE, table.codes[i], chapter, style)
 
 
 @functools.cache
@@ -311,7 +364,8 @@ def _chapter_blocks() -> dict[str, tuple[str, ...]]:
   return {ch: tuple(sorted(b)) for ch, b in out.items()}
 
 
-def _build(level: str, hospitals: Sequence[HospitalSpec], seed: int) -> dict[str, ClientSplits]:
+def _build(level: str, hospitals: Sequence[HospitalSpec], seed: int,
+           chapter_style: str) -> dict[str, ClientSplits]:
   table = _code_table()
   pools = _split_codes(table, seed)
   taken = {s: {ch: 0 for ch in CLINICAL_CHAPTERS} for s in SPLITS}
@@ -332,7 +386,7 @@ def _build(level: str, hospitals: Sequence[HospitalSpec], seed: int) -> dict[str
         chosen.extend(pool[start:start + count].tolist())
         taken[split][chapter] = start + count
       chosen = [chosen[j] for j in rng.permutation(len(chosen))]
-      per_split[split] = [_make_record(table, i, level, seed) for i in chosen]
+      per_split[split] = [_make_record(table, i, level, seed, chapter_style) for i in chosen]
     clients[spec.name] = ClientSplits(**per_split)
   return clients
 
@@ -340,9 +394,9 @@ def _build(level: str, hospitals: Sequence[HospitalSpec], seed: int) -> dict[str
 # ------------------------------------------------------------------------------------- caching
 
 
-def _cache_key(level: str, hospitals: Sequence[HospitalSpec], seed: int) -> str:
+def _cache_key(level: str, hospitals: Sequence[HospitalSpec], seed: int, chapter_style: str) -> str:
   payload = {"version": _CACHE_VERSION, "package": importlib.metadata.version("simple-icd-10-cm"),
-             "level": level, "seed": seed, "splits": SPLIT_FRACTIONS,
+             "level": level, "seed": seed, "splits": SPLIT_FRACTIONS, "chapter_style": chapter_style,
              "hospitals": [dataclasses.asdict(h) for h in hospitals]}
   return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -361,21 +415,28 @@ def _from_json(data: Mapping) -> dict[str, ClientSplits]:
 
 def build_icd10_benchmark(*, level: str = "chapter",
                           hospitals: Sequence[HospitalSpec] = DEFAULT_HOSPITALS,
-                          seed: int = 0, cache_dir: str | None = None) -> ICD10Benchmark:
-  """Builds (or loads from `cache_dir`) the per-hospital ICD-10-CM MCQ benchmark."""
+                          seed: int = 0, cache_dir: str | None = None,
+                          chapter_style: str = "title") -> ICD10Benchmark:
+  """Builds (or loads from `cache_dir`) the per-hospital ICD-10-CM MCQ benchmark; chapter options
+  are named as `chapter_options(chapter_style)`."""
   if level not in LEVELS:
     raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+  chapter_options(chapter_style)  # validates the style
+  if level == "block" and chapter_style == "label":
+    raise ValueError("chapter_style='label' names chapters; level='block' asks for blocks "
+                     "(use chapter_style='title')")
   hospitals = tuple(hospitals)
   names = [h.name for h in hospitals]
   if len(set(names)) != len(names):
     raise ValueError(f"hospital names must be unique: {names}")
   path = None
   if cache_dir is not None:
-    path = os.path.join(cache_dir, f"icd10_{level}_s{seed}_{_cache_key(level, hospitals, seed)}.json")
+    key = _cache_key(level, hospitals, seed, chapter_style)
+    path = os.path.join(cache_dir, f"icd10_{level}_s{seed}_{key}.json")
     if os.path.exists(path):
       with open(path) as f:
         return ICD10Benchmark(level, seed, hospitals, _from_json(json.load(f)))
-  clients = _build(level, hospitals, seed)
+  clients = _build(level, hospitals, seed, chapter_style)
   if path is not None:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 LETTERS = "ABCDEFGHIJ"
+ANSWER_STYLES = ("letter", "option")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +19,9 @@ class MCQRecord:
     source: dataset name ("icd10cm", "medqa", "medmcqa", "pubmedqa").
     id: identifier unique within the source (ICD code, dataset id, PubMed id).
     label: a category used by partitioners (ICD chapter, MedMCQA subject, ...).
+    answer_style: how the question is answered: "letter" (options lettered A, B, ...; the answer
+      is the letter) or "option" (the answer is the option's text, each a single token; the
+      embedded benchmark's one-word chapter labels).
   """
 
   question: str
@@ -26,8 +30,12 @@ class MCQRecord:
   source: str
   id: str
   label: str = ""
+  answer_style: str = "letter"
 
   def __post_init__(self) -> None:
+    if self.answer_style not in ANSWER_STYLES:
+      raise ValueError(f"record {self.id!r}: answer_style must be one of {ANSWER_STYLES}, "
+                       f"got {self.answer_style!r}")
     if not 0 <= self.answer < len(self.options):
       raise ValueError(f"record {self.id!r}: answer {self.answer} out of range "
                        f"for {len(self.options)} options")

@@ -1,9 +1,9 @@
 """Tokenizers (a local HF one, or a byte-level BPE trained on ICD-10-CM text) and fixed-shape MCQ arrays.
 
 Both tokenizers are `tokenizers.Tokenizer` objects. A tokenized set is a `TokenizedMCQ` of numpy
-arrays, one row per record: the prompt (`format_prompt`) followed by the answer tokens
-(`answer_text`), right-padded to `max_len`. Prompts too long for `max_len` lose tokens from the left
-of the question; the options and "Answer:" are never cut.
+arrays, one row per record: the prompt (`format_prompt`) followed by the answer token
+(`answer_text`), right-padded to `max_len`, and the row's candidate answer tokens. Prompts too long
+for `max_len` lose tokens from the left of the question; the options and "Answer:" are never cut.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from fedlora_jax.data.icd10 import icd10_corpus, icd10_prompt_vocabulary
-from fedlora_jax.data.prompts import ANSWER_CUE, QUESTION_HEADER, answer_text, format_prompt
+from fedlora_jax.data.icd10 import CHAPTER_LABELS, icd10_corpus, icd10_prompt_vocabulary
+from fedlora_jax.data.prompts import (ANSWER_CUE, OPTIONS_HEADER, QUESTION_HEADER, candidate_texts,
+                                      format_prompt, letter_text)
 from fedlora_jax.data.records import LETTERS, MCQRecord
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
 _PAD_CANDIDATES = (PAD_TOKEN, "<pad>", "<|endoftext|>", "<|finetune_right_pad_id|>",
                    "<|end_of_text|>", "</s>", "<|eot_id|>")
-_TOKENIZER_VERSION = 1
+_TOKENIZER_VERSION = 2
 
 
 def load_hf_tokenizer(model_dir: str) -> Tokenizer:
@@ -56,22 +57,27 @@ def _tokenizer_corpus() -> list[str]:
   """ICD-10-CM text and the prompt vocabulary, the latter repeated so that its words merge.
 
   Texts are given with a leading space, as they follow "diagnosis: " or "A. " in prompts; the
-  answer texts " A".." J", " yes", " no", " maybe" are repeated most, so each becomes one token.
+  answer texts (`_SINGLE_TOKEN_ANSWERS`) are repeated most, so each becomes one token.
   """
   text = icd10_corpus()
-  answers = []
+  answers = [f"{QUESTION_HEADER} x?", f"{OPTIONS_HEADER} x, y"]
   for letter in LETTERS:
-    answers += [f"{QUESTION_HEADER} x?", f"{letter}. x", f"{ANSWER_CUE} {letter}"]
-  answers += [f"{ANSWER_CUE} yes", f"{ANSWER_CUE} no", f"{ANSWER_CUE} maybe"]
+    answers.append(f"{letter}. x")
+  answers += [f"{ANSWER_CUE}{t}" for t in _SINGLE_TOKEN_ANSWERS]
   vocabulary = [" " + t for t in icd10_prompt_vocabulary()]
   return [" " + t for t in text] + vocabulary * 100 + answers * 1000
+
+
+_SINGLE_TOKEN_ANSWERS = tuple([letter_text(i) for i in range(len(LETTERS))]
+                              + [" yes", " no", " maybe"]
+                              + [" " + label for label in CHAPTER_LABELS.values()])
 
 
 def train_icd_tokenizer(vocab_size: int = 4096, cache_dir: str | None = None) -> Tokenizer:
   """A byte-level BPE trained on ICD-10-CM descriptions and the prompt text (cached in cache_dir).
 
-  Special tokens: id 0 `<|pad|>`, id 1 `<|endoftext|>`. Each answer text " A".." J" and
-  " yes" / " no" / " maybe" is a single token.
+  Special tokens: id 0 `<|pad|>`, id 1 `<|endoftext|>`. Each answer text " A".." J",
+  " yes" / " no" / " maybe" and " <chapter label>" (`CHAPTER_LABELS`) is a single token.
   """
   path = None
   if cache_dir is not None:
@@ -86,7 +92,7 @@ def train_icd_tokenizer(vocab_size: int = 4096, cache_dir: str | None = None) ->
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 show_progress=False)
   tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
-  for text in [answer_text(i) for i in range(len(LETTERS))] + [" yes", " no", " maybe"]:
+  for text in _SINGLE_TOKEN_ANSWERS:
     if len(tok.encode(text).ids) != 1:
       raise ValueError(f"vocab_size={vocab_size} too small: {text!r} is not a single token")
   if path is not None:
@@ -105,9 +111,9 @@ class TokenizedMCQ:
     input_ids: [N, S] int32, prompt + answer tokens, right-padded with `pad_id`.
     attention_mask: [N, S] int32, 1 on real tokens.
     loss_mask: [N, S] float32, 1.0 where input_ids[n, t] is an answer token (predicted at t-1).
-    answer_pos: [N] int32, index of the last prompt token (its logits score the letters).
+    answer_pos: [N] int32, index of the last prompt token (its logits score the options).
     labels: [N] int32, the answer index.
-    option_token_ids: [O] int32, token id of each option letter's answer text.
+    option_token_ids: [N, O] int32, the token of each option's answer text (`candidate_texts`).
     pad_id: the pad token id.
     num_truncated: how many prompts lost question tokens to fit S.
   """
@@ -121,6 +127,12 @@ class TokenizedMCQ:
   pad_id: int = 0
   num_truncated: int = 0
 
+  def __post_init__(self) -> None:
+    n = self.input_ids.shape[0]
+    if self.option_token_ids.ndim != 2 or self.option_token_ids.shape[0] != n:
+      raise ValueError(f"option_token_ids must be [N={n}, O] (each row's option tokens), got "
+                       f"shape {self.option_token_ids.shape}")
+
   def __len__(self) -> int:
     return int(self.input_ids.shape[0])
 
@@ -129,35 +141,40 @@ class TokenizedMCQ:
     return int(self.input_ids.shape[1])
 
   def take(self, idx: np.ndarray | Sequence[int]) -> TokenizedMCQ:
-    """The rows `idx` (a new set; option ids and pad id kept)."""
+    """The rows `idx` (a new set; pad id kept)."""
     idx = np.asarray(idx, np.int64)
     return dataclasses.replace(
         self, input_ids=self.input_ids[idx], attention_mask=self.attention_mask[idx],
         loss_mask=self.loss_mask[idx], answer_pos=self.answer_pos[idx], labels=self.labels[idx],
-        num_truncated=0)
+        option_token_ids=self.option_token_ids[idx], num_truncated=0)
 
   @staticmethod
   def concatenate(parts: Sequence[TokenizedMCQ]) -> TokenizedMCQ:
-    """Rows of all parts in order; they must share S, option ids and pad id."""
+    """Rows of all parts in order; they must share S, the number of options and the pad id."""
     first = parts[0]
     for p in parts[1:]:
       if (p.seq_len != first.seq_len or p.pad_id != first.pad_id
-          or not np.array_equal(p.option_token_ids, first.option_token_ids)):
-        raise ValueError("cannot concatenate sets with different seq_len, pad or option ids")
+          or p.option_token_ids.shape[1] != first.option_token_ids.shape[1]):
+        raise ValueError("cannot concatenate sets with different seq_len, pad id or number of "
+                         "options")
     cat = lambda name: np.concatenate([getattr(p, name) for p in parts])
     return TokenizedMCQ(cat("input_ids"), cat("attention_mask"), cat("loss_mask"),
-                        cat("answer_pos"), cat("labels"), first.option_token_ids.copy(),
+                        cat("answer_pos"), cat("labels"), cat("option_token_ids"),
                         first.pad_id, sum(p.num_truncated for p in parts))
 
 
-def option_token_ids(tokenizer: Tokenizer, num_options: int) -> np.ndarray:
-  """[O] int32: the single token of " A", " B", ...; an error if a letter takes several tokens."""
+def option_token_ids(tokenizer: Tokenizer, record: MCQRecord) -> np.ndarray:
+  """[O] int32: the single token of each option's answer text (" A".., or " <option>" in the
+  option style); an error naming the record if one takes several tokens or two are equal."""
   ids = []
-  for i in range(num_options):
-    enc = tokenizer.encode(answer_text(i), add_special_tokens=False).ids
+  for text in candidate_texts(record):
+    enc = tokenizer.encode(text, add_special_tokens=False).ids
     if len(enc) != 1:
-      raise ValueError(f"answer text {answer_text(i)!r} is {len(enc)} tokens, not one")
+      raise ValueError(f"record {record.id!r}: answer text {text!r} is {len(enc)} tokens, not one "
+                       f"(answer_style={record.answer_style!r} needs single-token answers)")
     ids.append(enc[0])
+  if len(set(ids)) != len(ids):
+    raise ValueError(f"record {record.id!r}: two options have the same answer token")
   return np.asarray(ids, np.int32)
 
 
@@ -178,7 +195,7 @@ def tokenize_mcq(tokenizer: Tokenizer, records: Sequence[MCQRecord], max_len: in
   num_options = len(records[0].options)
   if any(len(r.options) != num_options for r in records):
     raise ValueError("all records of one set must have the same number of options")
-  option_ids = option_token_ids(tokenizer, num_options)
+  option_ids = np.stack([option_token_ids(tokenizer, r) for r in records])
   pad_id = pad_token_id(tokenizer)
   n = len(records)
   input_ids = np.full((n, max_len), pad_id, np.int32)
@@ -193,7 +210,7 @@ def tokenize_mcq(tokenizer: Tokenizer, records: Sequence[MCQRecord], max_len: in
     while end and enc.special_tokens_mask[end - 1]:            # no EOS between prompt and answer
       end -= 1
     prompt = list(enc.ids[:end])
-    answer = [int(option_ids[record.answer])]
+    answer = [int(option_ids[row, record.answer])]
     excess = len(prompt) + len(answer) - max_len
     if excess > 0:
       lo, hi = _question_span(record, enc.offsets, enc.special_tokens_mask)

@@ -42,7 +42,7 @@ class Evaluator:
     self.sharding = sharding
     self.batch_size = batch_size
     self.group_size = max(1, group_size)
-    local_options = max([len(t.option_token_ids) for t in tests.values()], default=1)
+    local_options = max([t.option_token_ids.shape[1] for t in tests.values()], default=1)
     seq = {t.seq_len for t in tests.values()}
     self.num_options = max(multihost.allgather_json(local_options))
     self.seq_len = max(multihost.allgather_json(max(seq, default=0)))
@@ -52,12 +52,12 @@ class Evaluator:
     if num_slots not in self._jitted:
       graphdef = self.graphdef
 
-      def predict(base, lora_m, model_s, ids_sbt, mask_sbt, pos_sb, options_so, option_ok_so):
-        def one(m, ids_bt, mask_bt, pos_b, options_o, ok_o):
+      def predict(base, lora_m, model_s, ids_sbt, mask_sbt, pos_sb, options_sbo, option_ok_sbo):
+        def one(m, ids_bt, mask_bt, pos_b, options_bo, ok_bo):
           lora = jax.tree.map(lambda x: x[m], lora_m)
           return predict_options(last_logits(graphdef, base, lora, ids_bt, mask_bt, pos_b),
-                                 options_o, ok_o)
-        return jax.vmap(one)(model_s, ids_sbt, mask_sbt, pos_sb, options_so, option_ok_so)
+                                 options_bo, ok_bo)
+        return jax.vmap(one)(model_s, ids_sbt, mask_sbt, pos_sb, options_sbo, option_ok_sbo)
 
       kw = {} if self.sharding is None else {"out_shardings": self.sharding.by_client}
       self._jitted[num_slots] = jax.jit(predict, **kw)
@@ -137,14 +137,17 @@ class Evaluator:
     def row(s: int):
       if s not in mine:
         return (0, np.zeros((b, s_len), np.int32), np.zeros((b, s_len), np.int32),
-                np.zeros((b,), np.int32), np.zeros((o,), np.int32), np.arange(o) == 0)
+                np.zeros((b,), np.int32), np.zeros((b, o), np.int32),
+                np.broadcast_to(np.arange(o) == 0, (b, o)))
       m, t, start, n = mine[s]
       data = self.tests[t]
       idx = np.arange(start, start + b)
       idx[idx >= n] = start  # pad with a real row so every batch has one shape
-      opts = np.asarray(data.option_token_ids, np.int32)
+      opts = np.asarray(data.option_token_ids[idx], np.int32)
+      num = opts.shape[1]
       return (m, data.input_ids[idx], data.attention_mask[idx], data.answer_pos[idx],
-              np.pad(opts, (0, o - len(opts)), constant_values=opts[0]), np.arange(o) < len(opts))
+              np.pad(opts, ((0, 0), (0, o - num)), mode="edge"),
+              np.broadcast_to(np.arange(o) < num, (b, o)))
 
     cache: dict[int, tuple] = {}
     def field(k: int, dtype, shape):
@@ -158,4 +161,4 @@ class Evaluator:
 
     return (field(0, np.int32, ()), field(1, np.int32, (b, s_len)),
             field(2, np.int32, (b, s_len)), field(3, np.int32, (b,)),
-            field(4, np.int32, (o,)), field(5, bool, (o,)))
+            field(4, np.int32, (b, o)), field(5, bool, (b, o)))

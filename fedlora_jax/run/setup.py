@@ -103,7 +103,8 @@ def local_training(cfg: ml_collections.ConfigDict, max_target_tokens: int,
 
 def _icd_benchmark(cfg) -> D.ICD10Benchmark:
   return D.build_icd10_benchmark(level=cfg.data.level, seed=data_seed(cfg),
-                                 cache_dir=expand(cfg.cache_dir))
+                                 cache_dir=expand(cfg.cache_dir),
+                                 chapter_style=cfg.data.chapter_style)
 
 
 def _benchmark_codes(bench: D.ICD10Benchmark) -> set[str]:
@@ -131,18 +132,16 @@ def base_model_dir(cfg) -> str:
                        num_key_value_heads=cfg.model.num_key_value_heads,
                        head_dim=cfg.model.head_dim, max_position_embeddings=512,
                        param_dtype="float32", dtype="float32", eos_token_id=1)
-  # Public text only: the ICD-10-CM tabular list and lettered questions about codes that no
-  # hospital holds (a real LLM has read both kinds). Every benchmark code is left out with its
-  # 7th-character variants, so no train, val or test description is seen before federated
-  # training.
+  # Public text only: unlabelled descriptions of codes that no hospital holds (every benchmark code
+  # is left out with its 7th-character variants, so no train, val or test description is seen
+  # before federated training), the chapter and block titles, and format drills (random options
+  # and answers). Which chapter a description belongs to is learnt from the hospitals only.
   held = _benchmark_codes(_icd_benchmark(cfg))
-  rng = np.random.default_rng([data_seed(cfg), 13])
-  tabular = D.icd10_tabular_text(exclude_codes=held)
-  tabular = [tabular[i] for i in rng.permutation(len(tabular))[:cfg.pretrain.tabular_lines]]
-  questions = D.public_questions(held, cfg.pretrain.public_questions, level=cfg.data.level,
-                                 seed=data_seed(cfg))
-  texts = tabular + D.icd10_titles() + [D.format_prompt(q) + D.answer_text(q.answer)
-                                        for q in questions]
+  descriptions = D.public_descriptions(held, cfg.pretrain.descriptions, seed=data_seed(cfg))
+  drills = D.format_drills(held, cfg.pretrain.format_drills, level=cfg.data.level,
+                           seed=data_seed(cfg), chapter_style=cfg.data.chapter_style)
+  texts = (descriptions + D.icd10_titles()
+           + [D.format_prompt(q) + D.answer_text(q) for q in drills])
   return pretrain_base(arch, tokenizer, texts, steps=cfg.pretrain.steps,
                        batch_size=cfg.pretrain.batch_size, seq_len=cfg.pretrain.seq_len,
                        learning_rate=cfg.pretrain.learning_rate, seed=data_seed(cfg),
