@@ -95,6 +95,7 @@ def runs(tmp_path_factory):
   return reference, pod, logs, cache
 
 
+@pytest.mark.slow  # two-process pod runs, ~3 min together
 @pytest.mark.multidevice
 def test_pod_run_equals_single_process_run(runs):
   reference, pod, _, _ = runs
@@ -112,6 +113,7 @@ def test_pod_run_equals_single_process_run(runs):
   assert summary["ledger"]["valid"] and summary["ledger"]["blocks"] == 3
 
 
+@pytest.mark.slow  # two-process pod runs, ~3 min together
 @pytest.mark.multidevice
 def test_each_process_holds_only_its_own_hospitals(runs):
   _, _, logs, _ = runs
@@ -125,6 +127,7 @@ def test_each_process_holds_only_its_own_hospitals(runs):
   assert "round   1" in _log(logs, 0) and "round   1" not in _log(logs, 1)
 
 
+@pytest.mark.slow  # two-process pod runs, ~3 min together
 @pytest.mark.multidevice
 def test_pod_killed_after_round_one_resumes_to_the_same_result(runs, tmp_path):
   _, pod, _, cache = runs

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from fedlora_jax.run import experiment
 from tests.run_fixtures import ROOT, TINY_OVERRIDES, cli_flags, tiny_config
@@ -35,6 +36,7 @@ def _records(workdir):
     return [json.loads(line) for line in f if line.strip()]
 
 
+@pytest.mark.slow  # three full runs, one killed, ~1 min
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
   cache = str(tmp_path / "cache")
   reference = experiment.run(tiny_config(str(tmp_path / "ref"), cache, **{"fed.rounds": 3}))
