@@ -30,7 +30,7 @@ def records():
 def test_prompt_templates():
   r = MCQRecord("Which is red?", ("apple", "sky"), 0, "toy", "1")
   assert format_prompt(r) == "Question: Which is red?\nA. apple\nB. sky\nAnswer:"
-  assert [answer_text(r, i) for i in range(2)] == [" A", " B"] and answer_text(r) == " A"
+  assert candidate_texts(r) == [" A", " B"] and answer_text(r) == " A"
   o = MCQRecord("Which is red?", ("apple", "sky", "sea"), 2, "toy", "1", answer_style="option")
   assert format_prompt(o) == "Question: Which is red?\nOptions: apple, sky, sea\nAnswer:"
   assert candidate_texts(o) == [" apple", " sky", " sea"] and answer_text(o) == " sea"

@@ -19,9 +19,10 @@ from fedlora_jax.data.tokenization import (TokenizedMCQ, load_hf_tokenizer, pad_
 __all__ = [
     "CHAPTER_LABELS", "DEFAULT_HOSPITALS", "ClientSplits", "DataError", "HospitalSpec",
     "ICD10Benchmark", "MCQRecord", "TokenizedMCQ", "answer_text", "build_icd10_benchmark",
-    "candidate_texts", "chapter_names", "chapter_options", "check_partition", "client_order", "dirichlet_partition", "dominant_chapter_share",
-    "format_prompt", "icd10_corpus", "public_descriptions", "icd10_titles", "iid_partition", "label_shares", "load_hf_tokenizer",
+    "candidate_texts", "chapter_names", "chapter_options", "check_partition", "client_order",
+    "dirichlet_partition", "dominant_chapter_share", "format_drills", "format_prompt",
+    "icd10_corpus", "icd10_titles", "iid_partition", "label_shares", "load_hf_tokenizer",
     "load_medmcqa", "load_medqa", "load_pubmedqa", "mean_max_label_share", "natural_partition",
-    "partition_report", "pad_token_id", "poisson_round_batches", "pooled", "format_drills", "quantity_skew_partition", "round_batches",
-    "tokenize_mcq", "train_icd_tokenizer",
+    "pad_token_id", "partition_report", "poisson_round_batches", "pooled", "public_descriptions",
+    "quantity_skew_partition", "round_batches", "tokenize_mcq", "train_icd_tokenizer",
 ]

@@ -281,13 +281,12 @@ def format_drills(exclude_codes: Collection[str], n: int, *, level: str = "chapt
   """
   table = _code_table()
   rng = np.random.default_rng([seed, 12])
+  chapter_names_ = list(chapter_options(chapter_style).values())
   out = []
   for i in _balanced_public_codes(exclude_codes, n, rng):
-    record = _make_record(table, i, level, seed, chapter_style)
-    if level == "chapter":
-      names = list(chapter_options(chapter_style).values())
-    else:
-      names = [_block_names()[b] for b in _chapter_blocks()[table.chapters[i]]]
+    record = _make_record(table, i, level, seed, chapter_style)  # its question text and style
+    names = chapter_names_ if level == "chapter" else [
+        _block_names()[b] for b in _chapter_blocks()[table.chapters[i]]]
     options = tuple(names[j] for j in rng.choice(len(names), NUM_OPTIONS, replace=False))
     out.append(dataclasses.replace(record, options=options,
                                    answer=int(rng.integers(NUM_OPTIONS))))

@@ -53,6 +53,6 @@ def candidate_texts(record: MCQRecord) -> list[str]:
   return [letter_text(i) for i in range(len(record.options))]
 
 
-def answer_text(record: MCQRecord, answer: int | None = None) -> str:
-  """The target text of `record` (of option `answer` when given, else of its correct option)."""
-  return candidate_texts(record)[record.answer if answer is None else answer]
+def answer_text(record: MCQRecord) -> str:
+  """The target text of `record`: the answer text of its correct option."""
+  return candidate_texts(record)[record.answer]

@@ -163,19 +163,26 @@ class TokenizedMCQ:
                         first.pad_id, sum(p.num_truncated for p in parts))
 
 
-def option_token_ids(tokenizer: Tokenizer, record: MCQRecord) -> np.ndarray:
-  """[O] int32: the single token of each option's answer text (" A".., or " <option>" in the
-  option style); an error naming the record if one takes several tokens or two are equal."""
-  ids = []
-  for text in candidate_texts(record):
-    enc = tokenizer.encode(text, add_special_tokens=False).ids
-    if len(enc) != 1:
-      raise ValueError(f"record {record.id!r}: answer text {text!r} is {len(enc)} tokens, not one "
-                       f"(answer_style={record.answer_style!r} needs single-token answers)")
-    ids.append(enc[0])
-  if len(set(ids)) != len(ids):
-    raise ValueError(f"record {record.id!r}: two options have the same answer token")
-  return np.asarray(ids, np.int32)
+def option_token_ids(tokenizer: Tokenizer, records: Sequence[MCQRecord]) -> np.ndarray:
+  """[N, O] int32: the single token of each option's answer text (" A".., or " <option>" in the
+  option style), each distinct text encoded once; an error naming the record if one takes several
+  tokens or two of its options share a token."""
+  texts = sorted({t for r in records for t in candidate_texts(r)})
+  encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+  token_of = dict(zip(texts, (e.ids for e in encodings)))
+  rows = []
+  for record in records:
+    ids = []
+    for text in candidate_texts(record):
+      if len(token_of[text]) != 1:
+        raise ValueError(f"record {record.id!r}: answer text {text!r} is {len(token_of[text])} "
+                         f"tokens, not one (answer_style={record.answer_style!r} needs "
+                         "single-token answers)")
+      ids.append(token_of[text][0])
+    if len(set(ids)) != len(ids):
+      raise ValueError(f"record {record.id!r}: two options have the same answer token")
+    rows.append(ids)
+  return np.asarray(rows, np.int32)
 
 
 def _question_span(record: MCQRecord, offsets: Sequence[tuple[int, int]],
@@ -195,7 +202,7 @@ def tokenize_mcq(tokenizer: Tokenizer, records: Sequence[MCQRecord], max_len: in
   num_options = len(records[0].options)
   if any(len(r.options) != num_options for r in records):
     raise ValueError("all records of one set must have the same number of options")
-  option_ids = np.stack([option_token_ids(tokenizer, r) for r in records])
+  option_ids = option_token_ids(tokenizer, records)
   pad_id = pad_token_id(tokenizer)
   n = len(records)
   input_ids = np.full((n, max_len), pad_id, np.int32)

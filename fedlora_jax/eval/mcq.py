@@ -26,8 +26,8 @@ def predict_options(last_logits: jax.Array, option_token_ids: jax.Array,
                     option_valid: jax.Array | None = None) -> jax.Array:
   """[B, V] logits, [B, O] option token ids -> [B] int32 index of the most likely option.
 
-  `option_valid` [B, O] bool masks out padding options (test sets with fewer options batched with
-  others).
+  `option_valid` [O] (or [B, O]) bool masks out padding options (test sets with fewer options
+  batched with others).
   """
   option_logits_bo = jnp.take_along_axis(last_logits, jnp.asarray(option_token_ids), axis=-1)
   if option_valid is not None:

@@ -52,12 +52,12 @@ class Evaluator:
     if num_slots not in self._jitted:
       graphdef = self.graphdef
 
-      def predict(base, lora_m, model_s, ids_sbt, mask_sbt, pos_sb, options_sbo, option_ok_sbo):
-        def one(m, ids_bt, mask_bt, pos_b, options_bo, ok_bo):
+      def predict(base, lora_m, model_s, ids_sbt, mask_sbt, pos_sb, options_sbo, option_ok_so):
+        def one(m, ids_bt, mask_bt, pos_b, options_bo, ok_o):
           lora = jax.tree.map(lambda x: x[m], lora_m)
           return predict_options(last_logits(graphdef, base, lora, ids_bt, mask_bt, pos_b),
-                                 options_bo, ok_bo)
-        return jax.vmap(one)(model_s, ids_sbt, mask_sbt, pos_sb, options_sbo, option_ok_sbo)
+                                 options_bo, ok_o)
+        return jax.vmap(one)(model_s, ids_sbt, mask_sbt, pos_sb, options_sbo, option_ok_so)
 
       kw = {} if self.sharding is None else {"out_shardings": self.sharding.by_client}
       self._jitted[num_slots] = jax.jit(predict, **kw)
@@ -137,8 +137,7 @@ class Evaluator:
     def row(s: int):
       if s not in mine:
         return (0, np.zeros((b, s_len), np.int32), np.zeros((b, s_len), np.int32),
-                np.zeros((b,), np.int32), np.zeros((b, o), np.int32),
-                np.broadcast_to(np.arange(o) == 0, (b, o)))
+                np.zeros((b,), np.int32), np.zeros((b, o), np.int32), np.arange(o) == 0)
       m, t, start, n = mine[s]
       data = self.tests[t]
       idx = np.arange(start, start + b)
@@ -146,8 +145,7 @@ class Evaluator:
       opts = np.asarray(data.option_token_ids[idx], np.int32)
       num = opts.shape[1]
       return (m, data.input_ids[idx], data.attention_mask[idx], data.answer_pos[idx],
-              np.pad(opts, ((0, 0), (0, o - num)), mode="edge"),
-              np.broadcast_to(np.arange(o) < num, (b, o)))
+              np.pad(opts, ((0, 0), (0, o - num)), mode="edge"), np.arange(o) < num)
 
     cache: dict[int, tuple] = {}
     def field(k: int, dtype, shape):
@@ -161,4 +159,4 @@ class Evaluator:
 
     return (field(0, np.int32, ()), field(1, np.int32, (b, s_len)),
             field(2, np.int32, (b, s_len)), field(3, np.int32, (b,)),
-            field(4, np.int32, (b, o)), field(5, bool, (b, o)))
+            field(4, np.int32, (b, o)), field(5, bool, (o,)))
