@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.dirichlet_alpha = 0.3
   c.data.test_fraction = 0.2  # files: held-out share of each client's data
   c.data.hospitals = ()  # only these hospitals (names); empty: all of them
+  c.data.extra_train = ""  # JSON lines of questions (+ "hospital") added to training (audits)
 
   c.fed = ml_collections.ConfigDict()
   c.fed.algorithm = "fedavg"  # fedavg fedprox fedavgm fedadam fedyogi fedadagrad scaffold

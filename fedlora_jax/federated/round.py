@@ -131,10 +131,11 @@ class FederatedRound:
     return objective
 
   def client_train(self, base, global_lora, server_state, client_state, batches_k, key,
-                   noise_key):
+                   noise_key=None):
     """K local steps of one client. batches_k leaves: [K, B, S]. Returns (lora, state, losses[K]).
 
-    key: the seeded dropout key; noise_key: uint32 [2], the client's secret DP-SGD key of the round.
+    key: the seeded dropout key; noise_key: uint32 [2], the client's secret DP-SGD key of the
+    round (required under DP-SGD).
 
     Only the algorithm's `trainable_parts` are differentiated, clipped (global norm over them)
     and updated; the other parts stay bit-identical. Each step applies
@@ -142,6 +143,10 @@ class FederatedRound:
     `client_final` (SCAFFOLD's control variate).
     """
     alg, tr = self.algorithm, self.training
+    if noise_key is None:
+      if self.safeguards.example_dp is not None:
+        raise ValueError("example-level DP needs the client's secret noise key")
+      noise_key = jnp.zeros((2,), jnp.uint32)
     start = alg.client_start(global_lora, client_state)
     train0, frozen = split_parts(start, alg.trainable_parts)
     clip = (optax.clip_by_global_norm(tr.grad_clip_norm) if tr.grad_clip_norm is not None
