@@ -128,3 +128,18 @@ def test_secret_noise_runs_differ_resume_exactly_and_leave_no_secret(tmp_path):
   for path, data in _files(a, skip={"keys"}):
     for needle in needles:
       assert needle not in data, (path, needle)
+
+
+@pytest.mark.slow
+def test_client_level_run_uses_the_servers_secret_and_reports_the_federation_epsilon(tmp_path):
+  cache = str(tmp_path / "cache")
+  client = {"privacy.level": "client", "privacy.noise_multiplier": 0.5,
+            "privacy.adaptive_clipping": True, "privacy.clip_norm": 0.1, "ledger.enabled": False}
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  summary = experiment.run(tiny_config(a, cache, **client))
+  experiment.run(tiny_config(b, cache, **client))
+  assert os.path.exists(os.path.join(a, "keys", "server", "dp_secret"))
+  assert _adapter_bytes(a) != _adapter_bytes(b)
+  direct = A.epsilon(A.client_round_event(0.5), 2, 1e-5)
+  assert summary["privacy"]["epsilon"] == {"federation": direct}
+  assert summary["privacy"]["unit"] == "client-level (one hospital)"

@@ -109,7 +109,7 @@ class Safeguards:
     return (jax.tree.map(lambda g, u: (g[None] + u).astype(g.dtype), state["global_lora"],
                          attacked),) + tuple(rest)
 
-  def server_update(self, algorithm, inp, state: dict, server_noise_key: jax.Array
+  def server_update(self, algorithm, inp, state: dict, server_noise_key: jax.Array | None = None
                     ) -> tuple[PyTree, PyTree, PyTree]:
     """`algorithm.server_update(inp)`, behind client-level DP or a robust rule when set;
     server_noise_key: uint32 [2], the server's secret key of this round (DP-FedAvg only)."""
@@ -119,6 +119,8 @@ class Safeguards:
     update_cd, unflatten = flatten_updates(inp.local_c, inp.global_lora)
     server_state = dict(inp.server_state)
     if self.client_dp is not None:
+      if server_noise_key is None:
+        raise ValueError("client-level DP needs the server's secret noise key")
       privacy = server_state.pop("privacy")
       mean_d, privacy = self.client_dp.aggregate(
           update_cd, inp.valid_c, privacy, server_noise_key,

@@ -35,11 +35,14 @@ class DpKeys:
   Args:
     hospitals: {client id: that hospital's secret} for the clients on this process.
     server: the server's secret (process 0 only; None elsewhere or without client-level DP).
+    client_level: client-level DP is on (the server's key is needed on every process).
   """
 
-  def __init__(self, hospitals: dict[int, DpSecret], server: DpSecret | None):
+  def __init__(self, hospitals: dict[int, DpSecret], server: DpSecret | None,
+               client_level: bool = False):
     self.hospitals = hospitals
     self.server = server
+    self.client_level = client_level
 
   @classmethod
   def open(cls, cfg, workdir: str, names: Sequence[str], local_clients: Sequence[int]) -> DpKeys:
@@ -55,7 +58,7 @@ class DpKeys:
                  if level == "example" else {})
     server = (secret("server", os.path.join(workdir, "keys", "server"))
               if level == "client" and multihost.is_writer() else None)
-    return cls(hospitals, server)
+    return cls(hospitals, server, client_level=level == "client")
 
   def sampling_rngs(self, client_ids: Sequence[int], round_idx: int
                     ) -> list[np.random.Generator]:
@@ -72,6 +75,8 @@ class DpKeys:
   def server_noise_key(self, round_idx: int) -> np.ndarray | None:
     """uint32 [2]: the server's DP-FedAvg key of round `round_idx` on every process (None
     without client-level DP)."""
+    if not self.client_level:
+      return None
     key = multihost.broadcast_json(
         None if self.server is None else self.server.jax_key(FEDAVG_NOISE, round_idx).tolist())
     return None if key is None else np.asarray(key, np.uint32)
