@@ -210,8 +210,9 @@ class FederatedRound:
         global_lora=g, server_state=ss, local_c=local_c, weights_c=weights, valid_c=valid,
         old_client_state_c=old_cs, new_client_state_c=new_cs, base=base,
         num_clients=self.num_clients), state, server_noise_key)
-    any_valid = jnp.any(valid)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(any_valid, a, b), new, old)
+    # No valid client, or too few for the robust rule: the round changes nothing (recorded).
+    aggregated = jnp.any(valid) & self.safeguards.robust.enough(valid)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(aggregated, a, b), new, old)
     new_state = {
         "round": state["round"] + 1,
         "rng": state["rng"],
@@ -221,7 +222,8 @@ class FederatedRound:
             lambda a, u: a.at[self._scatter_index(client_ids)].set(u, mode="drop"),
             state["client_states"], new_cs),
     }
-    metrics = {"loss": losses_ck, "valid": valid, "finite": finite, "weights": weights}
+    metrics = {"loss": losses_ck, "valid": valid, "finite": finite, "weights": weights,
+               "aggregated": aggregated}
     return new_state, keep(new_base, base) if alg.updates_base else base, metrics
 
   def _scatter_index(self, client_ids):
@@ -250,7 +252,8 @@ class FederatedRound:
       sh.check_clients(num_slots)
       rep, by_c, base_sh = sh.replicated, sh.by_client, self.base_sharding
       state_sh = self.state_shardings()
-      metrics_sh = {"loss": by_c, "valid": by_c, "finite": by_c, "weights": by_c}
+      metrics_sh = {"loss": by_c, "valid": by_c, "finite": by_c, "weights": by_c,
+                    "aggregated": rep}
       out_sh = (state_sh, base_sh, metrics_sh)
       kw = {
           "round": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep, by_c, rep),
@@ -351,7 +354,8 @@ class FederatedRound:
       server_noise_key: [2] uint32, the server's secret DP-FedAvg key of this round.
     Returns:
       (state, base, metrics) with metrics `loss` [C, K], `valid` [C], `finite` [C], `weights`
-      [C]. The base is the input base unless the algorithm changes it (FedEx-LoRA). The input
+      [C], `aggregated` [] (False: no valid client, or too few for the robust rule; the round
+      then leaves the global adapter and server state unchanged). The base is the input base unless the algorithm changes it (FedEx-LoRA). The input
       state (and base, for FedEx-LoRA) is donated. C clients that do not fill the mesh's client
       rows are padded with dummy clients here; the metrics cover the C real ones.
     """
@@ -368,7 +372,7 @@ class FederatedRound:
         state, base, batches, client_ids, np.asarray(num_samples, np.float32),
         self._noise_keys(noise_keys, len(client_ids)), self._server_noise_key(server_noise_key))
     if len(client_ids) != c:
-      metrics = jax.tree.map(lambda m: m[:c], metrics)
+      metrics = {k: v if k == "aggregated" else v[:c] for k, v in metrics.items()}
     return state, base, metrics
 
   def train(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids,

@@ -119,6 +119,10 @@ class RoundRunner:
     privacy = self.privacy and self.privacy.after_round(names, clip)
     ledger = gate.record(round_idx + 1, job.state["global_lora"], job.base, ledger_field(privacy))
     host = {k: multihost.gather_rows(m[k])[real] for k in ("loss", "valid", "weights")}
+    aggregated = bool(multihost.host_value(m["aggregated"]))
+    if not aggregated:
+      logging.warning("round %d: too few valid clients (%d) for the aggregation rule; the global "
+                      "adapter is unchanged", round_idx + 1, int(host["valid"].sum()))
     timing["round_s"] = time.time() - t0
     # Per-hospital training losses are not DP releases: with DP on, only their mean is written.
     loss = host["loss"].mean(axis=1)
@@ -126,7 +130,7 @@ class RoundRunner:
     return {
         "round": round_idx + 1, "clients": names,
         "loss": loss, "valid": host["valid"].tolist(),
-        "weights": host["weights"].tolist(), "ledger": ledger,
+        "weights": host["weights"].tolist(), "aggregated": aggregated, "ledger": ledger,
         "timing": {k: round(v, 3) for k, v in timing.items()},
         **({"privacy": privacy} if privacy else {}),
     }
