@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
         + (f", {result.receipts} receipts in the ledger" if _RECEIPTS.value else "")
         + (f", {len(_REPLICAS.value)} replicas agree" if _REPLICAS.value else "")
         + (", no dispute" if _ISSUED.value else "")
-        + ("" if result.closed else " (not closed)"))
+        + (" (open: no closing block yet)" if _OPEN.value and not result.closed else ""))
   for index, name, reason in result.refusals:
     print(f"block {index}: {name} refused to co-sign ({reason})")
   for round_no, name, reason in result.missing:

@@ -12,6 +12,7 @@ from fedlora_jax.ledger import (
     Attestation, Identity, Ledger, adapter_file_digest, backend_available, find_provenance,
     get_backend, time_round, tree_digest,
 )
+from tests.ledger_fixtures import create_ledger, join
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = b"fedlora-jax ledger tool tests 32"
@@ -26,7 +27,7 @@ def _ledger(tmp_path: Path) -> tuple[Ledger, list[Identity]]:
   backend = get_backend("auto")
   server = Identity.generate("server", SEED, backend)
   clients = [Identity.generate(name, SEED, backend) for name in ("hosp-a", "hosp-b", "hosp-c")]
-  ledger = Ledger.create(tmp_path / "ledger.jsonl", "prov", server, clients, backend=backend)
+  ledger = create_ledger(tmp_path / "ledger.jsonl", "prov", server, clients, backend)
   for r, (participants, global_x) in enumerate([(clients[:2], 1.0), (clients[1:], 2.0),
                                                 ([], 2.0)]):
     ctx = ledger.round_context(r)
