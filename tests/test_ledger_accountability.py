@@ -4,6 +4,9 @@ hospital's replica."""
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 from fedlora_jax import ledger as L
 from fedlora_jax.ledger.ledger import _seal
 
+REPO = Path(__file__).resolve().parents[1]
 NAMES = ("cardiology", "oncology", "trauma")
 SIZES = {"cardiology": 30, "oncology": 120, "trauma": 50}  # declared dataset sizes
 
@@ -264,6 +268,19 @@ def test_omission_by_silence_is_a_dispute(tmp_path: Path) -> None:
       f"{att.update_digest[:16]}..., 120 samples, head {att.prev_hash[:16]}...); block 1 "
       "records it missing (timeout)")
   assert result.reason == f"1 dispute(s); first: {result.disputes[0]}"
+  env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  anchors = [f"--{k}={v}" for k, v in run.anchors.items()]
+  out = subprocess.run([sys.executable, str(REPO / "scripts" / "verify_ledger.py"),
+                        f"--ledger={run.path}", *anchors, f"--issued={run.receipts}"],
+                       capture_output=True, text=True, env=env, timeout=120)
+  assert out.returncode == 1 and out.stdout.splitlines() == [
+      f"INVALID: block 2: {result.reason}", f"dispute: {result.disputes[0]}"]
+  replicas = [f"--replica={p}" for p in run.replicas()]
+  out = subprocess.run([sys.executable, str(REPO / "scripts" / "verify_ledger.py"),
+                        f"--ledger={run.path}", *anchors, *replicas],
+                       capture_output=True, text=True, env=env, timeout=120)
+  assert out.returncode == 0 and out.stdout == (
+      "OK: 3 blocks verified, 3 replicas agree\nround 1: oncology missing (timeout)\n")
 
 
 def test_receipts_of_another_ledger_or_none_fail(honest: Run, tmp_path: Path) -> None:
