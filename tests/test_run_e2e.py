@@ -188,7 +188,8 @@ def test_fedex_lora_block_attests_the_shipped_base_residual(tmp_path, cache_dir)
   workdir = str(tmp_path / "fedex")
   cfg = tiny_config(workdir, cache_dir, **{"fed.algorithm": "fedex_lora", "fed.rounds": 1})
   summary = experiment.run(cfg)
-  last = [json.loads(line) for line in open(os.path.join(workdir, "ledger.jsonl"))][-1]
+  last = [b for b in map(json.loads, open(os.path.join(workdir, "ledger.jsonl")))
+          if b["kind"] == "round"][-1]
   shipped = load_file(os.path.join(workdir, "base_with_residuals", "model.safetensors"))
   original = load_file(os.path.join(setup.base_model_dir(cfg), "model.safetensors"))
   assert summary["ledger"]["valid"] and last["algorithm"] == "fedex_lora"
