@@ -14,7 +14,7 @@ from fedlora_jax.ledger import (
 )
 from fedlora_jax.ledger.block import block_hash
 from fedlora_jax.ledger.ledger import _seal
-from tests.ledger_fixtures import create_ledger, join
+from tests.ledger_fixtures import create_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = b"fedlora-jax ledger privacy tests"  # 32 bytes

@@ -12,7 +12,7 @@ from fedlora_jax.ledger import (
     Attestation, Identity, Ledger, adapter_file_digest, backend_available, find_provenance,
     get_backend, time_round, tree_digest,
 )
-from tests.ledger_fixtures import create_ledger, join
+from tests.ledger_fixtures import create_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = b"fedlora-jax ledger tool tests 32"
