@@ -172,7 +172,7 @@ def test_server_cannot_enrol_a_member_alone(honest: Run, tmp_path: Path) -> None
   fake = L.enroll("ghost", tmp_path / "ghost", 10**6)
   server_sig = L.Identity.load(honest.root / "server-keys", "server").sign(b"approve")
   honest.append_forged({
-      "kind": "register", "registrations": [fake.to_dict()],
+      "kind": "register", "registrations": [fake.to_dict()], "removals": [],
       "cosignature": json.loads(lines[3])["cosignature"],
       "approval": {"signers": [], "signature": server_sig.hex()}})
   result = honest.verify(allow_open=True)
@@ -182,14 +182,32 @@ def test_server_cannot_enrol_a_member_alone(honest: Run, tmp_path: Path) -> None
     honest.server.ledger.register([fake], [(honest.signers["trauma"].id, b"")])
 
 
-def test_members_approve_a_join_by_majority(tmp_path: Path) -> None:
+def test_members_approve_joins_redeclarations_and_leaves_by_majority(tmp_path: Path) -> None:
   run = _start(tmp_path)
+  ledger = run.server.ledger
+
+  def approve(names, regs, removals=()):
+    message = ledger.membership_message(regs, removals)
+    return [(run.signers[n].id, run.signers[n].approve(message)) for n in names]
+
   late = L.enroll("pediatrics", tmp_path / "hospitals" / "pediatrics", 40)
-  message = run.server.ledger.membership_message([late])
-  approval = [(run.signers[n].id, run.signers[n].approve(message)) for n in NAMES[:2]]
-  block = run.server.ledger.register([late], approval)
+  block = ledger.register([late], approve(NAMES[:2], [late]))
   assert block["approval"]["signers"] == [run.signers[n].id for n in NAMES[:2]]
-  assert run.verify().ok
+  assert ledger.declared[late.id] == 40
+  more = L.enroll("oncology", tmp_path / "hospitals" / "oncology", 500)  # re-declares its size
+  with pytest.raises(L.LedgerError, match="majority of the 4 members, got 2"):
+    ledger.register([more], approve(NAMES[:2], [more]))
+  ledger.register([more], approve(NAMES, [more]))
+  assert ledger.declared[more.id] == 500 and len(ledger.clients) == 4
+  trauma = run.signers["trauma"].id
+  ledger.register([], approve(NAMES, [], [trauma]), removals=[trauma])
+  assert trauma not in ledger.clients and run.verify().ok
+  ctx = ledger.round_context(1)
+  atts = [run.signers[n].attest(ctx, _digest(n, 1), c) for n, c in (("oncology", 500),
+                                                                      ("trauma", 50))]
+  verdict = ledger.verify_round(1, [(a, _digest(n, 1)) for a, n in zip(atts, ("oncology",
+                                                                              "trauma"))])
+  assert list(verdict.outcomes) == ["accepted", "unregistered"]  # the leaver takes no part
   fake = L.enroll("ghost", tmp_path / "ghost", 10)
   run.resign(1, lambda b: b.update(registrations=[fake.to_dict()]))
   result = run.verify()

@@ -83,10 +83,13 @@ def cosign_message(ledger_id: str, index: int, block_hash: str) -> bytes:
   return COSIGN_TAG + _lp(ledger_id) + _u64(index) + _hash32(block_hash, "block_hash")
 
 
-def membership_message(ledger_id: str, prev_hash: str, registrations: list[dict[str, Any]]) -> bytes:
-  """The bytes current members sign to approve a registration block after genesis: the ledger,
-  the head it extends and the canonical JSON of the new registrations."""
-  body = hashlib.sha256(canonical_json(registrations).encode("ascii")).digest()
+def membership_message(ledger_id: str, prev_hash: str, registrations: list[dict[str, Any]],
+                       removals: list[str]) -> bytes:
+  """The bytes current members sign to approve a membership change after genesis: the ledger,
+  the head it extends and the canonical JSON of the registrations (joins, re-declared sizes)
+  and removals (ids of members leaving)."""
+  body = hashlib.sha256(canonical_json({"registrations": registrations, "removals": removals})
+                        .encode("ascii")).digest()
   return MEMBERSHIP_TAG + _lp(ledger_id) + _hash32(prev_hash, "prev_hash") + body
 
 

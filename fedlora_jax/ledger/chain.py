@@ -34,8 +34,9 @@ from fedlora_jax.ledger.rules import applied_weights, describe_weights, rules_pr
 _COMMON = {"index", "kind", "prev_hash", "server_signature", "block_hash"}
 KEYS = {
     "genesis": _COMMON | {"version", "ledger_id", "nonce", "server", "registrations", "rules"},
-    # a join after genesis: approval = {"signers": [member ids], "signature"} by a majority
-    "register": _COMMON | {"registrations", "approval", "cosignature"},
+    # a membership change after genesis: joins and re-declared sizes (`registrations`), members
+    # leaving (`removals`: ids); approval = {"signers": [member ids], "signature"} by a majority
+    "register": _COMMON | {"registrations", "removals", "approval", "cosignature"},
     "round": _COMMON | {
         "round", "algorithm", "participants", "aggregate_signature", "global_digest", "rejected",
         "weighting", "residual_digest", "privacy", "robust",
@@ -60,13 +61,14 @@ class ChainState:
 
   ledger_id: str
   server: Identity
-  clients: dict[str, Identity]  # id -> identity
+  clients: dict[str, Identity]  # id -> identity, the current members
   head_hash: str
   last_round: int | None
   blocks: list[dict[str, Any]]
   rules: dict[str, Any] = dataclasses.field(default_factory=dict)  # the genesis rules
   declared: dict[str, int] = dataclasses.field(default_factory=dict)  # id -> declared size
   closed: bool = False  # a closing block was recorded
+  known: dict[str, Identity] = dataclasses.field(default_factory=dict)  # every id ever registered
 
   def names(self) -> set[str]:
     return {self.server.name} | {c.name for c in self.clients.values()}
@@ -128,8 +130,10 @@ def _check(index: int, ok: bool, reason: str) -> None:
 
 
 def _registrations(
-    index: int, entries: Any, taken: set[str], names: set[str], backend: Backend, check_sigs: bool
-) -> list[Registration]:
+    index: int, entries: Any, taken: set[str], names: set[str], backend: Backend, check_sigs: bool,
+    members: Mapping[str, Identity] | None = None) -> list[Registration]:
+  """The entries as registrations; an entry of a current member in `members` (same key and
+  name) re-declares its size."""
   _check(index, isinstance(entries, list), "registrations is not a list")
   out = []
   for entry in entries:
@@ -142,6 +146,9 @@ def _registrations(
     reg = Registration(name, bytes.fromhex(entry["pk"]), bytes.fromhex(entry["pop"]),
                        entry["num_samples"], bytes.fromhex(entry["binding"]))
     _check(index, entry["id"] == reg.id, f"registration {name!r}: id is not sha256(pk)")
+    member = (members or {}).get(reg.id)
+    if member is not None and member.name == name:  # a re-declaration: not a new name or key
+      taken, names = taken - {reg.id}, names - {name}
     if check_sigs:
       problem = registration_problem(reg, taken, names, backend)
     else:
@@ -155,7 +162,7 @@ def _registrations(
 
 def _admit(state: ChainState, regs: Sequence[Registration]) -> None:
   for reg in regs:
-    state.clients[reg.id] = Identity(reg.name, reg.pk)
+    state.clients[reg.id] = state.known[reg.id] = Identity(reg.name, reg.pk)
     state.declared[reg.id] = reg.num_samples
 
 
@@ -191,15 +198,27 @@ def _genesis(block: dict[str, Any], backend: Backend, check_sigs: bool) -> Chain
   server_id = Identity(server.name, server.pk)
   if check_sigs:
     _check_server_signature(0, block, ledger_id, server_id, backend)
-  state = ChainState(ledger_id, server_id, {}, "", None, [], rules=block["rules"])
+  state = ChainState(ledger_id, server_id, {}, "", None, [], rules=block["rules"],
+                     known={server_id.id: server_id})
   _admit(state, clients)
   return state
 
 
+def _removals(index: int, block: dict[str, Any], state: ChainState) -> list[str]:
+  removals = block["removals"]
+  _check(index, isinstance(removals, list) and all(
+      isinstance(r, str) and r in state.clients for r in removals) and len(set(removals)) == len(
+          removals), "removals are not distinct current members")
+  _check(index, not set(removals) & {e.get("id") for e in block["registrations"]
+                                     if isinstance(e, dict)},
+         "a member both leaves and registers in one block")
+  return removals
+
+
 def _approval(index: int, block: dict[str, Any], state: ChainState, backend: Backend,
               check_sigs: bool) -> None:
-  """A join after genesis: a strict majority of the current members signed the new
-  registrations on top of the current head (never the server alone)."""
+  """A membership change after genesis: a strict majority of the current members signed the
+  registrations and removals on top of the current head (never the server alone)."""
   approval = block["approval"]
   ok = isinstance(approval, dict) and set(approval) == {"signers", "signature"}
   _check(index, ok and isinstance(approval["signers"], list), "registration after genesis "
@@ -211,7 +230,8 @@ def _approval(index: int, block: dict[str, Any], state: ChainState, backend: Bac
          f"{len(signers)} of {len(state.clients)} members, not a majority")
   _check(index, is_hex(approval["signature"], 96), "malformed approval signature")
   if check_sigs:
-    message = membership_message(state.ledger_id, state.head_hash, block["registrations"])
+    message = membership_message(state.ledger_id, state.head_hash, block["registrations"],
+                                 block["removals"])
     _check(index, backend.fast_aggregate_verify([state.clients[s].pk for s in signers], message,
                                                 bytes.fromhex(approval["signature"])),
            "members' approval signature does not verify")
@@ -241,13 +261,13 @@ def _cosignature(index: int, cosig: Any, state: ChainState, backend: Backend,
   _check(index, sorted(named, key=str) == sorted(expected) and len(set(named)) == len(named),
          f"co-signers and refusals are not exactly the participants of block {index - 1}")
   if 2 * len(signers) <= len(expected):
-    why = "; ".join(f"{state.clients[r['client_id']].name}: {r['reason']}" for r in refused)
+    why = "; ".join(f"{state.known[r['client_id']].name}: {r['reason']}" for r in refused)
     raise BlockError(index, f"only {len(signers)} of {len(expected)} participants co-signed "
                      f"block {index - 1} (refused: {why})")
   _check(index, is_hex(cosig["signature"], 96), "malformed co-signature")
   if check_sigs:
     message = cosign_message(state.ledger_id, index - 1, state.head_hash)
-    _check(index, backend.fast_aggregate_verify([state.clients[s].pk for s in signers], message,
+    _check(index, backend.fast_aggregate_verify([state.known[s].pk for s in signers], message,
                                                 bytes.fromhex(cosig["signature"])),
            f"co-signature of block {index - 1} does not verify")
 
@@ -387,7 +407,9 @@ def apply_block(state: ChainState | None, index: int, block: dict[str, Any], bac
     _cosignature(index, block["cosignature"], state, backend, check_sigs)
     if kind == "register":
       taken, names = set(state.clients), state.names()
-      new = _registrations(index, block["registrations"], taken, names, backend, check_sigs)
+      new = _registrations(index, block["registrations"], taken, names, backend, check_sigs,
+                           state.clients)
+      removals = _removals(index, block, state)
       _approval(index, block, state, backend, check_sigs)
     elif kind == "round":
       _round(index, block, state, backend, check_sigs)
@@ -395,6 +417,8 @@ def apply_block(state: ChainState | None, index: int, block: dict[str, Any], bac
       _check_server_signature(index, block, state.ledger_id, state.server, backend)
     if kind == "register":
       _admit(state, new)
+      for cid in removals:
+        del state.clients[cid], state.declared[cid]
     state.closed = kind == "close"
   state.head_hash = block["block_hash"]
   state.blocks.append(block)
@@ -416,4 +440,4 @@ def replay_chain(lines: Sequence[bytes], backend: Backend,
 def copy_state(state: ChainState) -> ChainState:
   """A copy that `apply_block` may change without touching `state`."""
   return dataclasses.replace(state, clients=dict(state.clients), blocks=list(state.blocks),
-                             declared=dict(state.declared))
+                             declared=dict(state.declared), known=dict(state.known))

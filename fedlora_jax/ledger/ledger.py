@@ -244,31 +244,43 @@ class Ledger:
 
   # Writing.
 
-  def membership_message(self, clients: Sequence[Registration]) -> bytes:
-    """What current members sign to approve `clients` joining on top of the current head."""
+  def membership_message(self, clients: Sequence[Registration],
+                         removals: Sequence[str] = ()) -> bytes:
+    """What current members sign to approve a membership change on top of the current head:
+    `clients` join (or, when already members with the same name, re-declare their size),
+    `removals` (member ids) leave."""
     return membership_message(self.ledger_id, self.head_hash,
-                              [_as_registration(c).to_dict() for c in clients])
+                              [_as_registration(c).to_dict() for c in clients], list(removals))
 
-  def register(self, clients: Sequence[Registration],
-               approval: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
-    """Appends a registration block approved by a strict majority of the current members:
-    `approval` = [(member id, its signature over `membership_message(clients)`)]. Raises
-    RegistrationError naming a refused client, LedgerError when the approval falls short."""
+  def register(self, clients: Sequence[Registration], approval: Sequence[tuple[str, bytes]],
+               removals: Sequence[str] = ()) -> dict[str, Any]:
+    """Appends a membership change approved by a strict majority of the current members:
+    `approval` = [(member id, its signature over `membership_message(clients, removals)`)].
+    Raises RegistrationError naming a refused client, LedgerError when the approval falls short
+    or a removal is not a member."""
     regs = [_as_registration(c) for c in clients]
-    _check_registrations(regs, set(self._state.clients), self._state.names(), self.backend)
     members = self._state.clients
+    redeclared = {r.id for r in regs if r.id in members and members[r.id].name == r.name}
+    _check_registrations(regs, set(members) - redeclared,
+                         self._state.names() - {members[i].name for i in redeclared},
+                         self.backend)
+    if (len(set(removals)) != len(removals) or not set(removals) <= set(members)
+        or set(removals) & redeclared):
+      raise LedgerError(f"removals {list(removals)} are not distinct members staying out of "
+                        "this block's registrations")
     signers = [cid for cid, _ in approval]
     if (len(set(signers)) != len(signers) or not set(signers) <= set(members)
         or 2 * len(signers) <= len(members)):
-      raise LedgerError(f"registration of {[r.name for r in regs]} needs the approval of a "
-                        f"majority of the {len(members)} members, got {len(set(signers))}")
+      raise LedgerError(f"a membership change ({[r.name for r in regs]} in, {len(removals)} "
+                        f"out) needs the approval of a majority of the {len(members)} members, "
+                        f"got {len(set(signers))}")
     aggregate = self.backend.aggregate([sig for _, sig in approval])
     if not self.backend.fast_aggregate_verify([members[c].pk for c in signers],
-                                              self.membership_message(regs), aggregate):
+                                              self.membership_message(regs, removals), aggregate):
       raise LedgerError("the members' approval signatures do not verify")
     return self._append({
         "index": len(self._state.blocks), "kind": "register", "prev_hash": self.head_hash,
-        "registrations": [r.to_dict() for r in regs],
+        "registrations": [r.to_dict() for r in regs], "removals": list(removals),
         "approval": {"signers": signers, "signature": aggregate.hex()},
     })
 
@@ -297,7 +309,7 @@ class Ledger:
         signers.append(cid)
         signatures.append(answer.signature)
     if 2 * len(signers) <= len(head["participants"]):
-      names = {c: i.name for c, i in self._state.clients.items()}
+      names = {c: i.name for c, i in self._state.known.items()}
       why = "; ".join(f"{names[r['client_id']]}: {r['reason']}" for r in refused)
       raise LedgerError(f"round {head['round']}: only {len(signers)} of "
                         f"{len(head['participants'])} participants co-signed block "

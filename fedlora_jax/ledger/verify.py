@@ -98,7 +98,7 @@ def verify_ledger(path: str | os.PathLike[str], backend: Backend | str | None = 
   if disputes:
     return fail((len(lines) - 1, f"{len(disputes)} dispute(s); first: {disputes[0]}"))._replace(
         disputes=disputes)
-  names = {cid: c.name for cid, c in state.clients.items()}
+  names = {cid: c.name for cid, c in state.known.items()}
   missing = tuple((b["round"], names[m["client_id"]], m["reason"])
                   for b in state.blocks if b["kind"] == "round" for m in b["missing"])
   refusals = tuple((b["index"] - 1, names[r["client_id"]], r["reason"])
@@ -136,12 +136,13 @@ def _disputes(state: ChainState, attestations: Sequence[Attestation],
               backend: Backend) -> tuple[str, ...]:
   """Every attestation a registered hospital signed for this ledger (its signature verifies)
   that the round's block records as missing, omits, or rejects for a reason the attestation
-  does not confirm ('replay': another head or round; 'over_cap': above the declared size;
+  does not confirm ('replay': another head or round; 'unregistered': not a member at the end of
+  the chain; 'over_cap': above the declared size;
   'duplicate_client': the hospital has another accepted attestation)."""
   rounds = {b["round"]: b for b in state.blocks if b["kind"] == "round"}
   out = []
   for att in attestations:
-    client = state.clients.get(att.client_id) if isinstance(att.client_id, str) else None
+    client = state.known.get(att.client_id) if isinstance(att.client_id, str) else None
     if att.ledger_id != state.ledger_id or client is None:
       continue
     try:
@@ -166,7 +167,9 @@ def _disputes(state: ChainState, attestations: Sequence[Attestation],
     if rejected:
       reason = rejected[0]["reason"]
       confirmed = ((reason == "replay" and not fresh)
-                   or (reason == "over_cap" and att.num_samples > state.declared[att.client_id])
+                   or (reason == "unregistered" and att.client_id not in state.clients)
+                   or (reason == "over_cap" and att.num_samples > state.declared.get(
+                       att.client_id, -1))
                    or (reason == "duplicate_client" and bool(mine)))
       if not confirmed:
         out.append(f"{evidence}; block {block['index']} rejects it as {reason} "
@@ -208,7 +211,7 @@ def _receipt_problem(state: ChainState, answers: list[tuple[Path, Receipt]],
                      backend: Backend) -> tuple[int, str] | None:
   """The first receipt whose verdict the ledger omits or contradicts."""
   rounds = {b["round"]: b for b in state.blocks if b["kind"] == "round"}
-  names = {cid: c.name for cid, c in state.clients.items()}
+  names = {cid: c.name for cid, c in state.known.items()}
   if not answers:
     return 0, "no receipt to check in the receipts directory"
   for path, receipt in answers:
