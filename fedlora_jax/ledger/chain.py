@@ -4,7 +4,8 @@ For each block: canonical JSON, its hash, the link to the previous block, its sc
 signature over its body, every registration's proof of possession and binding (name, key, declared
 size), the genesis rules (`rules.py`) that every round block must follow (algorithm, weighting,
 robust rule, privacy unit/delta/noise, round size, weights as applied, counts within the declared
-sizes), the members' majority approval of a registration after genesis, the aggregate signature
+sizes), the members' majority approval of a membership change after genesis (joins, re-declared
+sizes, leaves), the aggregate signature
 of a round's participants over their reconstructed attestation messages, the co-signature of the
 previous round block by a majority of its participants (refusals listed with their reason), and
 a round's `privacy` field (null, or the epsilon spent so far: it never decreases along the chain).
@@ -146,6 +147,7 @@ def _registrations(
     reg = Registration(name, bytes.fromhex(entry["pk"]), bytes.fromhex(entry["pop"]),
                        entry["num_samples"], bytes.fromhex(entry["binding"]))
     _check(index, entry["id"] == reg.id, f"registration {name!r}: id is not sha256(pk)")
+    _check(index, all(r.id != reg.id for r in out), f"registration {name!r} listed twice")
     member = (members or {}).get(reg.id)
     if member is not None and member.name == name:  # a re-declaration: not a new name or key
       taken, names = taken - {reg.id}, names - {name}
