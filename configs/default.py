@@ -132,7 +132,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.ledger.backend = "auto"  # auto (fastest installed: blspy, arkworks), blspy, arkworks, py_ecc
   c.ledger.registry = ""  # enrolled hospitals (JSON lines from scripts/enroll.py); empty: self-enrol
   c.ledger.keystores = ""  # directory of the hospitals' <name>/ keystores; empty: <workdir>/keys
-  c.ledger.max_samples_per_client = 0  # reject attestations claiming more samples; 0: no cap
+  # counts above a hospital's declared dataset size (enrolment) are always rejected; this caps
+  # further: reject attestations claiming more samples; 0: the declared size only
+  c.ledger.max_samples_per_client = 0
 
   c.sites = ml_collections.ConfigDict()  # cross-silo mode (scripts/deploy_local.py, Flower)
   c.sites.server_keystore = ""  # the operator's keystore directory holding server.key

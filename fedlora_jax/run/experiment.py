@@ -26,7 +26,7 @@ from fedlora_jax.federated.placement import ClientPlacement
 from fedlora_jax.run import multihost, report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import Evaluator
-from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate, base_tensors
+from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate, base_tensors, ledger_rules
 from fedlora_jax.privacy.plan import LEVEL_NAMES, privacy_plan
 from fedlora_jax.privacy.secret import NO_GUARANTEE
 from fedlora_jax.privacy.spent import PrivacyMeter
@@ -134,10 +134,10 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   gate: Gate
   if cfg.ledger.enabled:
     gate = LedgerGate(workdir, cfg.ledger, label=_ledger_label(cfg),
-                      weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
+                      rules=ledger_rules(cfg, plan.noise_multiplier, per_round),
                       train_names=data.train_names, train_sizes=data.train_sizes,
                       local_clients=placement.hospitals_of(jax.process_index()),
-                      algorithm=algorithm.name, original_base=original)
+                      original_base=original)
   else:
     gate = OpenGate(data.train_sizes)
   job = Job(state=state, base=base, rounds=cfg.fed.rounds, algorithm=algorithm,
@@ -174,6 +174,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     hooks.insert(1, PrivacyHook(runner.would_exceed_budget,
                                 target_epsilon=cfg.privacy.target_epsilon))
   run_rounds(job, runner, gate, hooks, start)
+  gate.close()
   ckpt.close()
   metrics.close()
   matrix = evaluation.matrix
