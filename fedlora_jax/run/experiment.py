@@ -27,10 +27,10 @@ from fedlora_jax.run import multihost, report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import Evaluator
 from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate, base_tensors, ledger_rules
-from fedlora_jax.privacy.plan import LEVEL_NAMES, privacy_plan
+from fedlora_jax.privacy.plan import LEVEL_NAMES, PrivacyResumeError, privacy_plan
 from fedlora_jax.privacy.secret import NO_GUARANTEE
 from fedlora_jax.privacy.spent import PrivacyMeter
-from fedlora_jax.run.dp_keys import DpKeys
+from fedlora_jax.run.dp_keys import DpKeys, new_run_nonce
 from fedlora_jax.run.hooks import (PERSONALISED, CheckpointHook, EvaluationHook, Job, MetricsHook,
                                    PrivacyHook, eval_loras, per_client, progress)
 from fedlora_jax.run.loop import RoundRunner, run_rounds
@@ -104,9 +104,14 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   per_round = F.clients_per_round(num_clients, count=cfg.fed.clients_per_round or None)
   resuming = has_ckpt and cfg.resume
   recorded = multihost.broadcast_json(_recorded_privacy(workdir) if resuming else None)
+  if resuming and cfg.privacy.level != "none" and recorded is None:
+    raise PrivacyResumeError(f"{workdir} has checkpoints but no {PRIVACY_FILE}: its privacy "
+                             "accounting is unknown; start a new --config.workdir")
+  run_nonce = (recorded or {}).pop("run_nonce", None) or multihost.broadcast_json(
+      new_run_nonce() if multihost.is_writer() else None)
   plan = privacy_plan(cfg, data.train_names, data.train_sizes, per_round, recorded)
   if plan.accountant is not None and multihost.is_writer() and recorded is None:
-    write_json(os.path.join(workdir, PRIVACY_FILE), plan.record())
+    write_json(os.path.join(workdir, PRIVACY_FILE), {**plan.record(), "run_nonce": run_nonce})
   if plan.reproducible_noise and plan.accountant is not None:
     logging.warning("privacy.reproducible_noise=True: %s", NO_GUARANTEE)
   steps = local_steps(cfg, data)  # the centralized client takes one round's hospitals' steps
@@ -163,7 +168,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
       metrics.log.append(record0)
       progress(record0, 0)
   dp_keys = DpKeys.open(cfg, workdir, data.train_names,
-                        placement.hospitals_of(jax.process_index()))
+                        placement.hospitals_of(jax.process_index()), run_nonce=run_nonce,
+                        resuming=resuming)
   runner = RoundRunner(engine, placement, data, clients_per_round=per_round,
                        local_steps=steps, batch_size=cfg.fed.batch_size,
                        seed=cfg.seed, max_batch_size=plan.max_batch_size, privacy=meter,
