@@ -117,6 +117,10 @@ def load_run(run_dir: str, adapter_dir: str | None = None) -> RunModel:
   model = models.load_hf_checkpoint(
       base_dir, param_dtype=config["model.param_dtype"], dtype=config["model.dtype"],
       scan_layers=config["model.scan_layers"], fuse_lora=config["model.fuse_lora"])
+  # transformers builds an empty tokenizer for a directory without tokenizer files.
+  if not 1 < tokenizer.get_vocab_size() <= model.cfg.vocab_size:
+    raise GenerationError(f"{base_dir}: no usable tokenizer ({tokenizer.get_vocab_size()} tokens "
+                          f"for a model of {model.cfg.vocab_size})")
   models.add_lora(model, _lora_config(adapter_config, adapter_config_path), rngs=nnx.Rngs(lora=0))
   graphdef, base, lora_like = models.split_lora(model)
   return RunModel(run_dir, config, hospitals, base_dir, tokenizer, graphdef, base, lora_like)
