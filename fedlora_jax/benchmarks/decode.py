@@ -169,7 +169,7 @@ def _torch_rows(setup, adapters, prompts, adapter_ids, opts: DecodeOptions, toke
     outs = []
     for a, name in enumerate(names):
       pm.set_adapter(name)
-      outs.append(gen(ids[torch.from_numpy(adapter_ids == a)])())
+      outs.append(gen(ids[torch.from_numpy(adapter_ids == a).to(ids.device)])())
     return outs
 
   first, med, _ = _timed(loop, opts.repeats)
