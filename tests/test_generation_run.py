@@ -177,3 +177,17 @@ def test_eval_mode_is_checked(finished):
 ])
 def test_normalised_exact_match(completion, record, right):
   assert generative.is_correct(completion, record) is right
+
+
+def test_chat_template_of_the_tokenizer_config_wraps_the_prompt(finished, tmp_path):
+  run = run_dir.load_run(finished[0])
+  model_dir = tmp_path / "chat"
+  shutil.copytree(run.base_dir, model_dir)
+  template = ("{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
+              "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+  json.dump({"chat_template": template, "tokenizer_class": "PreTrainedTokenizerFast"},
+            open(model_dir / "tokenizer_config.json", "w"))
+  assert text.format_prompt(str(model_dir), "Fever?", True) == (
+      "<|user|>Fever?\n<|assistant|>", True)
+  assert text.format_prompt(str(model_dir), "Fever?", False) == ("Fever?", False)
+  assert text.format_prompt(run.base_dir, "Fever?", True) == ("Fever?", False)  # no template
