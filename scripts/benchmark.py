@@ -87,6 +87,8 @@ _DECODE_SHAPE = flags.DEFINE_list("decode_shape", ["32", "32", "4", "8"],
                                   "Prompt tokens, new tokens, adapters, LoRA rank (decode).")
 _DECODE_DTYPE = flags.DEFINE_string("decode_dtype", "float32", "Params and activations (decode).")
 _DECODE_LAYERS = flags.DEFINE_integer("decode_layers", 0, "Layers (decode); 0: the preset's.")
+_DECODE_TORCH_THREADS = flags.DEFINE_integer(
+    "decode_torch_threads", 0, "transformers' CPU threads (decode); 0: all cores.")
 _DECODE_TORCH = flags.DEFINE_string("decode_torch_device", "cpu",
                                     "transformers' device (decode); not cpu: random torch weights.")
 _COMPILE_CACHE = flags.DEFINE_bool(
@@ -263,7 +265,8 @@ def main(argv):
         preset=_DECODE_PRESET.value, batches=tuple(_ints(_DECODE_BATCHES.value)),
         prompt_len=prompt, new_tokens=new, adapters=adapters, rank=rank,
         repeats=_REPEATS.value, dtype=_DECODE_DTYPE.value, run_torch=not _NO_TORCH.value,
-        torch_device=_DECODE_TORCH.value, num_hidden_layers=_DECODE_LAYERS.value), log)
+        torch_device=_DECODE_TORCH.value, torch_threads=_DECODE_TORCH_THREADS.value,
+        num_hidden_layers=_DECODE_LAYERS.value), log)
   if "memory" in sections:
     log("memory ...")
     from fedlora_jax.benchmarks import memory

@@ -224,3 +224,5 @@ def test_bad_settings_are_refused():
     generate(None, {}, {}, np.ones((1, 2)), np.ones((1, 2)), DecodeConfig(temperature=1.0))
   with pytest.raises(ValueError, match="at least one token"):
     left_pad([[1], []], pad_id=0)
+  with pytest.raises(ValueError, match="left padded"):
+    generate(None, {}, {}, np.ones((2, 3)), np.array([[1, 1, 1], [1, 1, 0]]), DecodeConfig())

@@ -11,6 +11,7 @@ tokens/s counts generated tokens only, prefill included in the time.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class DecodeOptions:
   dtype: str = "float32"  # params and activations (bfloat16 on GPUs)
   run_torch: bool = True
   torch_device: str = "cpu"
+  torch_threads: int = 0  # CPU threads of transformers; 0: as set (scripts/benchmark.py: cores)
   num_hidden_layers: int = 0  # 0: the preset's
   model_overrides: tuple[tuple[str, Any], ...] = ()  # more ModelConfig fields (tests: tiny)
 
@@ -111,6 +113,7 @@ def decode_section(opts: DecodeOptions, log=print) -> dict[str, Any]:
   for r in many[-2:]:
     log(f"  {r['name']} B={many_b}: {r['tokens_per_s']:.0f} tokens/s")
   result = {"preset": opts.preset, "dtype": opts.dtype, "prompt_len": opts.prompt_len,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": len(os.sched_getaffinity(0)),
             "new_tokens": n, "rank": opts.rank, "adapters": opts.adapters,
             "layers": cfg.num_hidden_layers, "backend": jax.default_backend(),
             "rows": rows, "many": many, "many_equals_loop": bool(same)}
@@ -120,7 +123,13 @@ def decode_section(opts: DecodeOptions, log=print) -> dict[str, Any]:
     result["rows"] += torch_rows
     result["many"] += torch_many
     result["tokens_equal_to_torch"] = agree
+    result["torch_threads"] = _torch_threads()
   return result
+
+
+def _torch_threads() -> int:
+  import torch
+  return torch.get_num_threads()
 
 
 def _torch_rows(setup, adapters, prompts, adapter_ids, opts: DecodeOptions, tokens, log):
@@ -129,6 +138,8 @@ def _torch_rows(setup, adapters, prompts, adapter_ids, opts: DecodeOptions, toke
   import peft
   import torch
 
+  if opts.torch_threads:
+    torch.set_num_threads(opts.torch_threads)
   random_base = opts.torch_device != "cpu"  # paper-size models: speed only, not the same weights
   pm, _ = torch_peft.build_peft_model(setup.model, adapters[0], setup.lora_config,
                                       device=opts.torch_device, random_base=random_base)

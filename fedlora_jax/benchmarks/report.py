@@ -276,11 +276,15 @@ DECODE_HEADING = "## Decode: KV-cached generation vs transformers generate"
 
 
 def decode_lines(d: dict[str, Any]) -> list[str]:
+  """The decode section: tokens/s per decoder and batch, then the many-adapter batch."""
   lines = [DECODE_HEADING, "",
            f"`{d['preset']}` ({d['layers']} layers, {d['dtype']}, {d['backend']}), random weights, "
            f"LoRA r={d['rank']} on all projections, prompt {d['prompt_len']} tokens, "
            f"{d['new_tokens']} new tokens per row (greedy, no stop), prefill included; medians "
-           f"of timed calls after a first (compiling) call (`fedlora_jax/benchmarks/decode.py`)."
+           f"of timed calls after a first (compiling) call (`fedlora_jax/benchmarks/decode.py`); "
+           f"the process on {d.get('cpus', '?')} CPU(s), XLA_FLAGS `{d.get('xla_flags', '')}`"
+           + (f", transformers on {d['torch_threads']} thread(s)" if "torch_threads" in d else "")
+           + "."
            + (f" Measured {d['date']}: `{d['command']}`, load average "
               f"{', '.join(f'{x:.1f}' for x in d['load_average_at_end'])} at the end."
               if d.get("date") else ""), "",

@@ -79,6 +79,8 @@ def generate(graphdef: nnx.GraphDef, base: Params, lora: Params, ids_bp, mask_bp
   """
   if not config.greedy and rng is None:
     raise ValueError("sampling (temperature > 0) needs an rng key")
+  if not np.all(np.asarray(mask_bp)[:, -1]):
+    raise ValueError("prompts must be left padded: the last column of mask_bp must be all ones")
   return _generate(graphdef, config, keep_logits, on_tokens, base, lora,
                    jnp.asarray(ids_bp, jnp.int32), jnp.asarray(mask_bp, jnp.int32),
                    jax.random.key(0) if rng is None else rng,
