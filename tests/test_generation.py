@@ -184,7 +184,8 @@ def test_merged_adapter_decodes_like_the_unmerged_one(tmp_path):
   assert empty == {}
   merged = generate(merged_def, merged_base, empty, ids, mask, config, keep_logits=True)
   np.testing.assert_array_equal(np.asarray(merged.tokens), np.asarray(unmerged.tokens))
-  np.testing.assert_allclose(np.asarray(merged.logits), np.asarray(unmerged.logits), atol=1e-5)
+  # Folding B A into W changes the float32 rounding: measured up to 1.1e-5 on these models.
+  np.testing.assert_allclose(np.asarray(merged.logits), np.asarray(unmerged.logits), atol=5e-5)
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0),

@@ -9,6 +9,9 @@ same). Many adapters in one call: `lora` with a leading adapter axis [A, ...] an
 [B] choosing each row's adapter; the rows' adapters are gathered ([B, ...]) and the forward is
 vmapped over rows with the base shared, as the training engine does over its client axis, so
 every hospital's personal adapter and the global one decode together over one copy of the base.
+
+Sharding: the program follows the shardings of the arrays it is given (a base placed over a
+mesh's `model` axis stays there); the cache gets no explicit sharding constraint yet.
 """
 
 from __future__ import annotations
