@@ -12,8 +12,9 @@ def check_job(cfg: ml_collections.ConfigDict) -> None:
   """Refuses what the sites mode cannot run, with the reason."""
   if cfg.fed.centralized:
     raise ValueError("fed.centralized pools every hospital's data; it has no sites mode")
-  if cfg.eval.mode != "likelihood":
-    raise ValueError(f"eval.mode={cfg.eval.mode!r}: the sites mode scores by likelihood only")
+  mode = cfg.eval.get("mode", "likelihood")  # job configs written before the field existed
+  if mode != "likelihood":
+    raise ValueError(f"eval.mode={mode!r}: the sites mode scores by likelihood only")
 
 
 def config_json(cfg: ml_collections.ConfigDict) -> str:
