@@ -41,6 +41,7 @@ def main(argv: list[str]) -> int:
     import jax  # pylint: disable=import-outside-toplevel
 
     from fedlora_jax import generation as G  # pylint: disable=import-outside-toplevel
+    from fedlora_jax.data.tokenization import pad_token_id  # pylint: disable=import-outside-toplevel
     from fedlora_jax.generation import answer, run_dir, text  # pylint: disable=import-outside-toplevel
     if (_PROMPT.value is None) == (_PROMPTS.value is None):
       raise run_dir.GenerationError("give exactly one of --prompt and --prompts")
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> int:
     config = G.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
                             top_k=_TOP_K.value, top_p=_TOP_P.value,
                             stop_ids=text.stop_ids(run.base_dir, run.tokenizer),
-                            pad_id=answer.pad_token_id(run.tokenizer))
+                            pad_id=pad_token_id(run.tokenizer))
     stream = (text.StreamPrinter(run.tokenizer, config.stop_ids) if _PROMPTS.value is None
               else None)
     results = answer.answer(run, requests, config, adapter_dir=_ADAPTER.value,

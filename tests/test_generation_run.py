@@ -15,6 +15,7 @@ import pytest
 from fedlora_jax import generation as G
 from fedlora_jax import models
 from fedlora_jax.data.records import MCQRecord
+from fedlora_jax.data.tokenization import pad_token_id
 from fedlora_jax.eval import generative
 from fedlora_jax.generation import answer, run_dir, text
 from fedlora_jax.run import experiment, generative_eval, setup
@@ -43,7 +44,7 @@ def _script(*args: str) -> subprocess.CompletedProcess:
 
 def _config(run: run_dir.RunModel) -> G.DecodeConfig:
   return G.DecodeConfig(max_new_tokens=NEW, stop_ids=text.stop_ids(run.base_dir, run.tokenizer),
-                        pad_id=answer.pad_token_id(run.tokenizer))
+                        pad_id=pad_token_id(run.tokenizer))
 
 
 def test_one_prompt_streams_the_hospitals_personal_answer(finished):
