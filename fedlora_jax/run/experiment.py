@@ -156,14 +156,14 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   matrix = evaluation.matrix
   if matrix is None:  # resumed after the last round: evaluate once more
     matrix = evaluation.full_matrix(job)
+  generative = None
+  if cfg.eval.mode == "generate":
+    generative = _generative_scores(cfg, graphdef, job, data, tokenizer, base_dir)
   privacy = None
   if plan.accountant is not None:
     privacy = {"level": cfg.privacy.level, "delta": cfg.privacy.delta,
                "noise_multiplier": plan.noise_multiplier,
                "epsilon": plan.accountant.spent()}
-  generative = None
-  if cfg.eval.mode == "generate":
-    generative = _generative_scores(cfg, graphdef, job, data, tokenizer, base_dir)
   return _finish(cfg, workdir, graphdef, job, data, matrix, evaluation.correct, base_dir, gate,
                  privacy, generative)
 
