@@ -16,7 +16,8 @@ from fedlora_jax import models
 from fedlora_jax.run import experiment
 from fedlora_jax.sites import job
 from fedlora_jax.sites.hospital import Hospital
-from tests.sites_fixtures import check_folded_base, run_in_process, sites_config
+from tests.sites_fixtures import (check_folded_base, client_state_files, run_in_process,
+                                  sites_config)
 
 HOSPITALS = ("cardiology", "oncology", "trauma")
 pytestmark = pytest.mark.slow  # about 3 minutes each on 2 shared cores
@@ -52,7 +53,7 @@ def test_sites_equal_simulation_with_client_state(tmp_path, cache_dir, algorithm
     np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
   for h in HOSPITALS:  # personal models for FedSA-LoRA: evaluated at the node
     assert abs(sites["accuracy"][h] - sim["accuracy"][h]) <= 1 / 16 + 1e-9, h
-    committed = sorted(os.listdir(os.path.join(enrolment.nodes[h].state_dir, "client_state")))
+    committed = client_state_files(enrolment.nodes[h].state_dir)
     assert committed == [f"committed_{r:06d}.npz" for r in (1, 2, 3)]
   records = [json.loads(l) for l in open(tmp_path / "sites" / "metrics.jsonl")]
   assert [r["ledger"].get("accepted") for r in records[1:]] == [3, 3, 3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import ml_collections
@@ -26,6 +27,12 @@ def check_job(cfg: ml_collections.ConfigDict) -> None:
   if cfg.attack.kind != "none":
     raise ValueError(f"attack.kind={cfg.attack.kind!r} is a simulation experiment; sites mode "
                      "refuses it")
+
+
+def job_id(cfg: ml_collections.ConfigDict) -> str:
+  """A job's name at the nodes (its client-state directory): a digest of the server's run
+  directory, which a resumed run keeps (its other settings, e.g. `resume`, may change)."""
+  return hashlib.sha256(str(cfg.workdir).encode()).hexdigest()[:16]
 
 
 def config_json(cfg: ml_collections.ConfigDict) -> str:

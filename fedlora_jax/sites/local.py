@@ -1,5 +1,5 @@
-"""A whole deployment on one machine: enrolment of every hospital, a SuperLink, one SuperNode
-per hospital, `flwr run` of the app; every Flower process in its own process group, so that
+"""A whole deployment on one machine: enrolment of every hospital, a SuperLink, one worker
+(`scripts/site_worker.py`) and one SuperNode per hospital, `flwr run` of the app; every Flower process in its own process group, so that
 `close()` ends the group (stopping only `flower-supernode` leaves its `flower-superexec` child).
 
 Offline: telemetry, the update check and runtime dependency installation are off, and Flower's
@@ -23,7 +23,7 @@ import ml_collections
 
 from fedlora_jax import ledger as L
 from fedlora_jax.run.setup import base_model_dir, client_records, hospital_names
-from fedlora_jax.sites import job
+from fedlora_jax.sites import channel, job
 from fedlora_jax.sites.node_config import NodeConfig, write_records
 
 APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flwr_app")
@@ -123,6 +123,20 @@ class LocalDeployment:
                                      "--host", "127.0.0.1", "--port", str(self.port),
                                      "--disable-runtime-dependency-installation"])
 
+  def start_worker(self, node: NodeConfig) -> subprocess.Popen:
+    """The hospital's long-lived worker (`wait_workers` waits until it listens)."""
+    self.nodes[node.hospital] = node
+    return self._start(f"worker-{node.hospital}", [
+        sys.executable, os.path.join(REPO_ROOT, "scripts", "site_worker.py"),
+        f"--node_config={node.flower_arg()}"])
+
+  def wait_workers(self, timeout: float = 300.0) -> None:
+    """Returns once every worker started listens on its socket; raises if one exited."""
+    for name, proc in self.procs.items():
+      if name.startswith("worker-"):
+        node = self.nodes[name.removeprefix("worker-")]
+        channel.wait_ready(node.state_dir, timeout, alive=lambda p=proc: p.poll() is None)
+
   def start_supernode(self, node: NodeConfig) -> subprocess.Popen:
     self.nodes[node.hospital] = node
     tls = [] if self.tls is None else ["--root-certificates", self.tls["ca"]]
@@ -167,7 +181,8 @@ class LocalDeployment:
     held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)
             } if main else {}
     try:
-      for name in ["run", *[n for n in self.procs if n.startswith("supernode")], "superlink"]:
+      for name in ["run", *[n for n in self.procs if n.startswith(("supernode", "worker"))],
+                   "superlink"]:
         self.stop(name)
     finally:
       for sig, handler in held.items():
