@@ -4,8 +4,8 @@ checkpoints and the run directory (the same files as `scripts/train.py` writes).
 The network is behind `Transport` (Flower in `server_app`): the coordinator hands it per-hospital
 payloads and gets back replies, or an error line for a hospital that failed or did not answer in
 `sites.round_timeout` seconds. Aggregation is `FederatedRound.aggregate`, the simulation's own
-server step, over the round's clients stacked in sampling order: a hospital that is missing or
-rejected gets weight 0 and keeps its old state, exactly as a quarantined client in simulation.
+server step (with the config's robust rule and norm bound, `Safeguards.server_update`), over
+the round's clients stacked in sampling order: a hospital that is missing or rejected gets weight 0 and keeps its old state, exactly as a quarantined client in simulation.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from fedlora_jax import federated as F
 from fedlora_jax import ledger as L
 from fedlora_jax import models
 from fedlora_jax.eval import fairness_summary
+from fedlora_jax.privacy.plan import privacy_plan
 from fedlora_jax.run import report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.gates import base_tensors
@@ -122,8 +123,11 @@ class Coordinator:
       raise RuntimeError("no registered hospital's node answered")
     max_targets = max(d["max_target_tokens"] for d in self.info.values())
     training = job.local_training(cfg, max_targets, cfg.fed.local_steps)
-    engine = F.FederatedRound(self.graphdef, self.algorithm, training, n)
     per_round = F.clients_per_round(n, count=cfg.fed.clients_per_round or None)
+    # the robust rule and norm bound run here, in the simulation's own server step
+    sizes = [self.info[h]["train"] if h in self.info else 0 for h in self.names]
+    safeguards = privacy_plan(cfg, self.names, sizes, per_round).safeguards
+    engine = F.FederatedRound(self.graphdef, self.algorithm, training, n, safeguards=safeguards)
     # receipts per hospital, delivered with its next message; after a crash the receipts of the
     # checkpointed round are sent again (they may not have reached the nodes)
     self.receipts: dict[str, list[Reply]] = {}

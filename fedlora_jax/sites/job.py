@@ -20,10 +20,6 @@ def check_job(cfg: ml_collections.ConfigDict) -> None:
   if cfg.privacy.level != "none":
     raise ValueError(f"privacy.level={cfg.privacy.level!r} is not run by sites mode yet; use "
                      "the simulation (scripts/train.py) for DP runs")
-  if cfg.fed.robust_rule != "mean" or cfg.fed.robust_norm_bound:
-    raise ValueError(f"fed.robust_rule={cfg.fed.robust_rule!r} / fed.robust_norm_bound="
-                     f"{cfg.fed.robust_norm_bound} are not run by sites mode yet; use the "
-                     "simulation")
   if cfg.attack.kind != "none":
     raise ValueError(f"attack.kind={cfg.attack.kind!r} is a simulation experiment; sites mode "
                      "refuses it")
