@@ -84,9 +84,10 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
   for h in HOSPITALS:
     state = enrolment.nodes[h].state_dir
     receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{state}/receipts/*.json"))]
-    check = L.verify_ledger(ledger_path, server_public_key=server_pk,
-                            receipts=f"{state}/receipts")
-    assert check.ok and check.receipts == len(receipts), (h, check)
+    if h != "trauma":  # the refused node was never sent a message: it attested nothing
+      check = L.verify_ledger(ledger_path, server_public_key=server_pk,
+                              receipts=f"{state}/receipts")
+      assert check.ok and check.receipts == len(receipts), (h, check)
     verdicts = [r["verdict"] for r in receipts]
     expected = {"cardiology": ["bad_signature", "accepted"], "oncology": ["digest_mismatch"],
                 "trauma": [], "maternity": []}[h]  # maternity's receipt waits

@@ -70,6 +70,7 @@ def deploy_lines(res: dict[str, Any]) -> list[str]:
   mb = 1e6
   start = (f"Load average at the start: {loads('load_average_at_start')}; "
            if "load_average_at_start" in res else "")
+  end = "at the end" if start else "Load average at the end"
   rows = [f"| round 1 s (compiles) | {sim['round_s'][0]:.1f} | {flw['round_s'][0]:.1f} |",
           f"| later rounds s (median; node compilation cache) | {later(sim['round_s'])} | "
           f"{later(flw['round_s'])} |"]
@@ -85,7 +86,7 @@ def deploy_lines(res: dict[str, Any]) -> list[str]:
   return [DEPLOY_HEADING, "",
           f"Command: `{res['command']}` ({res['date']}). Job: {res['job']}; "
           f"{len(res['hospitals'])} hospitals ({', '.join(res['hospitals'])}), "
-          f"{res['rounds']} rounds. {start}Load average at the end: "
+          f"{res['rounds']} rounds. {start}{end}: "
           f"{loads('load_average_at_end')} on {os.cpu_count()} cores (the Flower processes "
           "count too); compare the two columns, measured back to back.", "",
           "| | simulation (one process) | Flower (SuperLink + one worker and SuperNode per "

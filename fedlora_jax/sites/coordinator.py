@@ -5,7 +5,8 @@ The network is behind `Transport` (Flower in `server_app`): the coordinator hand
 payloads and gets back replies, or an error line for a hospital that failed or did not answer in
 `sites.round_timeout` seconds. Aggregation is `FederatedRound.aggregate`, the simulation's own
 server step (with the config's robust rule and norm bound, `Safeguards.server_update`), over
-the round's clients stacked in sampling order: a hospital that is missing or rejected gets weight 0 and keeps its old state, exactly as a quarantined client in simulation.
+the round's clients stacked in sampling order: a hospital that is missing or rejected gets
+weight 0 and keeps its old state, exactly as a quarantined client in simulation.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@
 client) on the batches `data.round_batches` draws for this client id and round with the job's
 seed, with the dropout key of the simulation (round r, client i: fold_in(fold_in(rng, r), i),
 see `federated.round`). Client state (SCAFFOLD's c_i, FedSA-LoRA's B) stays here: it is written
-to `state-dir/client_state/<job id>` as pending after training and committed only when the server's receipt says the
-update was accepted (the simulation keeps a rejected client's old state too), so it survives a
-restart of the node.
+to `state-dir/client_state/<job id>` as pending after training and committed only when the
+server's receipt says the update was accepted (the simulation keeps a rejected client's old
+state too), so it survives a restart of the node. The attestation signs the update and the
+client state the reply carries (`codec.submission_digest`).
 """
 
 from __future__ import annotations

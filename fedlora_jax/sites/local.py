@@ -1,6 +1,7 @@
 """A whole deployment on one machine: enrolment of every hospital, a SuperLink, one worker
-(`scripts/site_worker.py`) and one SuperNode per hospital, `flwr run` of the app; every Flower process in its own process group, so that
-`close()` ends the group (stopping only `flower-supernode` leaves its `flower-superexec` child).
+(`scripts/site_worker.py`) and one SuperNode per hospital, `flwr run` of the app; every process
+in its own process group, so that `close()` ends the group (stopping only `flower-supernode`
+leaves its `flower-superexec` child).
 
 Offline: telemetry, the update check and runtime dependency installation are off, and Flower's
 home (`FLWR_HOME`, holding the connection in `config.toml`) is a directory of this deployment.
@@ -30,6 +31,9 @@ APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flwr_app")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OFFLINE_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+# The SuperNode's SuperExec looks for a message to start a ClientApp for every this many seconds
+# (Flower's default: 1 s of latency per message; the SuperNode's own 3 s poll is fixed).
+LATENCY_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
 
 
 def free_port() -> int:
@@ -95,7 +99,8 @@ class LocalDeployment:
     self.procs: dict[str, subprocess.Popen] = {}
     self.nodes: dict[str, NodeConfig] = {}  # the node configs of the SuperNodes started
     pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-    self.env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": self.home, "PYTHONPATH": pythonpath}
+    self.env = {**os.environ, **OFFLINE_ENV, **LATENCY_ENV, "FLWR_HOME": self.home,
+                "PYTHONPATH": pythonpath}
     with open(os.path.join(self.home, "config.toml"), "w") as f:
       f.write('[superlink]\ndefault = "local"\n\n[superlink.local]\n'
               f'address = "127.0.0.1:{self.port}"\n')

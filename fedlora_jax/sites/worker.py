@@ -69,14 +69,17 @@ class Worker:
     except channel.ChannelError as e:  # a readiness probe, or a ClientApp that died
       logging.info("no request on a connection: %s", e)
       return
+    kind, t0 = str(header.get("kind", "")), time.time()
+    logging.info("%s message received (%d bytes)", kind, len(body))
     try:
-      reply, out = self.answer(str(header.get("kind", "")), body), {"ok": True}
+      reply, out = self.answer(kind, body), {"ok": True}
     except Exception as e:  # noqa: BLE001 -- every failure goes back to the server as one line
       logging.exception("message %s failed", header.get("kind"))
       line = f"{type(e).__name__}: {e}".splitlines()[0][:500]
       reply, out = b"", {"ok": False, "error": line}
     try:
       channel.send_frames(conn, out, reply)
+      logging.info("%s message answered in %.3f s", kind, time.time() - t0)
     except OSError as e:
       logging.warning("the ClientApp left before the reply: %s", e)
 
