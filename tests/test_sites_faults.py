@@ -233,3 +233,51 @@ def test_client_state_the_hospital_did_not_sign_is_rejected(tmp_path, cache_dir)
   assert [r["reason"] for r in blocks[0]["rejected"]] == ["digest_mismatch"]
   records = [json.loads(l) for l in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
   assert records[1]["valid"] == [True, False]
+
+
+def test_flower_transport_admits_a_node_only_with_its_hospitals_registered_key(monkeypatch):
+  """Two nodes claim trauma: the one reporting another key is refused (and recorded), the one
+  with the registered key is bound; a node connecting later with a wrong key (an impostor of a
+  re-joining node) is refused, never asked again, and the hospital stays bound to its node."""
+  from types import SimpleNamespace
+
+  from fedlora_jax.sites.coordinator import Coordinator
+  from fedlora_jax.sites.messages import to_records
+  from flwr.supercore.task_identity import TaskIdentity
+
+  from fedlora_jax.sites.server_app import FlowerTransport
+  for field in ("_run_id", "_node_id", "_task_id"):  # as inside a ServerApp's run
+    monkeypatch.setattr(TaskIdentity, field, 1)
+  good, bad = "aa" * 48, "bb" * 48
+  claims = {1: {"hospital": "trauma", "public_key": bad},
+            2: {"hospital": "trauma", "public_key": good},
+            3: {"hospital": "oncology", "public_key": good}}  # not oncology's key
+
+  class Grid:
+    nodes, asked = [1, 2], []
+
+    def get_node_ids(self):
+      return list(self.nodes)
+
+    def send_and_receive(self, msgs, timeout):
+      self.asked = [m.metadata.dst_node_id for m in msgs]
+      return [SimpleNamespace(has_error=lambda: False, metadata=SimpleNamespace(src_node_id=n),
+                              content=to_records({"result": claims[n]})) for n in self.asked]
+
+  coordinator = object.__new__(Coordinator)  # only its registry's keys are needed here
+  coordinator.keys, coordinator.refused = {"trauma": good, "oncology": "cc" * 48}, []
+  grid = Grid()
+  transport = FlowerTransport(grid, {"config": "{}"})
+  assert transport.discover({"task": {}}, 2, 1.0, coordinator.admit) == {
+      "trauma": {**claims[2], "node_id": 2}}
+  assert transport.node_of == {"trauma": 2}
+  grid.nodes = [1, 2, 3]
+  assert transport.rejoin({"task": {}}, 1.0, coordinator.admit) == {}
+  assert grid.asked == [3] and transport.node_of == {"trauma": 2}
+  grid.asked = []
+  assert transport.rejoin({"task": {}}, 1.0, coordinator.admit) == {} and grid.asked == []
+  assert coordinator._refused()["refused_nodes"] == [
+      {"node_id": 1, "hospital": "trauma", "reason": "reports a key that is not trauma's "
+                                                     "registered key"},
+      {"node_id": 3, "hospital": "oncology", "reason": "reports a key that is not oncology's "
+                                                       "registered key"}]
