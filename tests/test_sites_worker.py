@@ -109,3 +109,13 @@ def test_one_worker_serves_two_jobs_and_a_restarted_worker_resumes(tmp_path):
   for h in HOSPITALS:
     jobs = sorted(os.listdir(os.path.join(enrolment.nodes[h].state_dir, "client_state")))
     assert len(jobs) == 2, jobs
+
+
+def test_worker_script_refuses_a_bad_node_config_with_one_line(tmp_path):
+  script = os.path.join(ROOT, "scripts", "site_worker.py")
+  flag = f'--node_config=hospital="x" train-file="{tmp_path}"'
+  out = subprocess.run([sys.executable, script, flag],
+                       env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      "error: node config: missing ['test-file', 'keystore', 'state-dir'")
