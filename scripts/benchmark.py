@@ -145,8 +145,9 @@ def _deploy_only() -> None:
       node[leaf] = ast.literal_eval(text)
     except (ValueError, SyntaxError):
       node[leaf] = text
+  load_at_start = os.getloadavg()
   res = bench.deploy_section(cfg, os.path.abspath(_DEPLOY_DIR.value))
-  res.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  res.update(load_average_at_start=load_at_start,date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              command=" ".join(["python scripts/benchmark.py"] + sys.argv[1:]),
              job="configs/default.py" + "".join(f" {x}" for x in _DEPLOY_SET.value),
              load_average_at_end=os.getloadavg())

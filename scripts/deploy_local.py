@@ -1,12 +1,14 @@
-"""Runs a federated job across hospitals on this machine with Flower: a SuperLink and one
-SuperNode per hospital (each with its own data, key and state directory), then the ServerApp.
+"""Runs a federated job across hospitals on this machine with Flower: a SuperLink, and per
+hospital a long-lived worker (`scripts/site_worker.py`: its model, data, key and client state,
+compiled once) and a SuperNode (each with its own data, key and state directory), then the
+ServerApp.
 
     python scripts/deploy_local.py --config=configs/default.py --config.workdir=runs/sites \
         [--config.fed.rounds=5 --config.data.hospitals='("cardiology","oncology")' ...]
 
 Needs the `[flower]` extra. Local demo only: the Flower connections are insecure unless
 `--config.sites.tls=True` (certificates generated for 127.0.0.1). One progress line per round;
-every Flower process is stopped on success, error and Ctrl-C. The hospitals' directories
+every Flower process and worker is stopped on success, error and Ctrl-C. The hospitals' directories
 (questions, keystores, client state, receipts) are under `<workdir>/deploy/hospitals/`.
 """
 

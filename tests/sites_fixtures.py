@@ -18,6 +18,11 @@ from fedlora_jax.sites.local import enrol_local
 from tests.run_fixtures import tiny_config
 
 
+# Processes started by a test (Flower's, the hospital workers) are fresh interpreters: give them
+# the numerics conftest gives this one.
+SUBPROCESS_ENV = {"JAX_DEFAULT_MATMUL_PRECISION": "highest", "JAX_THREEFRY_PARTITIONABLE": "1"}
+
+
 def sites_config(workdir: str, cache_dir: str, hospitals, **overrides):
   cfg = tiny_config(workdir, cache_dir, **{"data.hospitals": tuple(hospitals), "eval.every": 2,
                                            **overrides})
@@ -47,11 +52,15 @@ class InProcessTransport:
       self.hospitals[h].signer = L.HospitalSigner(h, keystore, Hospital.receipts_dir(node),
                                                   node.server_public_key, self.cfg.ledger.backend)
 
-  def discover(self, payload, expected: int, timeout: float) -> dict[str, dict[str, Any]]:
-    return {h: {**hosp.handle("query", payload)["result"], "node_id": i}
-            for i, (h, hosp) in enumerate(self.hospitals.items())}
+  def handle(self, h: str, kind: str, payload) -> dict[str, Any]:
+    return self.hospitals[h].handle(kind, payload)
 
-  def rejoin(self, payload, timeout: float) -> dict[str, dict[str, Any]]:
+  def discover(self, payload, expected: int, timeout: float, admit) -> dict[str, dict[str, Any]]:
+    claims = [{**self.handle(h, "query", payload)["result"], "node_id": i}
+              for i, h in enumerate(self.nodes)]
+    return {c["hospital"]: c for c in claims if admit(c) is None}
+
+  def rejoin(self, payload, timeout: float, admit) -> dict[str, dict[str, Any]]:
     return {}
 
   def send(self, kind: str, payloads, timeout: float) -> dict[str, Any]:
@@ -60,21 +69,52 @@ class InProcessTransport:
       if h in self.down:
         out[h] = f"no reply within {timeout:g} s"
         continue
-      reply = self.hospitals[h].handle(kind, p)
+      reply = self.handle(h, kind, p)
       reply = {**reply.pop("result"), **reply, "bytes_received": 0, "reply_bytes": 0}
       out[h] = self.tamper(kind, h, reply) if self.tamper else reply
     return out
 
 
+class WorkerTransport(InProcessTransport):
+  """Each hospital's messages go to its worker process over its socket, encoded as the
+  ClientApp shim encodes them (Flower's RecordDict protobuf), with the job header the
+  ServerApp adds."""
+
+  def restart(self) -> None:
+    self.hospitals = {}
+
+  def handle(self, h: str, kind: str, payload) -> dict[str, Any]:
+    from flwr.common import serde
+    from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+
+    from fedlora_jax.sites import channel
+    from fedlora_jax.sites.messages import from_records, to_records
+    records = to_records({"header": {"config": job.config_json(self.cfg)}, **payload})
+    body = channel.request(self.nodes[h].state_dir, kind,
+                           serde.recorddict_to_proto(records).SerializeToString())
+    proto = ProtoRecordDict()
+    proto.ParseFromString(body)
+    return from_records(serde.recorddict_from_proto(proto))
+
+
 def run_in_process(cfg, tamper=None, after_round: Callable[[InProcessTransport, str], None]
-                   | None = None, impostors=None) -> tuple[dict, Any, InProcessTransport]:
-  """Enrols the hospitals of `cfg` under `<workdir>/deploy` and runs the coordinator."""
-  enrolment = enrol_local(cfg, os.path.join(cfg.workdir, "deploy"))
+                   | None = None, impostors=None, root: str | None = None,
+                   transport_type: type[InProcessTransport] = InProcessTransport
+                   ) -> tuple[dict, Any, InProcessTransport]:
+  """Enrols the hospitals of `cfg` under `root` (`<workdir>/deploy`) and runs the coordinator."""
+  enrolment = enrol_local(cfg, root or os.path.join(cfg.workdir, "deploy"))
   run_cfg = job.config_from_json(open(enrolment.job_config).read())
-  transport = InProcessTransport(run_cfg, enrolment.nodes, tamper, impostors)
+  transport = transport_type(run_cfg, enrolment.nodes, tamper, impostors)
   coordinator = Coordinator(run_cfg)
   progress = (lambda line: after_round(transport, line)) if after_round else (lambda line: None)
   return coordinator.run(transport, progress=progress), enrolment, transport
+
+
+def client_state_files(state_dir: str) -> list[str]:
+  """Sorted file names in the node's client-state directory of its one job."""
+  jobs = os.listdir(os.path.join(state_dir, "client_state"))
+  assert len(jobs) == 1, jobs
+  return sorted(os.listdir(os.path.join(state_dir, "client_state", jobs[0])))
 
 
 def check_folded_base(sim_dir, sites_dir, base_dir):

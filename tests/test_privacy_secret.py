@@ -55,7 +55,6 @@ def test_seeded_secrets_are_reproducible_and_labelled():
 @pytest.mark.parametrize("field,value,message", [
     ("privacy.level", "example", "privacy.level='example' is not run by sites mode yet"),
     ("privacy.reproducible_noise", True, "sites mode refuses it"),
-    ("fed.robust_rule", "median", "fed.robust_rule='median'"),
     ("attack.kind", "sign_flip", "attack.kind='sign_flip' is a simulation experiment"),
 ])
 def test_sites_mode_refuses_safeguards_it_cannot_run(field, value, message):

@@ -16,7 +16,8 @@ from fedlora_jax import models
 from fedlora_jax.run import experiment
 from fedlora_jax.sites import job
 from fedlora_jax.sites.hospital import Hospital
-from tests.sites_fixtures import check_folded_base, run_in_process, sites_config
+from tests.sites_fixtures import (check_folded_base, client_state_files, run_in_process,
+                                  sites_config)
 
 HOSPITALS = ("cardiology", "oncology", "trauma")
 pytestmark = pytest.mark.slow  # about 3 minutes each on 2 shared cores
@@ -52,7 +53,7 @@ def test_sites_equal_simulation_with_client_state(tmp_path, cache_dir, algorithm
     np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
   for h in HOSPITALS:  # personal models for FedSA-LoRA: evaluated at the node
     assert abs(sites["accuracy"][h] - sim["accuracy"][h]) <= 1 / 16 + 1e-9, h
-    committed = sorted(os.listdir(os.path.join(enrolment.nodes[h].state_dir, "client_state")))
+    committed = client_state_files(enrolment.nodes[h].state_dir)
     assert committed == [f"committed_{r:06d}.npz" for r in (1, 2, 3)]
   records = [json.loads(l) for l in open(tmp_path / "sites" / "metrics.jsonl")]
   assert [r["ledger"].get("accepted") for r in records[1:]] == [3, 3, 3]
@@ -93,3 +94,22 @@ def test_local_training_exports_each_nodes_personal_adapter(tmp_path, cache_dir)
   sites, enrolment, _ = run_in_process(sites_config(str(tmp_path / "sites"), cache_dir,
                                                     HOSPITALS[:2], **over))
   _check_personal_adapters(tmp_path / "sim", sites, enrolment, HOSPITALS[:2])
+
+
+@pytest.mark.parametrize("rule", [{"fed.robust_rule": "median"},
+                                  {"fed.robust_norm_bound": 1e-3}])  # below every update's norm
+def test_sites_robust_rule_and_norm_bound_equal_simulation(tmp_path, cache_dir, rule):
+  """The server runs the config's robust rule / norm bound in the simulation's own server step:
+  the global adapter equals the simulation's within 1e-5 (and differs from plain FedAvg's)."""
+  over = {"fed.rounds": 2, "eval.every": 2, **rule}
+  sim_dir, sites_dir, plain_dir = (str(tmp_path / n) for n in ("sim", "sites", "plain"))
+  experiment.run(sites_config(sim_dir, cache_dir, HOSPITALS, **over))
+  run_in_process(sites_config(sites_dir, cache_dir, HOSPITALS, **over))
+  run_in_process(sites_config(plain_dir, cache_dir, HOSPITALS, **{"fed.rounds": 2,
+                                                                  "eval.every": 2}))
+  a, b = _adapter(sim_dir), _adapter(sites_dir)
+  assert sorted(a) == sorted(b)
+  for name in a:
+    np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
+  plain = _adapter(plain_dir)
+  assert max(float(np.abs(b[n] - plain[n]).max()) for n in b) > 1e-4  # the rule acted

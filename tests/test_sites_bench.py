@@ -14,11 +14,18 @@ def test_deploy_table_from_records():
          "date": "today", "job": "configs/default.py", "load_average_at_end": (5.0, 4.0, 3.0),
          "simulation": {"wall_s": 60.0, "round_s": [20.0, 2.0, 4.0], "bytes": [{}, {}, {}]},
          "flower": {"wall_s": 300.0, "round_s": [90.0, 30.0, 40.0, 50.0],
-                    "bytes": flower_bytes}}
+                    "bytes": flower_bytes, "message_s": [None, 3.0, 5.0, 4.0]}}
   lines = deploy_lines(res)
   assert lines[0] == DEPLOY_HEADING
   assert "| round 1 s (compiles) | 20.0 | 90.0 |" in lines
   assert "| later rounds s (median; node compilation cache) | 3.0 | 40.0 |" in lines
+  assert "| Flower's own latency per round of train messages s (median) | — | 4.0 |" in lines
   assert "| bytes received per hospital per round (MB) | — (in process) | 3.000 |" in lines
   assert "| bytes sent per hospital per round (MB) | — (in process) | 2.000 |" in lines
   assert "5.0, 4.0, 3.0" in lines[2] and f"on {os.cpu_count()} cores" in lines[2]
+
+
+def test_flower_latency_is_train_time_minus_the_slowest_worker():
+  from fedlora_jax.sites.bench import _message_latency
+  assert _message_latency({"train_s": 10.0, "worker_s": {"a": 4.0, "b": 7.5}}) == 2.5
+  assert _message_latency({"train_s": 10.0, "worker_s": {}}) is None  # in-process transport

@@ -20,12 +20,11 @@ from fedlora_jax.run import experiment  # noqa: E402
 from fedlora_jax.sites.deploy import deploy  # noqa: E402
 from fedlora_jax.sites.local import group_alive  # noqa: E402
 from tests.run_fixtures import DEFAULT, ROOT, TINY_OVERRIDES, cli_flags  # noqa: E402
-from tests.sites_fixtures import check_folded_base, sites_config  # noqa: E402
+from tests.sites_fixtures import (SUBPROCESS_ENV, check_folded_base,  # noqa: E402
+                                  client_state_files, sites_config)
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]
 HOSPITALS = ("cardiology", "oncology", "trauma")
-# The Flower processes start fresh interpreters: give them the numerics conftest gives this one.
-SUBPROCESS_ENV = {"JAX_DEFAULT_MATMUL_PRECISION": "highest", "JAX_THREEFRY_PARTITIONABLE": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +127,15 @@ def test_flower_client_state_algorithms_equal_simulation(tmp_path, cache_dir, al
     check_folded_base(sim_dir, site_dir, adapter_config["base_model_name_or_path"])
   assert [r["ledger"]["accepted"] for r in lines[1:]] == [3, 3]
   for h in HOSPITALS:
-    state = os.path.join(site_dir, "deploy", "hospitals", h, "state", "client_state")
-    assert sorted(n for n in os.listdir(state) if n.startswith("committed")) == [
+    state = os.path.join(site_dir, "deploy", "hospitals", h, "state")
+    assert [n for n in client_state_files(state) if n.startswith("committed")] == [
         "committed_000001.npz", "committed_000002.npz"], h
   assert not [g for g in started if group_alive(g)]
 
 
 def test_flower_processes_are_gone(fedavg_runs):
   started = fedavg_runs[4]
-  assert len(started) == 1 + 3 + 1  # SuperLink, SuperNodes, flwr run
+  assert len(started) == 1 + 3 + 3 + 1  # SuperLink, workers, SuperNodes, flwr run
   assert not [g for g in started if group_alive(g)]
 
 
@@ -171,7 +170,37 @@ def test_killed_node_is_missing_then_rejoins_after_restart(tmp_path, cache_dir):
       [], [{"client_id": trauma.id, "reason": "unavailable"}], []]
   check = L.verify_ledger(os.path.join(str(tmp_path), "ledger.jsonl"))
   assert check.ok and check.missing == ((2, "trauma", "unavailable"),)
-  assert len(started) == 1 + 3 + 1 + 1 and not [g for g in started if group_alive(g)]
+  assert len(started) == 1 + 3 + 3 + 1 + 1 and not [g for g in started if group_alive(g)]
+
+
+def test_killed_worker_is_missing_and_the_run_finishes(tmp_path, cache_dir):
+  """trauma's worker is killed once round 1 is recorded (its SuperNode stays up): its ClientApp
+  finds no worker and raises, so round 2 and the final evaluation go on without trauma, which
+  the ledger records as missing with `node_error`; the ledger verifies with every node's
+  receipts. (A restarted worker resuming is in tests/test_sites_worker.py.)"""
+  os.environ.update(SUBPROCESS_ENV)
+  cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS)
+  lines = []
+
+  def on_record(record, dep):
+    lines.append(record)
+    if record["round"] == 1:
+      dep.stop("worker-trauma", grace=5.0)
+
+  summary = deploy(cfg, on_record=on_record)
+  assert [r["ledger"]["accepted"] for r in lines[1:]] == [3, 2]
+  assert lines[2]["ledger"]["missing"]["trauma"].startswith("node error")
+  assert np.isnan(summary["accuracy"]["trauma"]) and summary["ledger"]["valid"]
+  ledger_path = os.path.join(str(tmp_path), "ledger.jsonl")
+  server_pk = L.Ledger.open(ledger_path).server.pk
+  check = L.verify_ledger(ledger_path, server_public_key=server_pk)
+  assert check.ok and check.missing == ((2, "trauma", "node_error"),)
+  for h in HOSPITALS:
+    state = os.path.join(str(tmp_path), "deploy", "hospitals", h, "state")
+    check = L.verify_ledger(ledger_path, server_public_key=server_pk,
+                            receipts=os.path.join(state, "receipts"))
+    assert check.ok and check.receipts == (0 if h == "trauma" else 2), (h, check)  # its round-1
+    # receipt rode on the round-2 message its worker never got
 
 
 def test_local_deployment_with_tls(tmp_path, cache_dir):

@@ -12,7 +12,7 @@ import pytest
 from fedlora_jax import ledger as L
 from fedlora_jax.sites import codec
 from fedlora_jax.sites.node_config import NodeConfig, NodeConfigError
-from tests.sites_fixtures import run_in_process, sites_config
+from tests.sites_fixtures import client_state_files, run_in_process, sites_config
 
 HOSPITALS = ("cardiology", "oncology", "trauma", "maternity")
 
@@ -24,9 +24,11 @@ def cache_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
-  """Round 1: cardiology's signature is forged, oncology's update is not what it signed,
-  trauma signs with a key the registry does not hold; only maternity is aggregated. Round 2:
-  maternity does not answer (missing); trauma is still unregistered."""
+  """trauma's node reports a key the registry does not hold: refused at the start (recorded),
+  it gets no message and is missing in every round. Round 1: cardiology's signature is forged,
+  oncology's update is not what it signed; only maternity is aggregated. Round 2: maternity
+  does not answer (missing), oncology's attestation is malformed (missing, and no receipt its
+  node could not settle is queued: the final evaluation reaches it)."""
   cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS)
   impostor = str(tmp_path / "impostor")
   L.enroll("trauma", impostor, 1)
@@ -42,6 +44,8 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
     if h == "oncology" and att["round"] == 1:
       name = sorted(reply["update"])[0]
       reply["update"] = {**reply["update"], name: reply["update"][name] + 1e-3}
+    if h == "oncology" and att["round"] == 2:
+      att = {**att, "signature": "not hex"}
     updates[(h, att["round"])] = reply["update"]
     return {**reply, "attestation": att}
 
@@ -62,16 +66,21 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
   blocks = [b for b in L.Ledger.open(ledger_path).blocks if b["kind"] == "round"]
   reasons = lambda b: sorted(r["reason"] for r in b["rejected"])
   assert [p["name"] for p in blocks[0]["participants"]] == ["maternity"]
-  assert reasons(blocks[0]) == ["bad_signature", "digest_mismatch", "unregistered"]
-  assert sorted(p["name"] for p in blocks[1]["participants"]) == ["cardiology", "oncology"]
-  assert reasons(blocks[1]) == ["unregistered"]
-  maternity = L.Identity.load(enrolment.nodes["maternity"].keystore, "maternity")
-  assert [b["missing"] for b in blocks] == [[], [{"client_id": maternity.id,
-                                                  "reason": "timeout"}]]
+  assert reasons(blocks[0]) == ["bad_signature", "digest_mismatch"]
+  assert [p["name"] for p in blocks[1]["participants"]] == ["cardiology"]
+  assert reasons(blocks[1]) == []
+  ids = {h: L.Identity.load(enrolment.nodes[h].keystore, h).id for h in HOSPITALS}
+  assert [b["missing"] for b in blocks] == [
+      [{"client_id": ids["trauma"], "reason": "not_connected"}],
+      [{"client_id": ids[h], "reason": r} for h, r in (
+          ("trauma", "not_connected"), ("maternity", "timeout"), ("oncology", "malformed_reply"))]]
   records = [json.loads(l) for l in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
+  assert [(r["hospital"], r["reason"]) for r in records[0]["refused_nodes"]] == [
+      ("trauma", "reports a key that is not trauma's registered key")]
   assert records[1]["valid"] == [False, False, False, True]  # registry order: sampling order
-  assert list(records[2]["ledger"]["missing"]) == ["maternity"]
-  assert records[2]["valid"] == [True, True, False, False]
+  assert list(records[2]["ledger"]["missing"]) == ["trauma", "maternity", "oncology"]
+  assert records[2]["valid"] == [True, False, False, False]
+  assert not np.isnan(summary["accuracy"]["oncology"])  # its node still answers
   # Round 1 aggregated maternity's update alone (FedAvg with one client: the global is it).
   block1_global = blocks[0]["global_digest"]
   assert L.tree_digest(updates[("maternity", 1)]).hex() == block1_global
@@ -79,19 +88,19 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
   for h in HOSPITALS:
     state = enrolment.nodes[h].state_dir
     receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{state}/receipts/*.json"))]
-    check = L.verify_ledger(ledger_path, server_public_key=server_pk,
-                            receipts=f"{state}/receipts")
-    assert check.ok and check.receipts == len(receipts), (h, check)
+    if h != "trauma":  # the refused node was never sent a message: it attested nothing
+      check = L.verify_ledger(ledger_path, server_public_key=server_pk,
+                              receipts=f"{state}/receipts")
+      assert check.ok and check.receipts == len(receipts), (h, check)
     verdicts = [r["verdict"] for r in receipts]
-    expected = {"cardiology": ["bad_signature", "accepted"],
-                "oncology": ["digest_mismatch", "accepted"],
-                "trauma": ["unregistered", "unregistered"], "maternity": ["accepted"]}[h]
+    expected = {"cardiology": ["bad_signature", "accepted"], "oncology": ["digest_mismatch"],
+                "trauma": [], "maternity": ["accepted"]}[h]
     # (maternity's receipt came with the request to co-sign block 1; silent since round 2)
     assert verdicts == expected, h
     # a rejected update never becomes the node's client state
-    expected = {"cardiology": ["committed_000002"], "oncology": ["committed_000002"],
+    expected = {"cardiology": ["committed_000002"], "oncology": ["pending_000002"],
                 "trauma": [], "maternity": ["committed_000001"]}[h]
-    assert sorted(os.listdir(os.path.join(state, "client_state"))) == [
+    assert client_state_files(state) == [
         f"{name}.npz" for name in expected], h
 
 
@@ -173,8 +182,7 @@ def test_receipts_reach_the_nodes_after_a_server_crash(tmp_path, cache_dir, chec
     check = L.verify_ledger(ledger_path, server_public_key=ledger.server.pk,
                             receipts=f"{state}/receipts")
     assert check.ok and check.receipts == 2, (h, check)
-    committed = sorted(n for n in os.listdir(os.path.join(state, "client_state"))
-                       if n.startswith("committed"))
+    committed = [n for n in client_state_files(state) if n.startswith("committed")]
     assert committed == ["committed_000001.npz", "committed_000002.npz"], h
 
 
@@ -195,3 +203,85 @@ def test_base_changes_travel_exactly_and_unknown_weights_are_refused():
   assert got["norm"]["weight"] is base["norm"]["weight"]
   with pytest.raises(codec.MessageError, match=r"unexpected \['lm_head.weight'\]"):
     codec.with_base_changes(base, {"lm_head.weight": np.ones(1, np.float32)})
+
+
+def test_submission_digest_covers_the_client_state():
+  update = {"a": np.ones((2, 2), np.float32)}
+  state = {"['c']": np.zeros(3, np.float32)}
+  assert codec.submission_digest(update, {}, {}) == L.tree_digest(update)  # as the simulation
+  signed = codec.submission_digest(update, state, state)
+  assert signed == L.tree_digest({"update": update, "client_state_old": state,
+                                  "client_state_new": state})
+  assert codec.submission_digest(update, state, {"['c']": np.ones(3, np.float32)}) != signed
+  assert codec.submission_digest(update, {"['c']": np.ones(3, np.float32)}, state) != signed
+
+
+@pytest.mark.slow
+def test_client_state_the_hospital_did_not_sign_is_rejected(tmp_path, cache_dir):
+  """SCAFFOLD: oncology's reply carries its signed update with a new control variate other than
+  the one it signed: the submission is rejected (digest_mismatch) and aggregated with weight 0,
+  so the server never adopts that state; cardiology's is accepted."""
+  cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS[:2], **{
+      "fed.algorithm": "scaffold", "fed.local_optimizer": "sgd", "fed.local_lr": 0.5,
+      "fed.rounds": 1, "eval.every": 1})
+
+  def tamper(kind, h, reply):
+    if kind == "train" and h == "oncology":
+      reply["client_state_new"] = {k: v + 1.0 for k, v in reply["client_state_new"].items()}
+    return reply
+
+  run_in_process(cfg, tamper=tamper)
+  blocks = [b for b in L.Ledger.open(os.path.join(cfg.workdir, "ledger.jsonl")).blocks
+            if b["kind"] == "round"]
+  assert [p["name"] for p in blocks[0]["participants"]] == ["cardiology"]
+  assert [r["reason"] for r in blocks[0]["rejected"]] == ["digest_mismatch"]
+  records = [json.loads(l) for l in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
+  assert records[1]["valid"] == [True, False]
+
+
+def test_flower_transport_admits_a_node_only_with_its_hospitals_registered_key(monkeypatch):
+  """Two nodes claim trauma: the one reporting another key is refused (and recorded), the one
+  with the registered key is bound; a node connecting later with a wrong key (an impostor of a
+  re-joining node) is refused, never asked again, and the hospital stays bound to its node."""
+  from types import SimpleNamespace
+
+  from fedlora_jax.sites.coordinator import Coordinator
+  from fedlora_jax.sites.messages import to_records
+  from flwr.supercore.task_identity import TaskIdentity
+
+  from fedlora_jax.sites.server_app import FlowerTransport
+  for field in ("_run_id", "_node_id", "_task_id"):  # as inside a ServerApp's run
+    monkeypatch.setattr(TaskIdentity, field, 1)
+  good, bad = "aa" * 48, "bb" * 48
+  claims = {1: {"hospital": "trauma", "public_key": bad},
+            2: {"hospital": "trauma", "public_key": good},
+            3: {"hospital": "oncology", "public_key": good}}  # not oncology's key
+
+  class Grid:
+    nodes, asked = [1, 2], []
+
+    def get_node_ids(self):
+      return list(self.nodes)
+
+    def send_and_receive(self, msgs, timeout):
+      self.asked = [m.metadata.dst_node_id for m in msgs]
+      return [SimpleNamespace(has_error=lambda: False, metadata=SimpleNamespace(src_node_id=n),
+                              content=to_records({"result": claims[n]})) for n in self.asked]
+
+  coordinator = object.__new__(Coordinator)  # only its registry's keys are needed here
+  coordinator.keys, coordinator.refused = {"trauma": good, "oncology": "cc" * 48}, []
+  grid = Grid()
+  transport = FlowerTransport(grid, {"config": "{}"})
+  assert transport.discover({"task": {}}, 2, 1.0, coordinator.admit) == {
+      "trauma": {**claims[2], "node_id": 2}}
+  assert transport.node_of == {"trauma": 2}
+  grid.nodes = [1, 2, 3]
+  assert transport.rejoin({"task": {}}, 1.0, coordinator.admit) == {}
+  assert grid.asked == [3] and transport.node_of == {"trauma": 2}
+  grid.asked = []
+  assert transport.rejoin({"task": {}}, 1.0, coordinator.admit) == {} and grid.asked == []
+  assert coordinator._refused()["refused_nodes"] == [
+      {"node_id": 1, "hospital": "trauma", "reason": "reports a key that is not trauma's "
+                                                     "registered key"},
+      {"node_id": 3, "hospital": "oncology", "reason": "reports a key that is not oncology's "
+                                                       "registered key"}]

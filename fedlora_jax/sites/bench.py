@@ -38,9 +38,17 @@ def deploy_section(cfg: ml_collections.ConfigDict, workdir: str,
                if r["round"] > 0]
     out["hospitals"] = list(summary["accuracy"])
     out[mode] = {"wall_s": round(wall, 1), "round_s": [r["seconds"] for r in records],
-                 "bytes": [r.get("bytes", {}) for r in records]}
+                 "bytes": [r.get("bytes", {}) for r in records],
+                 "message_s": [_message_latency(r.get("timing", {})) for r in records]}
     log(f"    {wall:.0f} s; rounds {out[mode]['round_s']}")
   return out
+
+
+def _message_latency(timing: dict[str, Any]) -> float | None:
+  """A round's train messages minus the slowest hospital's own work: Flower's message path
+  (SuperLink and SuperNode polling, the ClientApp process, transfers); None without workers."""
+  worker = timing.get("worker_s") or {}
+  return round(timing["train_s"] - max(worker.values()), 3) if worker else None
 
 
 def _per_hospital(bytes_by_round: list[dict[str, dict[str, int]]], key: str) -> float:
@@ -54,28 +62,40 @@ def deploy_lines(res: dict[str, Any]) -> list[str]:
   def later(xs):
     return f"{statistics.median(xs[1:]):.1f}" if len(xs) > 1 else "—"
 
+  def loads(key):
+    return ", ".join(f"{x:.1f}" for x in res[key])
+
   sim, flw = res["simulation"], res["flower"]
+  latency = [x for x in flw.get("message_s", []) if x is not None]
   mb = 1e6
-  lines = [DEPLOY_HEADING, "",
-           f"Command: `{res['command']}` ({res['date']}). Job: {res['job']}; "
-           f"{len(res['hospitals'])} hospitals ({', '.join(res['hospitals'])}), "
-           f"{res['rounds']} rounds. Load average at the end: "
-           f"{', '.join(f'{x:.1f}' for x in res['load_average_at_end'])} on "
-           f"{os.cpu_count()} cores (the Flower processes count too); compare the two columns, "
-           "measured back to back.", "",
-           "| | simulation (one process) | Flower (SuperLink + one SuperNode per hospital) |",
-           "|---|---|---|",
-           f"| round 1 s (compiles) | {sim['round_s'][0]:.1f} | {flw['round_s'][0]:.1f} |",
-           f"| later rounds s (median; node compilation cache) | {later(sim['round_s'])} | "
-           f"{later(flw['round_s'])} |",
-           f"| bytes received per hospital per round (MB) | — (in process) | "
+  start = (f"Load average at the start: {loads('load_average_at_start')}; "
+           if "load_average_at_start" in res else "")
+  end = "at the end" if start else "Load average at the end"
+  rows = [f"| round 1 s (compiles) | {sim['round_s'][0]:.1f} | {flw['round_s'][0]:.1f} |",
+          f"| later rounds s (median; node compilation cache) | {later(sim['round_s'])} | "
+          f"{later(flw['round_s'])} |"]
+  if latency:
+    rows.append(f"| Flower's own latency per round of train messages s (median) | — | "
+                f"{statistics.median(latency):.1f} |")
+  rows += [f"| bytes received per hospital per round (MB) | — (in process) | "
            f"{_per_hospital(flw['bytes'], 'received') / mb:.3f} |",
            f"| bytes sent per hospital per round (MB) | — (in process) | "
            f"{_per_hospital(flw['bytes'], 'sent') / mb:.3f} |",
            f"| whole run wall s (start-up, base evaluation, export) | {sim['wall_s']:.0f} | "
-           f"{flw['wall_s']:.0f} |", "",
-           "A Flower round is the round's train messages (a fresh ClientApp process per message "
-           "reading the node's JAX compilation cache) plus an evaluation message at evaluation "
-           "rounds; bytes are the arrays of the messages (global adapter, server inputs, client "
-           "state before/after, update), as the ServerApp counts them.", ""]
-  return lines
+           f"{flw['wall_s']:.0f} |"]
+  return [DEPLOY_HEADING, "",
+          f"Command: `{res['command']}` ({res['date']}). Job: {res['job']}; "
+          f"{len(res['hospitals'])} hospitals ({', '.join(res['hospitals'])}), "
+          f"{res['rounds']} rounds. {start}{end}: "
+          f"{loads('load_average_at_end')} on {os.cpu_count()} cores (the Flower processes "
+          "count too); compare the two columns, measured back to back.", "",
+          "| | simulation (one process) | Flower (SuperLink + one worker and SuperNode per "
+          "hospital) |",
+          "|---|---|---|", *rows, "",
+          "A Flower round is the round's train messages (a fresh ClientApp process per message "
+          "relays it to the hospital's long-lived worker, which holds the model compiled) plus "
+          "an evaluation message at evaluation rounds. Flower's own latency is a round's train "
+          "time minus the slowest hospital's time in its worker (SuperLink and SuperNode "
+          "polling, the ClientApp process, transfers). Bytes are the arrays of the messages "
+          "(global adapter, server inputs, client state before/after, update), as the ServerApp "
+          "counts them.", ""]

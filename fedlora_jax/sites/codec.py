@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from fedlora_jax.ledger import tree_digest
 from fedlora_jax.models import peft_tensors
 from fedlora_jax.models.hf_io import PEFT_PREFIX, hf_name
 from fedlora_jax.models.layer_stack import is_stacked, stack_layers, unstack_layers
@@ -53,6 +54,18 @@ def tree_from_arrays(arrays: Mapping[str, np.ndarray], like: PyTree, what: str) 
   flat_like = {i: x for i, (_, x) in enumerate(leaves)}
   got = _take(arrays, names, flat_like, what)
   return jax.tree_util.tree_unflatten(treedef, [got[i] for i in range(len(leaves))])
+
+
+def submission_digest(update: Mapping[str, np.ndarray], client_state_old: Mapping[str, np.ndarray],
+                      client_state_new: Mapping[str, np.ndarray]) -> bytes:
+  """What a hospital's attestation signs for its reply: the digest of its update, and, when it
+  sends client state the server adopts (SCAFFOLD's c_i, FedSA-LoRA's B), of that state too, so
+  no state that leaves a hospital is taken on trust. Without client state it is the update's
+  `tree_digest`, as in the simulation."""
+  if not client_state_old and not client_state_new:
+    return tree_digest(dict(update))
+  return tree_digest({"update": dict(update), "client_state_old": dict(client_state_old),
+                      "client_state_new": dict(client_state_new)})
 
 
 def base_changes(current: Mapping[str, np.ndarray], original: Mapping[str, np.ndarray]

@@ -4,8 +4,9 @@ checkpoints and the run directory (the same files as `scripts/train.py` writes).
 The network is behind `Transport` (Flower in `server_app`): the coordinator hands it per-hospital
 payloads and gets back replies, or an error line for a hospital that failed or did not answer in
 `sites.round_timeout` seconds. Aggregation is `FederatedRound.aggregate`, the simulation's own
-server step, over the round's clients stacked in sampling order: a hospital that is missing or
-rejected gets weight 0 and keeps its old state, exactly as a quarantined client in simulation.
+server step (with the config's robust rule and norm bound, `Safeguards.server_update`), over
+the round's clients stacked in sampling order: a hospital that is missing or rejected gets
+weight 0 and keeps its old state, exactly as a quarantined client in simulation.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import jax
 import ml_collections
@@ -24,6 +25,7 @@ from fedlora_jax import federated as F
 from fedlora_jax import ledger as L
 from fedlora_jax import models
 from fedlora_jax.eval import fairness_summary
+from fedlora_jax.privacy.plan import privacy_plan
 from fedlora_jax.run import report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.gates import base_tensors
@@ -34,14 +36,18 @@ from fedlora_jax.sites import codec, job
 from fedlora_jax.sites.hospital import LEDGER_MESSAGE
 
 Reply = dict[str, Any]
+Admit = Callable[[Reply], "str | None"]
 
 
 class Transport(Protocol):
-  def discover(self, payload: Reply, expected: int, timeout: float) -> dict[str, Reply]:
+  def discover(self, payload: Reply, expected: int, timeout: float, admit: Admit
+               ) -> dict[str, Reply]:
     """Waits for `expected` nodes, sends each the query `payload`; {hospital: its reply
-    (`Hospital.describe()`, plus `node_id`)} of the nodes that answered."""
+    (`Hospital.describe()`, plus `node_id`)} of the nodes that answered and that `admit`
+    (None: admitted, else the reason) lets take the hospital's place; the others get no
+    message."""
 
-  def rejoin(self, payload: Reply, timeout: float) -> dict[str, Reply]:
+  def rejoin(self, payload: Reply, timeout: float, admit: Admit) -> dict[str, Reply]:
     """Like `discover`, for nodes that connected since (restarted ones), without waiting."""
 
   def send(self, kind: str, payloads: Mapping[str, Reply], timeout: float
@@ -64,6 +70,8 @@ class Coordinator:
       raise ValueError("the sites mode needs ledger.registry (the hospitals' enrolment records)")
     self.registry = L.load_registry(expand(cfg.ledger.registry), cfg.ledger.backend)
     self.names = [r.name for r in self.registry]  # client id = position in the registry
+    self.keys = {r.name: r.pk.hex() for r in self.registry}  # what each hospital's node reports
+    self.refused: list[Reply] = []  # node claims refused since the last metrics record
     self.ids = {r.name: r.id for r in self.registry}  # the ledger's client ids
     self.model, _, self.base_dir = load_model(cfg)
     write_config(self.workdir, cfg)
@@ -117,17 +125,18 @@ class Coordinator:
     cfg, n = self.cfg, len(self.names)
     first = self.start == 0  # the nodes evaluate the base before any training with the query
     nodes = transport.discover({"global": self._global_arrays(), "base": self._base_arrays(),
-                                "task": {"evaluate": first}}, n, cfg.sites.round_timeout)
-    unknown = sorted(set(nodes) - set(self.names))
-    if unknown:
-      logging.warning("nodes of unregistered hospitals %s take no part", unknown)
+                                "task": {"evaluate": first}}, n, cfg.sites.round_timeout,
+                                self.admit)
     self.info = {h: nodes[h] for h in self.names if h in nodes}
     if not self.info:
       raise RuntimeError("no registered hospital's node answered")
     max_targets = max(d["max_target_tokens"] for d in self.info.values())
     training = job.local_training(cfg, max_targets, cfg.fed.local_steps)
-    engine = F.FederatedRound(self.graphdef, self.algorithm, training, n)
     per_round = F.clients_per_round(n, count=cfg.fed.clients_per_round or None)
+    # the robust rule and norm bound run here, in the simulation's own server step
+    sizes = [self.info[h]["train"] if h in self.info else 0 for h in self.names]
+    safeguards = privacy_plan(cfg, self.names, sizes, per_round).safeguards
+    engine = F.FederatedRound(self.graphdef, self.algorithm, training, n, safeguards=safeguards)
     # receipts per hospital, delivered with its next message; after a crash the receipts of the
     # checkpointed round are sent again (they may not have reached the nodes)
     self.receipts: dict[str, list[Reply]] = {}
@@ -135,7 +144,7 @@ class Coordinator:
       self._queue_receipts(self.start)
     if first:
       record = {"round": 0, "clients": [], "loss": [], "valid": [], "weights": [], "ledger": {},
-                **_accuracy_record(self.info), "seconds": 0.0}
+                **_accuracy_record(self.info), "seconds": 0.0, **self._refused()}
       self.metrics.append(record)
       progress(progress_line(record))
     last_accuracy = None
@@ -157,7 +166,8 @@ class Coordinator:
     cfg, round_no = self.cfg, r + 1
     t0 = time.time()
     ids = F.sample_clients(len(self.names), per_round, seed=cfg.seed, round_idx=r)
-    joined = transport.rejoin({"task": {"evaluate": False}}, min(cfg.sites.round_timeout, 60.0))
+    joined = transport.rejoin({"task": {"evaluate": False}}, min(cfg.sites.round_timeout, 60.0),
+                              self.admit)
     self.info.update({h: info for h, info in joined.items() if h in self.names})
     context = self.ledger.round_context(round_no).to_dict()
     global_arrays, base_arrays = self._global_arrays(), self._base_arrays()
@@ -176,11 +186,16 @@ class Coordinator:
       self.replica_sizes[h] = int(rep.get("replica_size", 0))
       try:
         updates[h] = codec.lora_from_arrays(rep["update"], self.state["global_lora"])
-        digest = L.tree_digest(rep["update"])  # of the bytes received, not of what was claimed
-      except (codec.MessageError, KeyError, ValueError) as e:
+        # of the bytes received (update and client state), not of what was claimed
+        digest = codec.submission_digest(rep["update"], rep["client_state_old"],
+                                          rep["client_state_new"])
+        attestation = L.Attestation.from_dict(rep.get("attestation"))
+      except (codec.MessageError, L.LedgerError, KeyError, TypeError, ValueError) as e:
+        # recorded as missing: no receipt the node could not settle is queued
         missing[h] = f"malformed reply: {e}"
+        updates.pop(h, None)
         continue
-      submissions.append((h, _attestation(rep.get("attestation"), round_no), digest))
+      submissions.append((h, attestation, digest))
     recorded = self.ledger.recorded_block(round_no)
     if recorded is None:
       verdict = self.ledger.verify(round_no, [(att, d) for _, att, d in submissions])
@@ -220,10 +235,14 @@ class Coordinator:
                    "refused": refused},
         # array bytes per hospital: received = the round's message to it, sent = its reply
         "bytes": {h: {"received": int(rep["bytes_received"]), "sent": int(rep["reply_bytes"])}
-                  for h, rep in answered.items()}}
+                  for h, rep in answered.items()}, **self._refused()}
     if round_no == cfg.fed.rounds or round_no % cfg.eval.every == 0:
       record.update(self._evaluate(transport, round_no))
-    record["timing"] = {"train_s": round(t_train, 3), "round_s": round(time.time() - t0, 3)}
+    record["timing"] = {"train_s": round(t_train, 3), "round_s": round(time.time() - t0, 3),
+                        # each hospital's own time on its train message (its worker's, when the
+                        # transport reports it): train_s minus the slowest is the network's
+                        "worker_s": {h: rep["worker_s"] for h, rep in answered.items()
+                                     if "worker_s" in rep}}
     record["seconds"] = record["timing"]["round_s"]
     return record
 
@@ -255,6 +274,29 @@ class Coordinator:
                                                  self.state["client_states"], old_c)
     return stack(locals_), stack(news), np.stack(losses)
 
+  def admit(self, info: Mapping[str, Any]) -> str | None:
+    """Why a node's claim to be a hospital is refused (None: admitted). The key it reports must
+    be the hospital's registered key (in the registry the genesis block records), so an
+    impostor cannot take a hospital's place or its receipts, and a node re-joining after a
+    restart must present the same key. A refusal is logged and recorded in the next metrics
+    record (`refused_nodes`)."""
+    name = info.get("hospital")
+    if name not in self.keys:
+      reason = f"claims {name!r}, not a registered hospital"
+    elif info.get("public_key") != self.keys[name]:
+      reason = f"reports a key that is not {name}'s registered key"
+    else:
+      return None
+    logging.warning("node %s refused: %s", info.get("node_id"), reason)
+    self.refused.append({"node_id": info.get("node_id"), "hospital": str(name),
+                         "reason": reason})
+    return reason
+
+  def _refused(self) -> dict[str, Any]:
+    """{"refused_nodes": [...]} of the claims refused since the last record ({} if none)."""
+    refused, self.refused = self.refused, []
+    return {"refused_nodes": refused} if refused else {}
+
   def _send(self, transport: Transport, kind: str, payloads: Mapping[str, Reply]
             ) -> dict[str, Reply | str]:
     """Sends with each hospital's pending receipts; they are dropped once its node replied."""
@@ -264,6 +306,8 @@ class Coordinator:
     for h, rep in replies.items():
       if isinstance(rep, dict):
         self.receipts.pop(h, None)
+        if rep.get("unsettled_receipts"):
+          logging.warning("%s could not settle %d receipt(s)", h, rep["unsettled_receipts"])
     return replies
 
   def _blocks_for(self, h: str) -> list[dict[str, Any]]:
@@ -366,14 +410,6 @@ class Coordinator:
       json.dump(summary, f, indent=1)
     report.write_report(workdir, summary)
     return summary
-
-
-def _attestation(data: Any, round_no: int) -> L.Attestation:
-  """A reply's attestation; a malformed one becomes one the ledger rejects as unregistered."""
-  try:
-    return L.Attestation.from_dict(data)
-  except L.LedgerError:
-    return L.Attestation("", round_no, "", "malformed", "", 0, b"")
 
 
 MISSING_PREFIXES = {"no node connected": "not_connected", "node unavailable": "unavailable",

@@ -53,7 +53,7 @@ def follow(dep: LocalDeployment, run_proc, workdir: str, progress=logging.info,
 
 def deploy(cfg: ml_collections.ConfigDict, on_record=None,
            started: list[int] | None = None) -> dict[str, Any]:
-  """Runs the job across one SuperNode per hospital; returns the run's summary.
+  """Runs the job across one worker and one SuperNode per hospital; returns the run's summary.
 
   `on_record(record, deployment)` sees each metrics record as it is written; `started` (when given) gets the
   process group id of every Flower process started.
@@ -63,6 +63,12 @@ def deploy(cfg: ml_collections.ConfigDict, on_record=None,
   enrolment = enrol_local(cfg, root)
   with LocalDeployment(root, tls=cfg.sites.tls, started=started) as dep:
     wait_for_port(dep.port, 60, dep.start_superlink())
+    for node in enrolment.nodes.values():
+      dep.start_worker(node)
+    try:
+      dep.wait_workers()
+    except ConnectionError as e:  # channel.ChannelError
+      raise DeployError(f"{e}; see {dep.logs}/") from e
     for node in enrolment.nodes.values():
       dep.start_supernode(node)
     started = time.time()

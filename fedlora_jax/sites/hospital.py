@@ -4,9 +4,10 @@
 client) on the batches `data.round_batches` draws for this client id and round with the job's
 seed, with the dropout key of the simulation (round r, client i: fold_in(fold_in(rng, r), i),
 see `federated.round`). Client state (SCAFFOLD's c_i, FedSA-LoRA's B) stays here: it is written
-to `state-dir` as pending after training and committed only when the server's receipt says the
-update was accepted (the simulation keeps a rejected client's old state too), so it survives a
-restart of the node.
+to `state-dir/client_state/<job id>` as pending after training and committed only when the
+server's receipt says the update was accepted (the simulation keeps a rejected client's old
+state too), so it survives a restart of the node. The attestation signs the update and the
+client state the reply carries (`codec.submission_digest`).
 
 After the server records a round's block it sends it to the round's participants
 (`LEDGER_MESSAGE`, with the blocks this node's replica lacks and the new global adapter): the
@@ -64,7 +65,8 @@ class Hospital:
     self.evaluator = Evaluator(self.graphdef, {0: test}, ClientPlacement.create(1, None), None,
                                batch_size=cfg.eval.batch_size, group_size=cfg.eval.group_size)
     self._jitted: dict[int, Any] = {}
-    self.state_dir = os.path.join(node.state_dir, "client_state")
+    # one directory per job: a worker serves jobs one after another
+    self.state_dir = os.path.join(node.state_dir, "client_state", job.job_id(cfg))
     os.makedirs(self.state_dir, exist_ok=True)
 
   @staticmethod
@@ -112,9 +114,10 @@ class Hospital:
     update = codec.lora_arrays(local)
     new_arrays = codec.tree_arrays(new_state)
     np.savez(self._path("pending", round_no), **new_arrays)
-    attestation = self.signer.attest(L.RoundContext.from_dict(context), L.tree_digest(update),
-                                     int(counts[0])).to_dict()
-    return {"update": update, "client_state_old": codec.tree_arrays(old_state),
+    old_arrays = codec.tree_arrays(old_state)
+    attestation = self.signer.attest(L.RoundContext.from_dict(context), codec.submission_digest(
+        update, old_arrays, new_arrays), int(counts[0])).to_dict()
+    return {"update": update, "client_state_old": old_arrays,
             "client_state_new": new_arrays, "attestation": attestation,
             "loss": np.asarray(losses).tolist(), "num_samples": int(counts[0]),
             "replica_size": len(self.signer.replica)}
@@ -174,24 +177,27 @@ class Hospital:
     task = payload["task"]
     self.base = (codec.with_base_changes(self.shared_base, payload["base"]) if payload.get("base")
                  else self.shared_base)
-    if not all(self.settle(receipt) for receipt in task.get("receipts", [])):
-      raise ValueError("the server's receipt does not verify under the pinned server key or "
-                       "answers no attestation of this node")
+    # A receipt this node cannot settle (not signed by the pinned server key, or answering no
+    # attestation of its own) is not stored; it is counted in the reply and never blocks the
+    # messages that follow.
+    unsettled = sum(not self.settle(receipt) for receipt in task.get("receipts", []))
     if kind == "query":
       info = self.describe()
       if task["evaluate"]:
         info.update(self.evaluate(0, payload["global"]))
-      return {"result": info}
+      return {"result": {**info, "unsettled_receipts": unsettled}}
     if kind == "evaluate":
-      return {"result": self.evaluate(int(task["round"]), payload["global"])}
+      return {"result": {**self.evaluate(int(task["round"]), payload["global"]),
+                         "unsettled_receipts": unsettled}}
     if kind == LEDGER_MESSAGE:
-      return {"result": self.ledger_blocks(task, payload.get("global"))}
+      return {"result": {**self.ledger_blocks(task, payload.get("global")),
+                         "unsettled_receipts": unsettled}}
     if kind == "train":
       reply = self.train(int(task["round"]), int(task["client_id"]),
                          int(task["max_target_tokens"]), payload["global"],
                          payload["server_state"], task["context"])
       arrays = {k: reply.pop(k) for k in ("update", "client_state_old", "client_state_new")}
-      return {**arrays, "result": reply}
+      return {**arrays, "result": {**reply, "unsettled_receipts": unsettled}}
     raise ValueError(f"unknown message type {kind!r}")
 
   # --- evaluation ------------------------------------------------------------------------------

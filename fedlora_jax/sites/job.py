@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import ml_collections
@@ -19,16 +20,18 @@ def check_job(cfg: ml_collections.ConfigDict) -> None:
   if cfg.privacy.level != "none":
     raise ValueError(f"privacy.level={cfg.privacy.level!r} is not run by sites mode yet; use "
                      "the simulation (scripts/train.py) for DP runs")
-  if cfg.fed.robust_rule != "mean" or cfg.fed.robust_norm_bound:
-    raise ValueError(f"fed.robust_rule={cfg.fed.robust_rule!r} / fed.robust_norm_bound="
-                     f"{cfg.fed.robust_norm_bound} are not run by sites mode yet; use the "
-                     "simulation")
   if cfg.attack.kind != "none":
     raise ValueError(f"attack.kind={cfg.attack.kind!r} is a simulation experiment; sites mode "
                      "refuses it")
   mode = cfg.eval.get("mode", "likelihood")  # job configs written before the field existed
   if mode != "likelihood":
     raise ValueError(f"eval.mode={mode!r}: the sites mode scores by likelihood only")
+
+
+def job_id(cfg: ml_collections.ConfigDict) -> str:
+  """A job's name at the nodes (its client-state directory): a digest of the server's run
+  directory, which a resumed run keeps (its other settings, e.g. `resume`, may change)."""
+  return hashlib.sha256(str(cfg.workdir).encode()).hexdigest()[:16]
 
 
 def config_json(cfg: ml_collections.ConfigDict) -> str:

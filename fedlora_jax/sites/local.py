@@ -1,6 +1,7 @@
-"""A whole deployment on one machine: enrolment of every hospital, a SuperLink, one SuperNode
-per hospital, `flwr run` of the app; every Flower process in its own process group, so that
-`close()` ends the group (stopping only `flower-supernode` leaves its `flower-superexec` child).
+"""A whole deployment on one machine: enrolment of every hospital, a SuperLink, one worker
+(`scripts/site_worker.py`) and one SuperNode per hospital, `flwr run` of the app; every process
+in its own process group, so that `close()` ends the group (stopping only `flower-supernode`
+leaves its `flower-superexec` child).
 
 Offline: telemetry, the update check and runtime dependency installation are off, and Flower's
 home (`FLWR_HOME`, holding the connection in `config.toml`) is a directory of this deployment.
@@ -23,13 +24,16 @@ import ml_collections
 
 from fedlora_jax import ledger as L
 from fedlora_jax.run.setup import base_model_dir, client_records, hospital_names
-from fedlora_jax.sites import job
+from fedlora_jax.sites import channel, job
 from fedlora_jax.sites.node_config import NodeConfig, write_records
 
 APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flwr_app")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OFFLINE_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+# The SuperNode's SuperExec looks for a message to start a ClientApp for every this many seconds
+# (Flower's default: 1 s of latency per message; the SuperNode's own 3 s poll is fixed).
+LATENCY_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
 
 
 def free_port() -> int:
@@ -95,7 +99,8 @@ class LocalDeployment:
     self.procs: dict[str, subprocess.Popen] = {}
     self.nodes: dict[str, NodeConfig] = {}  # the node configs of the SuperNodes started
     pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-    self.env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": self.home, "PYTHONPATH": pythonpath}
+    self.env = {**os.environ, **OFFLINE_ENV, **LATENCY_ENV, "FLWR_HOME": self.home,
+                "PYTHONPATH": pythonpath}
     with open(os.path.join(self.home, "config.toml"), "w") as f:
       f.write('[superlink]\ndefault = "local"\n\n[superlink.local]\n'
               f'address = "127.0.0.1:{self.port}"\n')
@@ -122,6 +127,20 @@ class LocalDeployment:
     return self._start("superlink", [self._bin("flower-superlink"), *self._security(), *tls,
                                      "--host", "127.0.0.1", "--port", str(self.port),
                                      "--disable-runtime-dependency-installation"])
+
+  def start_worker(self, node: NodeConfig) -> subprocess.Popen:
+    """The hospital's long-lived worker (`wait_workers` waits until it listens)."""
+    self.nodes[node.hospital] = node
+    return self._start(f"worker-{node.hospital}", [
+        sys.executable, os.path.join(REPO_ROOT, "scripts", "site_worker.py"),
+        f"--node_config={node.flower_arg()}"])
+
+  def wait_workers(self, timeout: float = 300.0) -> None:
+    """Returns once every worker started listens on its socket; raises if one exited."""
+    for name, proc in self.procs.items():
+      if name.startswith("worker-"):
+        node = self.nodes[name.removeprefix("worker-")]
+        channel.wait_ready(node.state_dir, timeout, alive=lambda p=proc: p.poll() is None)
 
   def start_supernode(self, node: NodeConfig) -> subprocess.Popen:
     self.nodes[node.hospital] = node
@@ -167,7 +186,8 @@ class LocalDeployment:
     held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)
             } if main else {}
     try:
-      for name in ["run", *[n for n in self.procs if n.startswith("supernode")], "superlink"]:
+      for name in ["run", *[n for n in self.procs if n.startswith(("supernode", "worker"))],
+                   "superlink"]:
         self.stop(name)
     finally:
       for sig, handler in held.items():

@@ -15,7 +15,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from fedlora_jax.sites import job
-from fedlora_jax.sites.coordinator import Coordinator
+from fedlora_jax.sites.coordinator import Admit, Coordinator
 from fedlora_jax.sites.messages import from_records, payload_bytes, to_records
 
 app = ServerApp()
@@ -28,20 +28,25 @@ class FlowerTransport:
     self.grid = grid
     self.header = header
     self.node_of: dict[str, int] = {}
+    self.refused: set[int] = set()  # node ids whose claim was refused
 
-  def discover(self, payload, expected: int, timeout: float) -> dict[str, dict[str, Any]]:
+  def discover(self, payload, expected: int, timeout: float, admit: Admit
+               ) -> dict[str, dict[str, Any]]:
     deadline = time.time() + timeout
     while len(list(self.grid.get_node_ids())) < expected and time.time() < deadline:
       time.sleep(0.5)
-    return self._query(list(self.grid.get_node_ids()), payload, max(deadline - time.time(), 1.0))
+    return self._query(list(self.grid.get_node_ids()), payload, max(deadline - time.time(), 1.0),
+                       admit)
 
-  def rejoin(self, payload, timeout: float) -> dict[str, dict[str, Any]]:
-    """Queries nodes that connected since (a restarted SuperNode comes back with a new id)."""
-    known = set(self.node_of.values())
+  def rejoin(self, payload, timeout: float, admit: Admit) -> dict[str, dict[str, Any]]:
+    """Queries nodes that connected since (a restarted SuperNode comes back with a new id);
+    a node refused before is not asked again."""
+    known = set(self.node_of.values()) | self.refused
     fresh = [n for n in self.grid.get_node_ids() if n not in known]
-    return self._query(fresh, payload, timeout) if fresh else {}
+    return self._query(fresh, payload, timeout, admit) if fresh else {}
 
-  def _query(self, nodes: list[int], payload, timeout: float) -> dict[str, dict[str, Any]]:
+  def _query(self, nodes: list[int], payload, timeout: float, admit: Admit
+             ) -> dict[str, dict[str, Any]]:
     msgs = [Message(to_records({"header": self.header, **payload}), dst_node_id=n,
                     message_type="query") for n in nodes]
     out: dict[str, dict[str, Any]] = {}
@@ -49,12 +54,15 @@ class FlowerTransport:
       if rep.has_error():
         logging.warning("node %d: %s", rep.metadata.src_node_id, rep.error.reason)
         continue
-      info = from_records(rep.content)["result"]
+      info = {**from_records(rep.content)["result"], "node_id": rep.metadata.src_node_id}
+      if admit(info) is not None:
+        self.refused.add(rep.metadata.src_node_id)
+        continue
       name = info["hospital"]
       if name in out:
         logging.warning("two nodes claim %r; keeping node %d", name, out[name]["node_id"])
         continue
-      out[name] = {**info, "node_id": rep.metadata.src_node_id}
+      out[name] = info
       self.node_of[name] = rep.metadata.src_node_id  # the newest node of a hospital wins
     return out
 
