@@ -86,7 +86,7 @@ def test_format_version_2_is_refused_by_name(tmp_path, monkeypatch):
   result = verify_ledger(tmp_path / "v2.jsonl")
   assert (result.ok, result.first_bad_block) == (False, 0)
   assert result.reason == ("ledger format version 2 is not supported (this code reads format "
-                           "version 3 only)")
+                           "version 4 only)")
   with pytest.raises(BlockError, match="format version 2"):
     Ledger.open(tmp_path / "v2.jsonl")
 

@@ -26,7 +26,8 @@ from fedlora_jax.ledger.identity import Identity, check_name
 
 _COMMON = {"index", "kind", "prev_hash", "server_signature", "block_hash"}
 KEYS = {
-    "genesis": _COMMON | {"version", "ledger_id", "nonce", "server", "registrations"},
+    "genesis": _COMMON | {"version", "ledger_id", "nonce", "server", "registrations",
+                         "base_digest"},  # the frozen base every round trains over, or null
     "register": _COMMON | {"registrations"},
     "round": _COMMON | {
         "round", "algorithm", "participants", "aggregate_signature", "global_digest", "rejected",
@@ -149,6 +150,8 @@ def _genesis(block: dict[str, Any], backend: Backend, check_sigs: bool) -> Chain
   _check(0, block["prev_hash"] == GENESIS_PREV_HASH, "genesis prev_hash is not zero")
   ledger_id, nonce = block["ledger_id"], block["nonce"]
   _check(0, is_hex(nonce, NONCE_LEN), "malformed genesis nonce")
+  base = block["base_digest"]
+  _check(0, base is None or is_hex(base, 32), "malformed base digest")
   _check(0, isinstance(ledger_id, str) and ledger_id.endswith(":" + nonce)
          and len(ledger_id) > len(nonce) + 1, "ledger_id does not end with ':' + the nonce")
   taken: set[str] = set()

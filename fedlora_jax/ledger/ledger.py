@@ -118,8 +118,9 @@ class Ledger:
   @classmethod
   def create(cls, path: str | os.PathLike[str], label: str, server_identity: Identity,
              clients: Sequence[Identity | Registration] = (),
-             backend: Backend | str | None = None) -> Ledger:
-    """Writes a new ledger whose genesis block registers the server and `clients`.
+             backend: Backend | str | None = None, base_digest: str | None = None) -> Ledger:
+    """Writes a new ledger whose genesis block registers the server and `clients`, and binds
+    `base_digest` (hex `tree_digest` of the frozen base, as quantized when it is; None: unbound).
 
     The ledger id is `label:nonce` with a fresh random 32-byte nonce, so attestations and blocks
     of one ledger never verify in another, even of the same config. Raises RegistrationError
@@ -129,6 +130,8 @@ class Ledger:
     backend = resolve_backend(backend)
     if not isinstance(label, str) or not label:
       raise LedgerError("ledger label must be a non-empty string")
+    if base_digest is not None and not (isinstance(base_digest, str) and len(base_digest) == 64):
+      raise LedgerError(f"base_digest must be 64 hex characters, got {base_digest!r}")
     nonce = secrets.token_hex(blk.NONCE_LEN)
     ledger_id = blk.ledger_id_of(label, nonce)
     server_reg = _as_registration(server_identity, backend)
@@ -137,7 +140,7 @@ class Ledger:
     block = {
         "index": 0, "kind": "genesis", "version": blk.FORMAT_VERSION, "ledger_id": ledger_id,
         "nonce": nonce, "prev_hash": blk.GENESIS_PREV_HASH, "server": server_reg.to_dict(),
-        "registrations": [r.to_dict() for r in regs],
+        "registrations": [r.to_dict() for r in regs], "base_digest": base_digest,
     }
     line = _seal(block, ledger_id, server_identity, backend)
     path = Path(path)

@@ -36,8 +36,10 @@ class LedgerServer:
   def open_or_create(cls, ledger_path: str | os.PathLike[str], keystore: str | os.PathLike[str],
                      registrations: Sequence[Registration], *, label: str,
                      max_samples_per_client: int = 0, weighting: str = "num_samples",
-                     backend: Backend | str | None = None) -> LedgerServer:
-    """Opens the ledger at `ledger_path` (resume) or writes its genesis block.
+                     backend: Backend | str | None = None,
+                     base_digest: str | None = None) -> LedgerServer:
+    """Opens the ledger at `ledger_path` (resume) or writes its genesis block, which binds
+    `base_digest` (the frozen base's digest, hex; a resumed ledger must hold the same).
 
     The server key is `<keystore>/server.key` (created from os randomness on first use). On
     resume the registrations must be exactly the genesis block's; a new ledger refuses a
@@ -57,10 +59,14 @@ class LedgerServer:
       if recorded != given:
         changed = sorted(n for n, _ in recorded ^ given)
         raise LedgerError(f"registrations differ from the genesis block of {path} for {changed}")
+      if ledger.blocks[0]["base_digest"] != base_digest:
+        raise LedgerError(f"the base's digest {str(base_digest)[:16]}... differs from the one the "
+                          f"genesis block of {path} binds ({str(ledger.blocks[0]['base_digest'])[:16]}"
+                          "...): a different base or quantization")
     else:
       enroll(SERVER_NAME, keystore, backend)
       server = Identity.load(keystore, SERVER_NAME, backend)
-      ledger = Ledger.create(path, label, server, list(registrations), backend)
+      ledger = Ledger.create(path, label, server, list(registrations), backend, base_digest)
     return cls(ledger, max_samples_per_client=max_samples_per_client, weighting=weighting)
 
   @property

@@ -93,7 +93,7 @@ class QuantFormat:
       raise ValueError("a QuantFormat needs a kind other than 'none'")
 
   def quantize(self, w: jax.Array) -> "QuantizedWeight":
-    return quantize(w, self.kind, self.block_size, self.scale_dtype)
+    return _quantize_jit(w, self.kind, self.block_size, self.scale_dtype)
 
 
 PER_CHANNEL_AXIS = "per_channel"  # logical name of a per-channel scale's size-1 input axis
@@ -167,6 +167,9 @@ def quantize(w: jax.Array, kind: str, block_size: int = 64,
     q = jnp.clip(jnp.round(w_nkb / denom[..., None]), -qmax, qmax).reshape(w.shape)
     codes = q.astype(jnp.int8) if kind == "int8" else _pack((q + 8).astype(jnp.uint8))
   return QuantizedWeight(codes=codes, scale=scale_nk, kind=kind, dtype=jnp.dtype(w.dtype))
+
+
+_quantize_jit = jax.jit(quantize, static_argnums=(1, 2, 3))
 
 
 def dequantize(q: QuantizedWeight, dtype: Any = None) -> jax.Array:

@@ -26,7 +26,7 @@ from fedlora_jax.federated.placement import ClientPlacement
 from fedlora_jax.run import multihost, report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import Evaluator
-from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate, base_tensors
+from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate, base_digest, base_tensors
 from fedlora_jax.privacy.plan import privacy_plan
 from fedlora_jax.privacy.spent import PrivacyMeter
 from fedlora_jax.run.hooks import (PERSONALISED, CheckpointHook, EvaluationHook, Job, MetricsHook,
@@ -69,6 +69,7 @@ def _load_data(cfg, tokenizer, placement: ClientPlacement, test_placement: Clien
 
 def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   """Runs (or resumes) the federated job described by `cfg`; returns the final summary."""
+  algorithm = _algorithm(cfg)  # refuses a bad combination before anything is written
   workdir = expand(cfg.workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   has_ckpt = _has_checkpoint(ckpt_dir)
@@ -86,7 +87,6 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   if multihost.is_writer():
     write_config(workdir, cfg)  # only now: a start that fails on bad input leaves no trace
   graphdef, base, lora = models.split_lora(model)
-  algorithm = _algorithm(cfg)
   num_clients = len(data.train_names)
   per_round = F.clients_per_round(num_clients, count=cfg.fed.clients_per_round or None)
   plan = privacy_plan(cfg, data.train_names, data.train_sizes, per_round)
@@ -100,6 +100,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   # FedEx-LoRA changes the base: its ledger blocks bind the change since this original.
   original = (base_tensors(base) if cfg.ledger.enabled and algorithm.updates_base
               and multihost.is_writer() else None)
+  # The genesis binds the base as loaded (quantized when it is), before any resumed change.
+  genesis_base = base_digest(base) if cfg.ledger.enabled and multihost.is_writer() else None
   start = 0
   if has_ckpt and cfg.resume:
     latest = ckpt.latest_round()
@@ -120,7 +122,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                       weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
                       train_names=data.train_names, train_sizes=data.train_sizes,
                       local_clients=placement.hospitals_of(jax.process_index()),
-                      algorithm=algorithm.name, original_base=original)
+                      algorithm=algorithm.name, original_base=original,
+                      base_digest=genesis_base)
   else:
     gate = OpenGate(data.train_sizes)
   job = Job(state=state, base=base, rounds=cfg.fed.rounds, algorithm=algorithm,

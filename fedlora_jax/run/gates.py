@@ -76,9 +76,23 @@ def local_updates(local_c: Any, slot_ids: np.ndarray) -> dict[int, Any]:
 
 def base_tensors(base: Any) -> dict[str, np.ndarray]:
   """{HF tensor name: array} of the base params (what `save_hf_checkpoint` writes), from this
-  process's own shards."""
-  flat = traverse_util.flatten_dict(models.unstack_layers(base))
-  return {".".join(str(k) for k in path): multihost.host_value(v) for path, v in flat.items()}
+  process's own shards; a quantized weight as its codes and scales, "<name>.<kind>_codes" and
+  "<name>.<kind>_scale"."""
+  out = {}
+  for path, v in traverse_util.flatten_dict(models.unstack_layers(base)).items():
+    name = ".".join(str(k) for k in path)
+    if isinstance(v, models.QuantizedWeight):
+      out[f"{name}.{v.kind}_codes"] = multihost.host_value(v.codes)
+      out[f"{name}.{v.kind}_scale"] = multihost.host_value(v.scale)
+    else:
+      out[name] = multihost.host_value(v)
+  return out
+
+
+def base_digest(base: Any) -> str:
+  """Hex `tree_digest` of `base_tensors`: the frozen base exactly as the rounds use it (quantized
+  when it is), which the ledger's genesis binds."""
+  return L.tree_digest(base_tensors(base)).hex()
 
 
 def _registrations(ledger_cfg, keystores: str, local_names: Sequence[str],
@@ -102,12 +116,14 @@ class LedgerGate:
   (`<workdir>/receipts/<hospital>/`). Aggregation weights are the signed sample counts of the
   accepted attestations. For an algorithm that changes the base (FedEx-LoRA), each block also
   binds the digest of the base's change since the start (`original_base`, HF-named tensors).
+  The genesis binds `base_digest` (`base_digest(base)`, computed on process 0).
   """
 
   def __init__(self, workdir: str, ledger_cfg, *, label: str, weighting: str,
                train_names: Sequence[str], train_sizes: Sequence[int],
                local_clients: Sequence[int], algorithm: str,
-               original_base: dict[str, np.ndarray] | None = None):
+               original_base: dict[str, np.ndarray] | None = None,
+               base_digest: str | None = None):
     backend = L.get_backend(ledger_cfg.backend)
     self.backend = backend
     self.names = list(train_names)
@@ -127,7 +143,7 @@ class LedgerGate:
       self.server = L.LedgerServer.open_or_create(
           os.path.join(workdir, "ledger.jsonl"), os.path.join(workdir, "keys", "server"), regs,
           label=label, max_samples_per_client=ledger_cfg.max_samples_per_client,
-          weighting=weighting, backend=backend)
+          weighting=weighting, backend=backend, base_digest=base_digest)
       logging.info("ledger %s: server public key %s, genesis hash %s", self.server.path,
                    self.server.server_public_key.hex(), self.server.genesis_hash)
       return {**self.server.info(),

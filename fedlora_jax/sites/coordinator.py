@@ -26,7 +26,7 @@ from fedlora_jax import models
 from fedlora_jax.eval import fairness_summary
 from fedlora_jax.run import report
 from fedlora_jax.run.checkpoint import Checkpointer
-from fedlora_jax.run.gates import base_tensors
+from fedlora_jax.run.gates import base_digest, base_tensors
 from fedlora_jax.run.hooks import PERSONALISED
 from fedlora_jax.run.setup import expand, load_model, lora_config
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, write_config
@@ -73,6 +73,7 @@ class Coordinator:
     # changed weights, and bound by the ledger's residual digest
     self.original = ({k: np.array(v) for k, v in base_tensors(self.base).items()}  # a copy:
                      if self.algorithm.updates_base else None)  # aggregate donates the base
+    genesis_base = base_digest(self.base)  # the base as loaded, before any resumed change
     self.start = 0
     if has_ckpt and cfg.resume:
       restored, meta = self.ckpt.restore(self.ckpt.latest_round(), self._trees())
@@ -84,7 +85,7 @@ class Coordinator:
         self.registry, label="fedlora-jax-sites",  # the genesis adds a fresh random nonce
         max_samples_per_client=cfg.ledger.max_samples_per_client,
         weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
-        backend=cfg.ledger.backend)
+        backend=cfg.ledger.backend, base_digest=genesis_base)
     self.metrics = MetricsLog(os.path.join(self.workdir, "metrics.jsonl"),
                               keep_until_round=self.start if self.start else -1)
 
