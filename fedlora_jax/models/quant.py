@@ -158,7 +158,8 @@ def quantize(w: jax.Array, kind: str, block_size: int = 64,
     s_nk = scale_nk.astype(jnp.float32)
     inv_nk = jnp.where(s_nk > 0, 1.0 / jnp.where(s_nk > 0, s_nk, 1.0), 0.0)
     x_nkb = jnp.clip(w_nkb * inv_nk[..., None], -1.0, 1.0)
-    idx = jnp.searchsorted(jnp.asarray(_NF4_MIDPOINTS), x_nkb, side="left").astype(jnp.uint8)
+    idx = jnp.searchsorted(jnp.asarray(_NF4_MIDPOINTS), x_nkb, side="left",
+                           method="compare_all").astype(jnp.uint8)
     codes = _pack(idx.reshape(w.shape))
   else:
     qmax = _QMAX[kind]

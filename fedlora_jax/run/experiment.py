@@ -202,6 +202,11 @@ def _finish(cfg, workdir: str, graphdef, job: Job, data: ClientData, matrix, cor
     }
     if privacy is not None:
       summary["privacy"] = privacy
+    if cfg.model.quantize != "none":
+      summary["base_quantization"] = {
+          "kind": cfg.model.quantize, "bits": models.quant.BITS[cfg.model.quantize],
+          "block_size": cfg.model.quant_block_size,
+          "scale_dtype": cfg.model.quant_scale_dtype}
     np.savez_compressed(os.path.join(workdir, "correct.npz"), **dict(zip(data.test_names, correct)))
     ledger = gate.summary(adapter_file)
     if ledger:

@@ -176,6 +176,12 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
               f"- server public key: `{lg['server_public_key']}`",
               f"- genesis hash: `{lg['genesis_hash']}`", ""]
   lines += [f"Adapter (PEFT format): `{os.path.relpath(summary['adapter'], workdir)}`", ""]
+  q = summary.get("base_quantization")
+  if q:
+    lines += [f"The adapter was trained against a {q['bits']}-bit base ({q['kind']}, blocks of "
+              f"{q['block_size'] or 'one row'}, {q['scale_dtype']} scales); it loads in HF PEFT "
+              "over the float base, whose outputs differ from the quantized one's by the "
+              "quantization error.", ""]
   path = os.path.join(workdir, "report.md")
   with open(path, "w") as fh:
     fh.write("\n".join(lines))
