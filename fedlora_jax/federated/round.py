@@ -229,7 +229,8 @@ class FederatedRound:
       rep, by_c, base_sh = sh.replicated, sh.by_client, self.base_sharding
       state_sh = self.state_shardings()
       metrics_sh = {"loss": by_c, "valid": by_c, "finite": by_c, "weights": by_c}
-      out_sh = (state_sh, base_sh, metrics_sh)
+      out_sh = ((state_sh, base_sh, metrics_sh) if self.algorithm.updates_base
+                else (state_sh, metrics_sh))
       kw = {
           "round": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep), out_shardings=out_sh),
           "train": dict(in_shardings=(state_sh, base_sh, by_c, rep), out_shardings=by_c),
@@ -237,6 +238,10 @@ class FederatedRound:
                             out_shardings=out_sh),
       }[kind]
     fn = {"round": self._round, "train": self._train, "aggregate": self._aggregate}[kind]
+    if kind != "train" and not self.algorithm.updates_base:
+      # An unchanged base is not an output: a program returning its input may copy it (XLA:CPU
+      # did for a quantized base), and the caller holds the base anyway.
+      fn = _drop_base(fn)
     donate = () if kind == "train" else ((0, 1) if self.algorithm.updates_base else (0,))
     jitted = jax.jit(fn, donate_argnums=donate, **kw)
     self._jitted[key] = jitted
@@ -307,8 +312,8 @@ class FederatedRound:
     batches, client_ids, num_samples = pad_round(batches, client_ids, num_samples,
                                                  self.num_slots(c))
     batches, client_ids = self._check(batches, client_ids, num_samples)
-    state, base, metrics = self._compiled("round", len(client_ids))(
-        state, base, batches, client_ids, np.asarray(num_samples, np.float32))
+    state, base, metrics = self._with_base(self._compiled("round", len(client_ids))(
+        state, base, batches, client_ids, np.asarray(num_samples, np.float32)), base)
     if len(client_ids) != c:
       metrics = jax.tree.map(lambda m: m[:c], metrics)
     return state, base, metrics
@@ -332,8 +337,12 @@ class FederatedRound:
     if accept.shape != client_ids.shape or np.shape(num_samples) != client_ids.shape:
       raise ValueError(f"accept {accept.shape} and num_samples {np.shape(num_samples)} must "
                        f"match client_ids {client_ids.shape}")
-    return self._compiled("aggregate", len(client_ids))(
-        state, base, trained, client_ids, np.asarray(num_samples, np.float32), accept)
+    return self._with_base(self._compiled("aggregate", len(client_ids))(
+        state, base, trained, client_ids, np.asarray(num_samples, np.float32), accept), base)
+
+  def _with_base(self, out: tuple, base: PyTree) -> tuple:
+    """(state, base, metrics) from a compiled round's outputs (see `_drop_base`)."""
+    return out if self.algorithm.updates_base else (out[0], base, out[1])
 
   def lower(self, state, base, batches, client_ids, num_samples):
     """The lowered fused round (for memory analysis and benchmarks)."""
@@ -341,6 +350,14 @@ class FederatedRound:
     return self._compiled("round", len(client_ids)).lower(
         state, base, batches, np.asarray(client_ids, np.int32),
         np.asarray(num_samples, np.float32))
+
+
+def _drop_base(fn):
+  """`fn` returning (state, metrics) instead of (state, base, metrics)."""
+  def without_base(*args):
+    state, _, metrics = fn(*args)
+    return state, metrics
+  return without_base
 
 
 def pad_round(batches: dict[str, Any], client_ids, num_samples, num_slots: int):
