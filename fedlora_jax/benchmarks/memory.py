@@ -52,10 +52,12 @@ class MemoryOptions:
 
 def _abstract_round(opt: MemoryOptions, preset: str, quantize: str, clients: int, model: int,
                     num_layers: int | None = None):
+  """The round of `num_layers` layers (compiled with this backend's layer layout), or of the
+  preset's depth with stacked layers (same arrays and bytes; traced in seconds, not minutes)."""
   from fedlora_jax import federated, models  # pylint: disable=import-outside-toplevel
   from fedlora_jax.benchmarks import abstract  # pylint: disable=import-outside-toplevel
 
-  depth = {} if num_layers is None else {"num_hidden_layers": num_layers}
+  depth = {"scan_layers": "on"} if num_layers is None else {"num_hidden_layers": num_layers}
   cfg = models.preset(preset, param_dtype="bfloat16", dtype="bfloat16", remat_policy="full",
                       quantize=quantize, quant_block_size=opt.quant_block_size, **depth)
   sharding = federated.ClientSharding(federated.make_mesh(opt.devices // model, model))

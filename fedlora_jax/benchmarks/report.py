@@ -198,7 +198,61 @@ def memory_lines(mem: dict[str, Any]) -> list[str]:
   for f in mem["fits"]:
     lines.append(f"| {f['model']} | {f['fixed_bytes'] / gb:.2f} | {f['per_client_bytes'] / gb:.3f}"
                  f" | " + " | ".join(str(f["max_clients_per_shard"][c]) for c in caps) + " |")
-  return lines + [""]
+  return lines + [""] + quantized_memory_lines(mem)
+
+
+def quantized_memory_lines(mem: dict[str, Any]) -> list[str]:
+  """A quantized base: exact per-device arguments per preset and format, and the compiled
+  rounds over a quantized base next to the bf16 ones (clients that fit)."""
+  gb, lines = 1e9, []
+  args = mem.get("arguments") or []
+  if args:
+    c0 = min(a["clients"] for a in args)
+    sizes = sorted({a["model"] for a in args})
+    by = {(a["preset"], a["quantize"], a["model"]): a for a in args if a["clients"] == c0}
+    lines += ["### A quantized base (`model.quantize`): arguments per device", "",
+              f"Exact bytes of the round's arguments on one device for C={c0} clients, the "
+              "preset's full depth (base, LoRA state and batches), counted from the shapes and "
+              "the round's input shardings without compiling "
+              "(`AbstractRound.argument_bytes_per_device`, equal to XLA's "
+              "`argument_size_in_bytes` wherever both were measured). Only the seven "
+              "projections are quantized (blocks of 64 input columns, float32 scales: 8.5 or "
+              "4.5 bits a weight); embeddings, LM head and norms stay bf16.", "",
+              "| preset | base | " + " | ".join(f"model={m} GB" for m in sizes)
+              + " | base GB (whole) | base vs bf16 |", "|---|---|" + "---|" * (len(sizes) + 2)]
+    for preset in dict.fromkeys(a["preset"] for a in args):
+      ref = by[(preset, "none", sizes[0])]["base_bytes"]
+      for q in dict.fromkeys(a["quantize"] for a in args):
+        row = [by[(preset, q, m)] for m in sizes]
+        lines.append(f"| {preset} | {'bf16' if q == 'none' else q} | "
+                     + " | ".join(f"{r['argument_bytes'] / gb:.2f}" for r in row)
+                     + f" | {row[0]['base_bytes'] / gb:.2f} | {row[0]['base_bytes'] / ref:.2f} |")
+    lines.append("")
+  for q, sub in (mem.get("quantized") or {}).items():
+    caps = list(sub["fits"][0]["max_clients_per_shard"])
+    bf16 = {f["model"]: f for f in mem["fits"]}
+    lines += [f"### Compiled rounds over the {q} base", "",
+              f"As the table above (same shapes, XLA:CPU, {sub['options']['layers']} layers "
+              f"extrapolated to {sub['depth']}), with the `{sub['options']['preset']}` base in "
+              f"{q}:", "",
+              "| model | C | clients per shard | arguments GB | temporaries GB | output GB | "
+              "total GB |", "|---|---|---|---|---|---|---|"]
+    for r in sub["rows"]:
+      lines.append(f"| {r['model']} | {r['clients']} | {r['clients_per_shard']} | "
+                   f"{r['argument_bytes'] / gb:.2f} | {r['temp_bytes'] / gb:.2f} | "
+                   f"{r['output_bytes'] / gb:.3f} | {r['total_bytes'] / gb:.2f} |")
+    lines += ["", "Largest clients per device (per shard) that fit, bf16 base vs " + q + ":", "",
+              "| model | base | fixed GB | per client GB | "
+              + " | ".join(f"fits {c} GB" for c in caps) + " |",
+              "|---|---|---|---|" + "---|" * len(caps)]
+    for f in sub["fits"]:
+      for name, g in (("bf16", bf16.get(f["model"])), (q, f)):
+        if g is not None:
+          lines.append(f"| {f['model']} | {name} | {g['fixed_bytes'] / gb:.2f} | "
+                       f"{g['per_client_bytes'] / gb:.3f} | " + " | ".join(
+                           str(g["max_clients_per_shard"].get(c, "-")) for c in caps) + " |")
+    lines.append("")
+  return lines
 
 
 ABLATION_HEADING = "## Ablation: the speed options (CPU)"
