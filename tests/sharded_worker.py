@@ -311,8 +311,11 @@ def run_quant(out_dir: str) -> None:
     for rnd in range(2):
       args = (state, base_m, *fed_round_inputs(n, rnd))
       if rnd == 1 and sh is not None:
+        from fedlora_jax.benchmarks.abstract import AbstractRound  # pylint: disable=import-outside-toplevel
         report[f"{mode}/argument_bytes"] = int(
             fr.lower(*args).compile().memory_analysis().argument_size_in_bytes)
+        report[f"{mode}/counted_argument_bytes"] = AbstractRound(
+            fr, state, base_m, args[2], n).argument_bytes_per_device()
       state, base_m, m = fr(*args)
       results.update(flat_leaves(f"{mode}/metrics{rnd}", m))
     results.update(flat_leaves(f"{mode}/global_lora", models.unstack_layers(state["global_lora"])))

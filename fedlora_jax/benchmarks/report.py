@@ -232,15 +232,28 @@ def quantized_memory_lines(mem: dict[str, Any]) -> list[str]:
     caps = list(sub["fits"][0]["max_clients_per_shard"])
     bf16 = {f["model"]: f for f in mem["fits"]}
     lines += [f"### Compiled rounds over the {q} base", "",
-              f"As the table above (same shapes, XLA:CPU, {sub['options']['layers']} layers "
-              f"extrapolated to {sub['depth']}), with the `{sub['options']['preset']}` base in "
-              f"{q}:", "",
+              f"As the table above (same shapes, XLA:CPU, {sub['options']['layers'][0]} and "
+              f"{sub['options']['layers'][1]} layers extrapolated to {sub['depth']}), with the "
+              f"`{sub['options']['preset']}` base in {q}. Measured {sub.get('date', '?')} "
+              f"(load average {', '.join(f'{x:.1f}' for x in sub.get('load_average_at_end', []))}"
+              " at the end):", "",
               "| model | C | clients per shard | arguments GB | temporaries GB | output GB | "
               "total GB |", "|---|---|---|---|---|---|---|"]
     for r in sub["rows"]:
       lines.append(f"| {r['model']} | {r['clients']} | {r['clients_per_shard']} | "
                    f"{r['argument_bytes'] / gb:.2f} | {r['temp_bytes'] / gb:.2f} | "
                    f"{r['output_bytes'] / gb:.3f} | {r['total_bytes'] / gb:.2f} |")
+    same = {(p["layers"], p["clients"], p["model"]): p["temp_bytes"] for p in mem["compiled"]}
+    diffs = [p["temp_bytes"] - same[k] for p in sub["compiled"]
+             if (k := (p["layers"], p["clients"], p["model"])) in same]
+    if diffs and not any(diffs):
+      lines += ["", f"The temporaries equal the bf16 rounds' to the byte at all {len(diffs)} "
+                "compiled points: on XLA:CPU the base's storage changes the arguments only (and "
+                "these temporaries, f32 copies of the weights and a generous schedule, are the "
+                "CPU caveat above: the GPU figure is `scripts/gpu_check.sh`'s)."]
+    elif diffs:
+      lines += ["", f"Temporaries minus the bf16 rounds' at the compiled points (GB): "
+                + ", ".join(f"{d / gb:+.3f}" for d in diffs) + "."]
     lines += ["", "Largest clients per device (per shard) that fit, bf16 base vs " + q + ":", "",
               "| model | base | fixed GB | per client GB | "
               + " | ".join(f"fits {c} GB" for c in caps) + " |",
