@@ -11,9 +11,10 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
                                                                 # simulation, configs/default.py
   nice python scripts/benchmark.py --sections=compile            # qwen3-8b round compile time
   python scripts/benchmark.py --sections=ablation --repeats=5   # each speed option on vs off
+  python scripts/benchmark.py --sections=quantize --repeats=3   # float vs int8 vs nf4 base (CPU)
   python scripts/benchmark.py --sections=profile                # a CPU round's time by op kind
 
-A run of only the memory, dp, deploy, compile, profile or ablation section updates its own key of
+A run of only the memory, dp, deploy, compile, profile, ablation or quantize section updates its own key of
 --out_json and its own heading of --out_md, leaving the other sections' figures as they are.
 
 Writes every figure to --out_json and a summary table to --out_md.
@@ -31,7 +32,7 @@ from absl import app, flags
 
 _SECTIONS = flags.DEFINE_list("sections", ["round", "scaling", "ledger", "gpu"],
                               "Sections to run: round, scaling, ledger, gpu, memory, dp, compile, "
-                              "profile, ablation.")
+                              "profile, ablation, quantize.")
 _PRESET = flags.DEFINE_string("preset", "qwen3-tiny", "Model preset of the round section.")
 _CLIENTS = flags.DEFINE_integer("clients", 8, "Clients per round (round section).")
 _STEPS = flags.DEFINE_integer("local_steps", 4, "Local steps K.")
@@ -209,6 +210,11 @@ def main(argv):
     res["ablation"] = suite.ablation_section(_PRESET.value, RoundShape(
         _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
         _CHUNK.value, log=log)
+  if "quantize" in sections:
+    log("quantize ...")
+    res["quantize"] = suite.ablation_section(_PRESET.value, RoundShape(
+        _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
+        _CHUNK.value, variants=suite.QUANTIZED, log=log)
   if "dp" in sections:
     log("dp ...")
     res["dp"] = suite.dp_section(_PRESET.value, RoundShape(

@@ -258,3 +258,15 @@ def test_base_digest_binds_the_quantized_codes_and_is_checked_on_resume(tmp_path
   open_(digests["nf4"])  # the same base resumes
   with pytest.raises(L.LedgerError, match="differs from the one the genesis block .* binds"):
     open_(digests["int4"])
+
+
+def test_benchmark_variant_quantizes_the_same_float_weights():
+  from fedlora_jax.benchmarks import jax_round  # pylint: disable=import-outside-toplevel
+  setup = jax_round.build(TINY, 2)
+  q = jax_round.with_model_config(setup, setup.cfg.replace(quantize="nf4", quant_block_size=16))
+  got = q.base["model"]["layers"][0]["mlp"]["up_proj"]["weight"]
+  want = quant.quantize(setup.base["model"]["layers"][0]["mlp"]["up_proj"]["weight"], "nf4", 16)
+  np.testing.assert_array_equal(got.codes, want.codes)
+  np.testing.assert_array_equal(got.scale, want.scale)
+  with pytest.raises(ValueError, match="derived from the float one, not re-quantized"):
+    jax_round.with_model_config(q, q.cfg.replace(quantize="int8"))

@@ -121,6 +121,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines.append("")
   if res.get("ablation"):
     lines += ablation_lines(res["ablation"])
+  if res.get("quantize"):
+    lines += quantize_lines(res["quantize"])
   if res.get("compile"):
     lines += compile_lines(res["compile"])
   if res.get("profile"):
@@ -271,25 +273,48 @@ def quantized_memory_lines(mem: dict[str, Any]) -> list[str]:
 ABLATION_HEADING = "## Ablation: the speed options (CPU)"
 
 
+def _variants_lines(a: dict[str, Any], heading: str, intro: str, overrides: bool) -> list[str]:
+  """A section of engine timings of variants against the first (`suite.ablation_section`)."""
+  first = next(iter(a["variants"]))
+  lines = [heading, "",
+           intro + (f" Measured {a['date']}: `{a['command']}`, load average "
+                    f"{', '.join(f'{x:.1f}' for x in a['load_average_at_end'])} at the end."
+                    if a.get("date") else ""), "",
+           f"| variant |{' overrides |' if overrides else ''} s/round (median) | tokens/s | "
+           f"vs {first} | compile s |", "|---|" + "---|" * (5 if overrides else 4)]
+  for name, d in a["variants"].items():
+    cells = [name] + ([", ".join(f"{k}={v}" for k, v in d["overrides"].items())] if overrides
+                      else [])
+    cells += [f"{d['median_s']:.3f}", f"{d['tokens_per_s']:.0f}",
+              f"{d[f'tokens_per_s_over_{first}']:.2f}x", f"{d['compile_s']:.1f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines + [""]
+
+
+def _shape_text(a: dict[str, Any]) -> str:
+  sh = a["shape"]
+  return (f"`{a['preset']}`, C={sh['clients']} x K={sh['local_steps']} x B={sh['batch']} x "
+          f"S={sh['seq']}, r={sh['rank']}")
+
+
 def ablation_lines(a: dict[str, Any]) -> list[str]:
   """The ablation section: engine tokens/s of each speed option against the baseline."""
-  sh = a["shape"]
-  first = next(iter(a["variants"]))
-  lines = [ABLATION_HEADING, "",
-           f"Each speed option on vs off in one process, rounds of all variants timed in turns "
-           f"(`{a['preset']}`, C={sh['clients']} x K={sh['local_steps']} x B={sh['batch']} x "
-           f"S={sh['seq']}, r={sh['rank']}); the variants train identically (asserted by "
-           f"`tests/test_benchmarks.py`)."
-           + (f" Measured {a['date']}: `{a['command']}`, load average "
-              f"{', '.join(f'{x:.1f}' for x in a['load_average_at_end'])} at the end."
-              if a.get("date") else ""), "",
-           f"| variant | overrides | s/round (median) | tokens/s | vs {first} | compile s |",
-           "|---|---|---|---|---|---|"]
-  for name, d in a["variants"].items():
-    overrides = ", ".join(f"{k}={v}" for k, v in d["overrides"].items())
-    lines.append(f"| {name} | {overrides} | {d['median_s']:.3f} | {d['tokens_per_s']:.0f} | "
-                 f"{d[f'tokens_per_s_over_{first}']:.2f}x | {d['compile_s']:.1f} |")
-  return lines + [""]
+  return _variants_lines(a, ABLATION_HEADING, (
+      f"Each speed option on vs off in one process, rounds of all variants timed in turns "
+      f"({_shape_text(a)}); the variants train identically (asserted by "
+      f"`tests/test_benchmarks.py`)."), overrides=True)
+
+
+QUANTIZE_HEADING = "## A quantized base: round speed (CPU)"
+
+
+def quantize_lines(a: dict[str, Any]) -> list[str]:
+  """The quantize section: engine tokens/s over the base stored in each format (`QUANTIZED`)."""
+  return _variants_lines(a, QUANTIZE_HEADING, (
+      f"The same random float weights stored as each format (`model.quantize`, blocks of 64) "
+      f"and dequantized inside each matmul, rounds of all variants timed in turns in one "
+      f"process ({_shape_text(a)}). On CPU the dequantization is extra work; what "
+      f"quantization buys is memory (above)."), overrides=False)
 
 
 COMPILE_HEADING = "## Compile time: one round from abstract shapes"
@@ -339,6 +364,7 @@ def profile_lines(p: dict[str, Any]) -> list[str]:
 
 # Sections a run of their own writes into the existing files: key -> (heading, lines).
 SECTION_WRITERS = {"ablation": (ABLATION_HEADING, ablation_lines),
+                   "quantize": (QUANTIZE_HEADING, quantize_lines),
                    "dp": (DP_HEADING, dp_lines),
                    "compile": (COMPILE_HEADING, compile_lines),
                    "profile": (PROFILE_HEADING, profile_lines),

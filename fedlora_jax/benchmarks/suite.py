@@ -99,6 +99,13 @@ ABLATIONS = {  # name -> ModelConfig overrides, each against "baseline"
 }
 
 
+QUANTIZED = {  # name -> ModelConfig overrides: the same float weights, stored as each format
+    "float": _OFF,
+    "int8": {**_OFF, "quantize": "int8"},
+    "nf4": {**_OFF, "quantize": "nf4"},
+}
+
+
 def ablation_section(preset: str, shape: RoundShape, repeats: int, logits_chunk: int,
                      variants: dict[str, dict] | None = None, log: Log = print) -> dict[str, Any]:
   """Engine tokens/s with each speed option on and off, the same weights and batches, rounds of
