@@ -124,10 +124,11 @@ def _batch(vocab):
   return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss}
 
 
-@pytest.mark.parametrize("family,kind", [("qwen3", "nf4"), ("llama", "int8")])  # int4: the round
-def test_quantized_hf_model_equals_its_dequantized_float_twin(tmp_path, family, kind):
+@pytest.mark.parametrize("family,kind,remat", [("qwen3", "nf4", "none"),
+                                               ("llama", "int8", "save_base_matmuls")])
+def test_quantized_hf_model_equals_its_dequantized_float_twin(tmp_path, family, kind, remat):
   path = _hf_dir(tmp_path, family)
-  kw = dict(param_dtype="float32", dtype="float32", scan_layers="off")
+  kw = dict(param_dtype="float32", dtype="float32", scan_layers="off", remat_policy=remat)
   model = models.load_hf_checkpoint(path, quantize=kind, quant_block_size=16, **kw)
   float_model = models.load_hf_checkpoint(path, **kw)
   for m in (model, float_model):
