@@ -175,6 +175,9 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
               "--genesis_hash=...`):", "",
               f"- server public key: `{lg['server_public_key']}`",
               f"- genesis hash: `{lg['genesis_hash']}`", ""]
+    if lg.get("base_digest"):
+      lines += [f"The genesis binds the frozen base the rounds trained over (as stored, "
+                f"quantized or not): digest `{lg['base_digest']}`.", ""]
   lines += [f"Adapter (PEFT format): `{os.path.relpath(summary['adapter'], workdir)}`", ""]
   q = summary.get("base_quantization")
   if q:
