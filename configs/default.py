@@ -72,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.dirichlet_alpha = 0.3
   c.data.test_fraction = 0.2  # files: held-out share of each client's data
   c.data.hospitals = ()  # only these hospitals (names); empty: all of them
+  c.data.extra_train = ""  # JSON lines of questions (+ "hospital") added to training (audits)
 
   c.fed = ml_collections.ConfigDict()
   c.fed.algorithm = "fedavg"  # fedavg fedprox fedavgm fedadam fedyogi fedadagrad scaffold
@@ -104,7 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.fed.robust_gm_iters = 3  # geometric median: Weiszfeld iterations
 
   c.privacy = ml_collections.ConfigDict()
-  c.privacy.level = "none"  # none, example (patient-level DP-SGD), client (DP-FedAvg)
+  c.privacy.level = "none"  # none, example (DP-SGD; unit: one training record), client (DP-FedAvg)
   c.privacy.noise_multiplier = 0.0  # z; 0 with target_epsilon > 0: calibrated before training
   c.privacy.clip_norm = 1.0  # C: per-example gradient / per-client update clip (adaptive: initial)
   c.privacy.target_epsilon = 0.0  # > 0: the budget; the run stops before a round would exceed it
@@ -113,6 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.privacy.target_quantile = 0.5  # adaptive clipping: quantile of update norms C tracks
   c.privacy.clip_lr = 0.2  # adaptive clipping: geometric step eta
   c.privacy.count_noise = 0.0  # adaptive clipping: std of the clipped-count noise; 0: m / 20
+  # Research only: DP noise and sampling from the config seed, so runs replay bit for bit. Such a
+  # run has NO privacy guarantee (anyone with config.json can subtract the noise) and says so in
+  # metrics, the ledger, summary and report; sites mode refuses it. Off: each party's secret.
+  c.privacy.reproducible_noise = False
 
   c.attack = ml_collections.ConfigDict()  # simulated compromised hospitals (evaluation only)
   c.attack.kind = "none"  # none, sign_flip, scale (model replacement), gaussian, alie
@@ -131,7 +136,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.ledger.backend = "auto"  # auto (fastest installed: blspy, arkworks), blspy, arkworks, py_ecc
   c.ledger.registry = ""  # enrolled hospitals (JSON lines from scripts/enroll.py); empty: self-enrol
   c.ledger.keystores = ""  # directory of the hospitals' <name>/ keystores; empty: <workdir>/keys
-  c.ledger.max_samples_per_client = 0  # reject attestations claiming more samples; 0: no cap
+  # counts above a hospital's declared dataset size (enrolment) are always rejected; this caps
+  # further: reject attestations claiming more samples; 0: the declared size only
+  c.ledger.max_samples_per_client = 0
 
   c.sites = ml_collections.ConfigDict()  # cross-silo mode (scripts/deploy_local.py, Flower)
   c.sites.server_keystore = ""  # the operator's keystore directory holding server.key

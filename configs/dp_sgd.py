@@ -1,4 +1,4 @@
-"""The default CPU demo with patient-level DP-SGD in every hospital (epsilon 8 at delta 1e-5).
+"""The default CPU demo with example-level DP-SGD (one training record) in every hospital (eps 8).
 
 Batches are Poisson-sampled (expected size fed.batch_size, padded to a fixed size), each example's
 gradient is clipped to privacy.clip_norm, Gaussian noise is added, and the noise multiplier is

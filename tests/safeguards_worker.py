@@ -49,8 +49,10 @@ def main(out_dir: str) -> None:
       sharding = F.ClientSharding(F.make_mesh(CLIENTS)) if mode == "sharded" else None
       fr = F.FederatedRound(graphdef, alg, tr, CLIENTS, sharding, safeguards=sg)
       state, b = fr.place(F.init_state(alg, lora, CLIENTS, 0, sg), base)
-      for r in range(2):
-        state, b, _ = fr(state, b, client_batches(CLIENTS, 2, seed=r), ids, counts)
+      for r in range(2):  # the same (test) secret keys in both modes, so the runs must agree
+        noise = np.stack([np.asarray([r, c], np.uint32) for c in range(CLIENTS)])
+        state, b, _ = fr(state, b, client_batches(CLIENTS, 2, seed=r), ids, counts, noise,
+                         np.asarray([r, 99], np.uint32))
       flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state["global_lora"]))[0]
       for path, x in flat:
         out[f"{name}/{mode}/{jax.tree_util.keystr(path)}"] = np.asarray(x)

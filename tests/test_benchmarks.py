@@ -137,6 +137,7 @@ def test_ledger_section_times_each_backend():
     assert row["clients"] == 2 and len(row["verify_s_runs"]) == 2
     assert row["verify_s"] == pytest.approx(np.median(row["verify_s_runs"]))
     assert min(row["sign_s_runs"]) > 0 and row["aggregate_s"] > 0
+    assert row["cosign_verify_s"] == pytest.approx(np.median(row["cosign_verify_s_runs"]))
 
 
 def test_memory_fit_and_extrapolation_recover_hand_computed_lines():

@@ -45,7 +45,7 @@ def test_vmapped_round_equals_sequential_client_loop(tiny):
   for c in range(3):
     b = {k: v[c] for k, v in batches.items()}
     l, _, loss = one(base, lora, alg.init_server_state(lora), {}, b,
-                     jax.random.fold_in(round_key, c))
+                     jax.random.fold_in(round_key, c), np.zeros((2,), np.uint32))
     locals_.append(l)
     losses.append(loss)
   np.testing.assert_allclose(np.asarray(metrics["loss"]), np.stack(losses), rtol=1e-5)

@@ -55,6 +55,8 @@ def test_sharded_outputs_global_replicated_and_clients_split(sharded_run, name):
   for x in out["global_lora"]:  # one whole copy on each of the 8 devices
     assert x["fully_replicated"] and x["num_devices"] == 8, x
     assert x["shard_shapes"] == [x["shape"]], x
+  aggregated = out["metrics"].pop("aggregated")  # the round's one flag, on every device
+  assert aggregated["fully_replicated"] and aggregated["shape"] == [], aggregated
   by_client = list(out["metrics"].values()) + out["client_states"]
   if name == "scaffold":
     assert len(out["client_states"]) == len(out["global_lora"])

@@ -1,5 +1,6 @@
 """Parties: each holds its own keystore; trust anchors, receipts, signed counts, cross-run replay."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -16,6 +17,8 @@ from fedlora_jax.ledger.ledger import _seal
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ("cardiology", "oncology", "trauma")
+DECLARED = 100  # every hospital's declared dataset size in these tests
+RULES = L.make_rules(algorithm="fedavg", clients_per_round=3, cosign="none")
 
 
 def _digest(i: int, r: int = 1) -> bytes:
@@ -26,9 +29,9 @@ def _parties(root: Path, names=NAMES, hospitals: Path | None = None, **policy):
   """A server (own keystore) and one signer per hospital (own keystores under `hospitals`,
   default root/hospitals; enrolled there unless already)."""
   hospitals = hospitals or root / "hospitals"
-  regs = [L.enroll(n, hospitals / n) for n in names]
+  regs = [L.enroll(n, hospitals / n, DECLARED) for n in names]
   server = L.LedgerServer.open_or_create(root / "ledger.jsonl", root / "server-keys", regs,
-                                         label="test-run", **policy)
+                                         label="test-run", rules=RULES, **policy)
   signers = {n: L.HospitalSigner(n, hospitals / n, root / "receipts" / n,
                                  server.server_public_key) for n in names}
   return server, signers
@@ -67,35 +70,37 @@ def test_messages_round_trip_through_json(tmp_path: Path) -> None:
 
 
 def test_enrolment_keys_are_random_private_and_reused(tmp_path: Path) -> None:
-  a = L.enroll("cardiology", tmp_path / "a")
-  b = L.enroll("cardiology", tmp_path / "b")
+  a = L.enroll("cardiology", tmp_path / "a", 10)
+  b = L.enroll("cardiology", tmp_path / "b", 10)
   assert a.pk != b.pk and a.verify() and b.verify()  # same name, fresh randomness
-  assert L.enroll("cardiology", tmp_path / "a") == a  # created once, reused
+  assert L.enroll("cardiology", tmp_path / "a", 10) == a  # created once, reused
   assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
   assert stat.S_IMODE((tmp_path / "a" / "cardiology.key").stat().st_mode) == 0o600
   out = _script("enroll.py", "--name=trauma", f"--keystore={tmp_path / 'c'}",
-                f"--out={tmp_path / 'reg.json'}")
+                "--num_samples=42", f"--out={tmp_path / 'reg.json'}")
   assert out.returncode == 0, out.stderr
   record = json.loads((tmp_path / "reg.json").read_text())
-  assert set(record) == {"name", "id", "pk", "pop"} and record["name"] == "trauma"
-  assert L.Registration.from_dict(record).pk == L.enroll("trauma", tmp_path / "c").pk
+  assert set(record) == {"name", "id", "pk", "pop", "num_samples", "binding"}
+  assert record["name"] == "trauma" and record["num_samples"] == 42
+  assert L.Registration.from_dict(record) == L.enroll("trauma", tmp_path / "c", 42)
   again = _script("enroll.py", "--name=trauma", f"--keystore={tmp_path / 'c'}",
-                  f"--out={tmp_path / 'reg.json'}")
+                  "--num_samples=42", f"--out={tmp_path / 'reg.json'}")
   assert again.returncode == 1 and "File exists" in again.stderr  # never overwritten
-  bad = _script("enroll.py", "--name=../x", f"--keystore={tmp_path / 'd'}")
+  bad = _script("enroll.py", "--name=../x", f"--keystore={tmp_path / 'd'}", "--num_samples=1")
   assert bad.returncode == 1 and "invalid identity name" in bad.stderr
 
 
 def test_registry_refuses_bad_pop_repeated_name_and_malformed_lines(tmp_path: Path) -> None:
-  regs = [L.enroll(n, tmp_path / n) for n in NAMES]
+  regs = [L.enroll(n, tmp_path / n, DECLARED) for n in NAMES]
   path = tmp_path / "registry.jsonl"
   path.write_text("".join(L.registry_line(r) + "\n" for r in regs) + "\n")
   assert L.load_registry(path) == regs
-  swapped = L.Registration(regs[0].name, regs[0].pk, regs[1].pop)
+  swapped = dataclasses.replace(regs[0], pop=regs[1].pop)
   cases = {
       "proof of possession does not verify": [swapped],
-      "name already registered": [regs[0], L.enroll("cardiology", tmp_path / "other")],
-      "public key already registered": [regs[0], L.Registration("x", regs[0].pk, regs[0].pop)],
+      "name already registered": [regs[0], L.enroll("cardiology", tmp_path / "other", 1)],
+      "public key already registered": [regs[0], dataclasses.replace(regs[0], name="x")],
+      "name, key and declared size are not bound": [dataclasses.replace(regs[0], num_samples=7)],
   }
   for reason, records in cases.items():
     path.write_text("".join(L.registry_line(r) + "\n" for r in records))
@@ -109,14 +114,14 @@ def test_registry_refuses_bad_pop_repeated_name_and_malformed_lines(tmp_path: Pa
 
 
 def test_server_never_opens_a_hospital_keystore(tmp_path: Path, monkeypatch) -> None:
-  regs = [L.enroll(n, tmp_path / "hospitals" / n) for n in NAMES]
+  regs = [L.enroll(n, tmp_path / "hospitals" / n, DECLARED) for n in NAMES]
   opened = []
   real_load = identity_module.Identity.load.__func__
   monkeypatch.setattr(identity_module.Identity, "load", classmethod(
       lambda cls, keystore, name, backend=None: opened.append(Path(keystore)) or real_load(
           cls, keystore, name, backend)))
   server = L.LedgerServer.open_or_create(tmp_path / "ledger.jsonl", tmp_path / "server-keys",
-                                         regs, label="x")
+                                         regs, label="x", rules=RULES)
   server_loads, opened[:] = list(opened), []
   signers = {n: L.HospitalSigner(n, tmp_path / "hospitals" / n, tmp_path / "receipts" / n,
                                  server.server_public_key) for n in NAMES}
@@ -127,7 +132,7 @@ def test_server_never_opens_a_hospital_keystore(tmp_path: Path, monkeypatch) -> 
   verdict = server.verify(1, subs)
   server.record(1, verdict, _digest(9), "fedavg")
   L.LedgerServer.open_or_create(tmp_path / "ledger.jsonl", tmp_path / "server-keys", regs,
-                                label="x")  # resume
+                                label="x", rules=RULES)  # resume
   assert server_loads and set(server_loads + opened) == {tmp_path / "server-keys"}
 
 
@@ -136,7 +141,7 @@ def test_fabricated_ledger_fails_every_anchor(tmp_path: Path) -> None:
   _round(genuine, signers, 1, dict.fromkeys(NAMES, 10))
   fake, fake_signers = _parties(tmp_path / "fake")  # fresh keys, same structure
   _round(fake, fake_signers, 1, dict.fromkeys(NAMES, 10))
-  regs = [L.enroll(n, tmp_path / "genuine" / "hospitals" / n) for n in NAMES]
+  regs = [L.enroll(n, tmp_path / "genuine" / "hospitals" / n, DECLARED) for n in NAMES]
   (tmp_path / "registry.jsonl").write_text("".join(L.registry_line(r) + "\n" for r in regs))
   info = genuine.info()
   anchors = {"server_public_key": info["server_public_key"],
@@ -173,7 +178,7 @@ def test_cross_run_replay_is_rejected_and_recorded(tmp_path: Path) -> None:
   for server in (run_a, run_b):  # the same hospitals' keys in both runs
     assert server.ledger.ledger_id.startswith("test-run:")
     assert {c.pk for c in server.ledger.clients.values()} == {
-        L.enroll(n, tmp_path / "hospitals" / n).pk for n in NAMES}
+        L.enroll(n, tmp_path / "hospitals" / n, DECLARED).pk for n in NAMES}
   assert run_a.ledger.ledger_id != run_b.ledger.ledger_id
   atts_a, _ = _round(run_a, signers_a, 1, dict.fromkeys(NAMES, 10), deliver=False)
   verdict = run_b.verify(1, [(a, _digest(i)) for i, a in enumerate(atts_a)])
@@ -184,24 +189,27 @@ def test_cross_run_replay_is_rejected_and_recorded(tmp_path: Path) -> None:
   assert L.verify_ledger(run_b.path).ok
 
 
-@pytest.mark.parametrize("cap", [0, 100])
-def test_inflated_count_is_capped_or_becomes_the_recorded_weight(tmp_path: Path, cap) -> None:
+@pytest.mark.parametrize("cap", [0, 60])
+def test_inflated_count_is_capped_by_the_declared_size(tmp_path: Path, cap) -> None:
+  """Every hospital declared 100 examples at enrolment (bound by its key): a signed count above
+  that is rejected, so no weight inflation by default; `max_samples_per_client` caps further."""
   server, signers = _parties(tmp_path, max_samples_per_client=cap)
-  counts = {"cardiology": 50, "oncology": 10 * 50, "trauma": 30}  # oncology signs 10x its 50
+  counts = {"cardiology": 50, "oncology": 10 * 50, "trauma": 80}  # oncology signs 10x its 50
   _, verdict = _round(server, signers, 1, counts)
   block = server.recorded_block(1)
+  details = {r["client_id"]: r["detail"] for r in block["rejected"]}
+  assert details[signers["oncology"].id] == "signed count 500 exceeds the declared dataset size 100"
   if cap:
-    assert list(verdict.outcomes) == ["accepted", "over_cap", "accepted"]
-    assert verdict.num_samples.tolist() == [50, 0, 30]
-    np.testing.assert_array_equal(verdict.weights, [50 / 80, 0, 30 / 80])
-    (rej,) = block["rejected"]
-    assert rej["reason"] == "over_cap" and "signed count 500 exceeds the cap" in rej["detail"]
-    assert [p["weight"] for p in block["participants"]] == [50 / 80, 30 / 80]
+    assert list(verdict.outcomes) == ["accepted", "over_cap", "over_cap"]
+    assert details[signers["trauma"].id] == (
+        "signed count 80 exceeds the cap ledger.max_samples_per_client=60")
+    assert [p["weight"] for p in block["participants"]] == [1.0]
   else:
-    assert verdict.accept.all() and verdict.num_samples.tolist() == [50, 500, 30]
+    assert list(verdict.outcomes) == ["accepted", "over_cap", "accepted"]
+    assert verdict.num_samples.tolist() == [50, 0, 80]
+    np.testing.assert_array_equal(verdict.weights, [50 / 130, 0, 80 / 130])
     assert [(p["name"], p["num_samples"], p["weight"]) for p in block["participants"]] == [
-        ("cardiology", 50, 50 / 580), ("oncology", 500, 500 / 580), ("trauma", 30, 30 / 580)]
-  # The weights follow from the signed counts; a server that changes them breaks the ledger.
+        ("cardiology", 50, 50 / 130), ("trauma", 80, 80 / 130)]
   assert L.verify_ledger(server.path).ok
 
 
@@ -289,9 +297,9 @@ def test_residual_digest_is_the_digest_of_the_changed_tensors() -> None:
 
 def _gate(workdir, cfg, names):
   from fedlora_jax.run.gates import LedgerGate  # pylint: disable=import-outside-toplevel
-  return LedgerGate(str(workdir), cfg, label="r", weighting="num_samples", train_names=names,
-                    train_sizes=[3, 1, 1, 1][:len(names)], local_clients=range(len(names)),
-                    algorithm="fedavg")
+  rules = L.make_rules(algorithm="fedavg", clients_per_round=len(names))
+  return LedgerGate(str(workdir), cfg, label="r", rules=rules, train_names=names,
+                    train_sizes=[3, 1, 1, 1][:len(names)], local_clients=range(len(names)))
 
 
 def test_run_parties_from_a_registry(tmp_path: Path) -> None:
@@ -301,14 +309,14 @@ def test_run_parties_from_a_registry(tmp_path: Path) -> None:
   from tests.fed_fixtures import tiny_model  # pylint: disable=import-outside-toplevel
   keystores = tmp_path / "hospital-keys"
   registry = tmp_path / "registry.jsonl"
-  registry.write_text("".join(L.registry_line(L.enroll(n, keystores / n)) + "\n"
-                              for n in NAMES))
+  registry.write_text("".join(L.registry_line(L.enroll(n, keystores / n, [3, 1, 1][i])) + "\n"
+                              for i, n in enumerate(NAMES)))
   cfg = ml_collections.ConfigDict({"backend": "auto", "registry": str(registry),
                                    "keystores": str(keystores), "max_samples_per_client": 0})
   gate = _gate(tmp_path / "run", cfg, list(NAMES))
   genesis = {r["name"]: r["pk"] for r in gate.server.ledger.blocks[0]["registrations"]}
   assert genesis == {s.name: s.public_key.hex() for s in gate.signers.values()}
-  assert gate.signers[2].registration() == L.load_registry(registry)[2]
+  assert gate.signers[2].registration(1) == L.load_registry(registry)[2]
   assert not (tmp_path / "run" / "keys" / "cardiology").exists()  # the enrolled keys are used
   _, _, lora = tiny_model()
   local_c = jax.tree.map(lambda x: np.stack([x, x + 1, x + 2]), lora)  # three clients' updates
@@ -321,9 +329,9 @@ def test_run_parties_from_a_registry(tmp_path: Path) -> None:
   assert len(L.load_receipts(tmp_path / "run" / "receipts")) == 3
   with pytest.raises(L.LedgerError, match=r"no registration for \['icu'\]"):
     _gate(tmp_path / "run2", cfg, [*NAMES, "icu"])
-  L.enroll("trauma", tmp_path / "elsewhere" / "trauma")
+  L.enroll("trauma", tmp_path / "elsewhere" / "trauma", 1)
   for n in ("cardiology", "oncology"):
-    L.enroll(n, tmp_path / "elsewhere" / n)
+    L.enroll(n, tmp_path / "elsewhere" / n, 1)
   cfg.keystores = str(tmp_path / "elsewhere")
   with pytest.raises(L.LedgerError, match="do not hold the registered keys"):
     _gate(tmp_path / "run3", cfg, list(NAMES))
@@ -337,7 +345,7 @@ def test_receipt_accepted_by_a_fresh_signer_of_the_same_hospital(tmp_path: Path)
   att = signers["trauma"].attest(ctx, _digest(2), 7)
   verdict = server.verify(1, [(att, _digest(2))])
   issued = (tmp_path / "receipts" / "trauma" / "issued.jsonl").read_text().splitlines()
-  assert [json.loads(line) for line in issued] == [[ctx.ledger_id, 1, att.hash()]]
+  assert [L.Attestation.from_dict(json.loads(line)) for line in issued] == [att]
   fresh = L.HospitalSigner("trauma", tmp_path / "hospitals" / "trauma",
                            tmp_path / "receipts" / "trauma", server.server_public_key)
   path = fresh.accept_receipt(verdict.receipts[0])

@@ -14,6 +14,7 @@ from fedlora_jax.ledger import (
 )
 from fedlora_jax.ledger.block import block_hash
 from fedlora_jax.ledger.ledger import _seal
+from tests.ledger_fixtures import create_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = b"fedlora-jax ledger privacy tests"  # 32 bytes
@@ -33,7 +34,9 @@ def _ledger(path: Path, privacy: list) -> tuple[Ledger, Identity, list[Identity]
   backend = get_backend("auto")
   server = Identity.generate("server", SEED, backend)
   clients = [Identity.generate(f"h{i}", SEED, backend) for i in range(2)]
-  ledger = Ledger.create(path, "privacy", server, clients, backend=backend)
+  dp = {} if privacy[0] is None else {"privacy_unit": "example", "delta": 1e-5,
+                                      "noise_multiplier": 1.1}
+  ledger = create_ledger(path, "privacy", server, clients, backend, **dp)
   for r, p in enumerate(privacy):
     _round(ledger, clients, r, p)
   return ledger, server, clients
@@ -96,9 +99,10 @@ def test_a_tampered_epsilon_fails_verification(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("privacy,reason", [
     (_spent(0.4), "decreases from the previous round's 0.5"),
-    (None, "privacy field dropped"),
-    (_spent(0.6, unit="client"), "unit or delta differs"),
-    (_spent(0.6, delta=1e-6), "unit or delta differs"),
+    (None, "privacy field does not follow the genesis rules' privacy"),
+    (_spent(0.6, unit="client"), "unit, delta or noise multiplier differs from the genesis"),
+    (_spent(0.6, delta=1e-6), "unit, delta or noise multiplier differs from the genesis"),
+    (_spent(0.6, noise_multiplier=0.5), "unit, delta or noise multiplier differs from the "),
     (_spent(0.6, unit="patient"), "unknown privacy unit 'patient'"),
     ({"epsilon": 0.6}, "malformed privacy field"),
     (_spent(-1.0), "malformed privacy epsilon -1.0"),

@@ -14,6 +14,7 @@ from fedlora_jax.ledger import (
     backend_available, get_backend, tree_digest, verify_ledger,
 )
 from fedlora_jax.ledger.bls import Backend
+from tests.ledger_fixtures import create_ledger, join
 
 needs_arkworks = pytest.mark.skipif(not backend_available("arkworks"),
                                     reason="py-arkworks-bls12381 not installed")
@@ -28,7 +29,7 @@ def _update(i: int, r: int) -> dict:
 def _setup(tmp_path: Path, backend: Backend, n: int) -> tuple[Ledger, list[Identity]]:
   server = Identity.generate("server", SEED, backend)
   clients = [Identity.generate(f"client{i}", SEED, backend) for i in range(n)]
-  ledger = Ledger.create(tmp_path / "ledger.jsonl", "test-run", server, clients, backend=backend)
+  ledger = create_ledger(tmp_path / "ledger.jsonl", "test-run", server, clients, backend)
   return ledger, clients
 
 
@@ -190,27 +191,28 @@ def test_rogue_key_registration_refused(tmp_path: Path) -> None:
   # Rogue key pk_m - pk_v: the aggregate key of {victim, rogue} is mallory's own key.
   x = int.from_bytes(mallory._sk, "big")
   rogue_pk = G1_to_pubkey(add(multiply(G1, x), neg(pubkey_to_G1(victim.pk))))
-  rogue = Registration("mallory", rogue_pk, mallory.pop_prove(backend))
+  rogue = Registration("mallory", rogue_pk, mallory.pop_prove(backend), 10, bytes(96))
   with pytest.raises(RegistrationError, match="'mallory'.*proof of possession"):
-    Ledger.create(tmp_path / "l.jsonl", "run", server, [victim, rogue], backend=backend)
+    create_ledger(tmp_path / "l.jsonl", "run", server, [victim, rogue], backend)
   assert not (tmp_path / "l.jsonl").exists()
-  ledger = Ledger.create(tmp_path / "l.jsonl", "run", server, [victim], backend=backend)
+  ledger = create_ledger(tmp_path / "l.jsonl", "run", server, [victim], backend)
   with pytest.raises(RegistrationError, match="'mallory'.*proof of possession"):
-    ledger.register([rogue])
+    ledger.register([rogue], [])
   with pytest.raises(RegistrationError, match="'victim2'.*already registered"):
-    ledger.register([Registration("victim2", victim.pk, victim.pop_prove(backend))])
-  with pytest.raises(RegistrationError, match="'mallory'.*secret key"):
-    ledger.register([mallory.public()])
+    ledger.register([dataclasses.replace(Registration.of(victim, 10, backend), name="victim2")],
+                    [])
+  with pytest.raises(RegistrationError, match="'mallory'.*expected a Registration"):
+    ledger.register([mallory.public()], [])
   assert len(ledger.blocks) == 1 and verify_ledger(ledger.path).ok
 
 
 def test_late_registration_then_participation(fast) -> None:
-  ledger, _ = fast
+  ledger, members = fast
   late = Identity.generate("late", SEED, ledger.backend)
-  ledger.register([late])
+  join(ledger, members, [late])
   att = _attest(ledger, late, 0, _update(7, 0))
   verdict = ledger.verify_round(0, [(att, tree_digest(_update(7, 0)))])
-  ledger.append_round(0, verdict, tree_digest(_update(8, 0)), "fedprox")
+  ledger.append_round(0, verdict, tree_digest(_update(8, 0)), "fedavg")
   reopened = Ledger.open(ledger.path)
   assert late.id in reopened.clients and reopened.last_round == 0
   assert [b["kind"] for b in reopened.blocks] == ["genesis", "register", "round"]

@@ -12,6 +12,7 @@ from fedlora_jax.ledger import (
     block_hash, get_backend, tree_digest, verify_ledger, weights_of,
 )
 from fedlora_jax.ledger.attestation import attestation_hash
+from tests.ledger_fixtures import create_ledger, join
 
 SEED = b"fedlora-jax ledger storage tests"  # 32 bytes
 
@@ -25,8 +26,8 @@ def _build(path: Path) -> tuple[Ledger, Identity, list[Identity]]:
   backend = get_backend("auto")
   server = Identity.generate("server", SEED, backend)
   clients = [Identity.generate(f"c{i}", SEED, backend) for i in range(3)]
-  ledger = Ledger.create(path, "storage-run", server, clients[:2], backend=backend)
-  ledger.register(clients[2:])
+  ledger = create_ledger(path, "storage-run", server, clients[:2], backend)
+  join(ledger, clients[:2], clients[2:])
   for r, signers in ((0, clients), (1, [])):
     ctx = ledger.round_context(r)
     subs = [(Attestation.create(c, ctx, _digest(i), 4 + i, backend), _digest(i))
@@ -125,7 +126,7 @@ def _inflate(block: dict, ledger_id: str) -> None:
 
 
 @pytest.mark.parametrize("index,edit,reason", [
-    (0, lambda b, _: b["registrations"][1].update(name="impostor"), "server signature"),
+    (0, lambda b, _: b["registrations"][1].update(name="impostor"), "not bound by the key's"),
     (0, lambda b, _: b.update(nonce="ab" * 32), "ledger_id does not end with"),
     (2, lambda b, _: b["participants"][0].update(num_samples=1000), "attestation hash"),
     (2, lambda b, _: b["participants"][0].update(weight=0.9), "weights are not"),
@@ -184,7 +185,7 @@ def test_damaged_files(tmp_path: Path, built) -> None:
 def test_create_and_open_guards(built) -> None:
   ledger, server, clients = built
   with pytest.raises(LedgerError, match="already exists"):
-    Ledger.create(ledger.path, "again", server, [])
+    create_ledger(ledger.path, "again", server, [], ledger.backend)
   writer = Ledger.open(ledger.path, server_identity=server)
   with ledger.path.open("ab") as f:
     f.write(b"concurrent writer")

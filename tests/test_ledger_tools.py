@@ -12,6 +12,7 @@ from fedlora_jax.ledger import (
     Attestation, Identity, Ledger, adapter_file_digest, backend_available, find_provenance,
     get_backend, time_round, tree_digest,
 )
+from tests.ledger_fixtures import create_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = b"fedlora-jax ledger tool tests 32"
@@ -26,7 +27,7 @@ def _ledger(tmp_path: Path) -> tuple[Ledger, list[Identity]]:
   backend = get_backend("auto")
   server = Identity.generate("server", SEED, backend)
   clients = [Identity.generate(name, SEED, backend) for name in ("hosp-a", "hosp-b", "hosp-c")]
-  ledger = Ledger.create(tmp_path / "ledger.jsonl", "prov", server, clients, backend=backend)
+  ledger = create_ledger(tmp_path / "ledger.jsonl", "prov", server, clients, backend)
   for r, (participants, global_x) in enumerate([(clients[:2], 1.0), (clients[1:], 2.0),
                                                 ([], 2.0)]):
     ctx = ledger.round_context(r)
@@ -73,5 +74,6 @@ def test_time_round_reports_each_phase() -> None:
   fast = [(n, 16) for n in ("arkworks", "blspy") if backend_available(n)]
   for name, n in [("py_ecc", 1), *fast]:
     timings = time_round(name, n)
-    assert set(timings) == {"sign_s", "aggregate_s", "verify_s", "verify_cpu_s"}
+    assert set(timings) == {"sign_s", "aggregate_s", "verify_s", "verify_cpu_s", "cosign_sign_s",
+                            "cosign_aggregate_s", "cosign_verify_s", "cosign_verify_cpu_s"}
     assert all(t > 0 for t in timings.values())

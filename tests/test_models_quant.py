@@ -250,15 +250,18 @@ def test_base_digest_binds_the_quantized_codes_and_is_checked_on_resume(tmp_path
   again = tiny_model(TINY.replace(quantize="nf4", quant_block_size=16))[1]
   assert base_digest(again) == digests["nf4"]
   backend = L.get_backend("py_ecc")
-  regs = [L.enroll("h0", tmp_path / "h0", backend)]
+  regs = [L.enroll("h0", tmp_path / "h0", 10, backend)]
   open_ = lambda digest: L.LedgerServer.open_or_create(
       tmp_path / "ledger.jsonl", tmp_path / "server", regs, label="q", backend=backend,
-      base_digest=digest)
+      rules=L.make_rules(algorithm="fedavg", clients_per_round=1, base_digest=digest))
   server = open_(digests["nf4"])
-  assert server.ledger.blocks[0]["base_digest"] == digests["nf4"]
+  assert server.ledger.blocks[0]["rules"]["base_digest"] == digests["nf4"]
+  assert server.info()["base_digest"] == digests["nf4"]
   open_(digests["nf4"])  # the same base resumes
-  with pytest.raises(L.LedgerError, match="differs from the one the genesis block .* binds"):
+  with pytest.raises(L.LedgerError, match="the job's rules differ from the genesis block"):
     open_(digests["int4"])
+  with pytest.raises(ValueError, match="malformed base digest"):
+    L.make_rules(algorithm="fedavg", clients_per_round=1, base_digest="nf4")
 
 
 def test_benchmark_variant_quantizes_the_same_float_weights():

@@ -1,15 +1,20 @@
-"""End to end with patient-level DP-SGD: every round's metrics record each hospital's epsilon
+"""End to end with example-level DP-SGD: every round's metrics record each hospital's epsilon
 (equal to the accountant's value for its rounds) and the round's ledger block the largest of
-them, and a budget stops the run after checkpointing the last round within it."""
+them; a budget stops the run after checkpointing the last round within it, and a resume never
+starts a round past it; two runs of one config add different noise; a run interrupted and
+resumed with the same secrets equals its uninterrupted twin; no artifact holds a secret."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from fedlora_jax.ledger import verify_ledger
 from fedlora_jax.privacy import accounting as A
+from fedlora_jax.privacy.secret import DpSecret
+from fedlora_jax.run.dp_keys import SGD_NOISE
 from fedlora_jax.run import experiment
 from tests.run_fixtures import tiny_config
 
@@ -35,7 +40,7 @@ def test_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path):
   ledger = os.path.join(run1, "ledger.jsonl")
   with open(ledger) as f:
     lines = f.readlines()
-  spent = [json.loads(line)["privacy"] for line in lines[1:]]
+  spent = [b["privacy"] for b in map(json.loads, lines) if b["kind"] == "round"]
   assert spent == [{"unit": "example", "epsilon": max(r["privacy"]["epsilon"].values()),
                     "delta": 1e-5, "noise_multiplier": 1.0, "clip": 1.0, "accountant": "pld"}
                    for r in recs]
@@ -58,6 +63,10 @@ def test_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path):
   experiment.run(tiny_config(run2, cache, **DP, **{"privacy.target_epsilon": budget,
                                                    "fed.rounds": 3}))
   assert [r["round"] for r in _records(run2) if r["round"] > 0] == [1]
+  # Resumed (even with more rounds), the budget-stopped run starts no round past the budget.
+  experiment.run(tiny_config(run2, cache, **DP, **{"privacy.target_epsilon": budget,
+                                                   "fed.rounds": 5}))
+  assert [r["round"] for r in _records(run2) if r["round"] > 0] == [1]
   assert os.listdir(os.path.join(run2, "checkpoints")) == ["1"]
 
 
@@ -72,3 +81,65 @@ def test_attacked_run_behind_a_robust_rule_records_the_attackers_signed_update(t
   recs = [r for r in _records(workdir) if r["round"] > 0]
   assert all(r["ledger"]["accepted"] == len(r["clients"]) for r in recs)
   assert summary["ledger"]["valid"] and np.isfinite(summary["fairness"]["mean"])
+
+
+def _adapter_bytes(workdir):
+  with open(os.path.join(workdir, "adapter", "adapter_model.safetensors"), "rb") as f:
+    return f.read()
+
+
+def _files(workdir, skip):
+  for root, _, names in os.walk(workdir):
+    if os.path.relpath(root, workdir).split(os.sep)[0] in skip:
+      continue
+    for n in names:
+      with open(os.path.join(root, n), "rb") as f:
+        yield os.path.join(root, n), f.read()
+
+
+@pytest.mark.slow
+def test_secret_noise_runs_differ_resume_exactly_and_leave_no_secret(tmp_path):
+  cache = str(tmp_path / "cache")
+  a, b, c = (str(tmp_path / n) for n in ("a", "b", "c"))
+  experiment.run(tiny_config(a, cache, **DP))
+  experiment.run(tiny_config(b, cache, **DP))
+  assert _adapter_bytes(a) != _adapter_bytes(b)  # one config, two runs: different noise
+  # The twin: c holds a's secrets (its keystores), runs one round, then resumes to two.
+  shutil.copytree(os.path.join(a, "keys"), os.path.join(c, "keys"))
+  experiment.run(tiny_config(c, cache, **{**DP, "fed.rounds": 1}))
+  experiment.run(tiny_config(c, cache, **DP))
+  assert _adapter_bytes(a) == _adapter_bytes(c)
+  # The losses and the privacy spent agree round by round (the 1-round run evaluated its last
+  # round on every test question, so accuracies may differ there).
+  keep = ("round", "clients", "loss", "weights", "privacy")
+  strip = lambda rs: [{k: r.get(k) for k in keep} for r in rs]
+  assert strip(_records(a)) == strip(_records(c))
+  # No artifact outside the parties' keystores holds a secret or a noise key derived from it.
+  needles = []
+  for name in os.listdir(os.path.join(a, "keys")):
+    path = os.path.join(a, "keys", name)
+    if os.path.exists(os.path.join(path, "dp_secret")):
+      with open(os.path.join(path, "dp_secret"), "rb") as f:
+        needles.append(f.read().strip())
+      key = DpSecret.load_or_create(path).jax_key(SGD_NOISE, 0)
+      needles += [key.astype("<u4").tobytes(), key.astype(">u4").tobytes(),
+                  str(int(key[0])).encode()]
+  assert len(needles) == 6 * 4  # six hospitals: the secret and three encodings of a key
+  for path, data in _files(a, skip={"keys"}):
+    for needle in needles:
+      assert needle not in data, (path, needle)
+
+
+@pytest.mark.slow
+def test_client_level_run_uses_the_servers_secret_and_reports_the_federation_epsilon(tmp_path):
+  cache = str(tmp_path / "cache")
+  client = {"privacy.level": "client", "privacy.noise_multiplier": 0.5,
+            "privacy.adaptive_clipping": True, "privacy.clip_norm": 0.1, "ledger.enabled": False}
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  summary = experiment.run(tiny_config(a, cache, **client))
+  experiment.run(tiny_config(b, cache, **client))
+  assert os.path.exists(os.path.join(a, "keys", "server", "dp_secret"))
+  assert _adapter_bytes(a) != _adapter_bytes(b)
+  direct = A.epsilon(A.client_round_event(0.5), 2, 1e-5)
+  assert summary["privacy"]["epsilon"] == {"federation": direct}
+  assert summary["privacy"]["unit"] == "client-level (one hospital)"

@@ -1,11 +1,12 @@
-"""Config -> plan: which safeguards and accountant a config yields, and clear errors for bad
+"""Config -> plan: which safeguards and accountant a config yields, clear errors for bad
 combinations (unknown level, no noise, adaptive clipping at example level, DP with a robust
-rule, unknown attacking hospitals)."""
+rule, SCAFFOLD with client-level DP, unknown attacking hospitals), and a resume that keeps the
+recorded noise multiplier or is refused."""
 
 import pytest
 
 from fedlora_jax.privacy import accounting as A
-from fedlora_jax.privacy.plan import attackers, privacy_plan
+from fedlora_jax.privacy.plan import PrivacyResumeError, attackers, privacy_plan
 from fedlora_jax.run.configs import load_config_file
 from tests.run_fixtures import DEFAULT
 
@@ -66,7 +67,30 @@ def test_robust_rule_and_attack_from_config():
     (dict(attack__kind="sign_flip", attack__clients="zz"), "unknown clients"),
     (dict(attack__kind="sign_flip", attack__clients="9"), "attack.clients=9"),
     (dict(fed__robust_rule="krum", fed__robust_f=3), "more than 6 clients"),
+    (dict(privacy__level="client", privacy__noise_multiplier=1.0, fed__algorithm="scaffold"),
+     "fed.algorithm='scaffold' with privacy.level='client' is refused: its per-client control "
+     "variates reach the server unclipped and unnoised"),
 ])
 def test_bad_configs_are_clear_errors(overrides, message):
   with pytest.raises(ValueError, match=message):
     privacy_plan(_cfg(**overrides), NAMES, SIZES, 6)
+
+
+def test_a_resume_keeps_the_recorded_noise_multiplier_whatever_fed_rounds_says():
+  """More rounds on resume must not recalibrate z: the finished rounds were run at the old z."""
+  cfg = _cfg(privacy__level="example", privacy__target_epsilon=4.0)
+  first = privacy_plan(cfg, NAMES, SIZES, 6)
+  cfg.fed.rounds = 3 * cfg.fed.rounds
+  resumed = privacy_plan(cfg, NAMES, SIZES, 6, recorded=first.record())
+  assert resumed.noise_multiplier == first.noise_multiplier
+  assert privacy_plan(cfg, NAMES, SIZES, 6).noise_multiplier > first.noise_multiplier  # fresh
+
+
+@pytest.mark.parametrize("change", [dict(privacy__clip_norm=2.0), dict(fed__local_steps=3),
+                                    dict(privacy__noise_multiplier=0.9)])
+def test_a_resume_that_changes_the_accounting_is_refused(change):
+  cfg = _cfg(privacy__level="example", privacy__noise_multiplier=1.0)
+  recorded = privacy_plan(cfg, NAMES, SIZES, 6).record()
+  with pytest.raises(PrivacyResumeError, match="changes the privacy accounting"):
+    privacy_plan(_cfg(**{"privacy__level": "example", "privacy__noise_multiplier": 1.0,
+                         **change}), NAMES, SIZES, 6, recorded=recorded)

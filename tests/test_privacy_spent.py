@@ -24,7 +24,7 @@ def test_example_level_entry_and_ledger_field():
 
 
 def test_client_level_clip_in_use_and_accountant_kind():
-  meter = PrivacyMeter(A.ClientAccountant(3, 3, 0.7, 1e-5), "client", 1e-5, 0.7, 0.1, NAMES)
+  meter = PrivacyMeter(A.ClientAccountant(3, 0.7, 1e-5), "client", 1e-5, 0.7, 0.1, NAMES)
   assert meter.clip_in_use({"momentum": jnp.zeros(2)}) == np.float32(0.1)  # fixed clipping
   clip = meter.clip_in_use({"privacy": {"clip_norm": jnp.asarray(0.37, jnp.float32)}})
   assert clip == np.float32(0.37)
@@ -32,5 +32,14 @@ def test_client_level_clip_in_use_and_accountant_kind():
   assert entry["clip_norm"] == clip and entry["accountant"] == "pld"
   assert entry["epsilon"] == {"federation": A.epsilon(A.dpa.dp_event.GaussianDpEvent(0.7), 1,
                                                       1e-5)}
-  partial = PrivacyMeter(A.ClientAccountant(3, 2, 0.7, 1e-5), "client", 1e-5, 0.7, 0.1, NAMES)
-  assert partial.after_round(["a", "b"])["accountant"] == "rdp_replace_one"
+  assert entry["unit"] == "client-level (one hospital)" and "guarantee" not in entry
+
+
+def test_seeded_noise_is_labelled_in_the_record_and_the_block():
+  acc = A.ExampleAccountant(NAMES, [40, 80, 80], 4, 12, 2, 1.5, 1e-5)
+  meter = PrivacyMeter(acc, "example", 1e-5, 1.5, 0.8, NAMES, reproducible_noise=True)
+  entry = meter.after_round(["a"])
+  assert entry["guarantee"] == "no privacy guarantee: noise derived from the config seed"
+  assert entry["unit"] == "example-level (one training record)"
+  assert ledger_field(entry)["accountant"] == (
+      "pld (no privacy guarantee: noise derived from the config seed)")

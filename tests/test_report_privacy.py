@@ -42,7 +42,8 @@ def test_example_level_privacy_section(tmp_path):
              _record(3, _example({"north": 0.77, "south": 1.75}))]
   text = open(write_report(_write(str(tmp_path), records), _summary())).read()
   assert ("Example-level differential privacy: **epsilon = 1.75 at delta = 1e-05** after round 3 "
-          "(unit protected: one patient record in a hospital's training data; noise multiplier "
+          "(unit protected: one training record in a hospital's training data (a patient with k "
+          "records is protected at up to k times this epsilon); noise multiplier "
           "1.25, clip norm 1, dp-accounting pld accountant).") in text
   assert "Epsilon per hospital: north 0.77, south 1.75" in text
   assert "| round | 1 | 2 | 3 |\n|---|---|---|---|\n| epsilon | 0.93 | 1.37 | 1.75 |" in text

@@ -42,6 +42,17 @@ def test_only_attackers_rows_change(kind):
   assert not np.allclose(out[[1, 3]], U[[1, 3]])
 
 
+@pytest.mark.parametrize("kind", ["scale", "alie", "sign_flip"])
+def test_padding_slots_never_attack_nor_count_as_clients(kind):
+  """Two padding slots (id -1) appended: the real rows get exactly what they get without them,
+  and the padding rows are left alone (the last client's attacker flag is not read for -1)."""
+  padded = np.concatenate([U, 100.0 + U[:2]])
+  ids = jnp.asarray([0, 2, 3, 5, -1, -1])
+  out = np.asarray(Attack(kind, (2, 5)).apply(jnp.asarray(padded), ids, 6, jax.random.key(0)))
+  np.testing.assert_allclose(out[:4], _apply(kind), rtol=1e-6)
+  np.testing.assert_array_equal(out[4:], padded[4:])
+
+
 def test_bad_attack_settings_are_errors():
   with pytest.raises(ValueError, match="unknown attack kind"):
     Attack("flip")

@@ -11,6 +11,7 @@ from fedlora_jax.federated import robust as R
 from fedlora_jax.federated.algorithms import ServerInputs
 from fedlora_jax.federated.safeguards import Safeguards
 from tests.byzfl_reference import byzfl_aggregators
+from tests.fed_fixtures import client_batches, tiny_model
 
 ALL = np.ones(7, bool)
 
@@ -100,3 +101,31 @@ def test_robust_rule_drives_the_algorithms_server_step():
   for k in g:
     np.testing.assert_allclose(np.asarray(new_g[k]), np.median(np.asarray(local[k]), axis=0),
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("name,f,fewest", [("krum", 1, 3), ("multi_krum", 1, 3),
+                                           ("trimmed_mean", 1, 3), ("trimmed_mean", 2, 5),
+                                           ("median", 1, 1)])
+def test_too_few_valid_clients_leave_the_round_unaggregated(name, f, fewest):
+  """Krum with v <= f + 1 would return one slot, the trimmed mean with v <= 2f zeros: the round
+  must instead change nothing and say so (`aggregated` False)."""
+  rule = R.RobustRule(name, f=f)
+  assert rule.min_valid() == fewest
+  for v in range(0, 7):
+    valid = jnp.arange(6) < v
+    assert bool(rule.enough(valid)) == (v >= fewest), (name, v)
+
+
+def test_a_round_with_too_few_valid_clients_keeps_the_global_adapter():
+  graphdef, base, lora = tiny_model()
+  alg = F.make_algorithm("fedavg")
+  tr = F.LocalTraining(local_steps=1, learning_rate=1e-2)
+  fr = F.FederatedRound(graphdef, alg, tr, 4,
+                        safeguards=Safeguards(robust=R.RobustRule("trimmed_mean", f=1)))
+  state = F.init_state(alg, lora, 4, 0)
+  trained = fr.train(state, base, client_batches(4, 1), np.arange(4))
+  accept = np.asarray([True, True, False, False])  # v = 2 <= 2f
+  new, _, m = fr.aggregate(state, base, trained, np.arange(4), np.full(4, 10.0), accept)
+  assert not bool(m["aggregated"])
+  for a, b in zip(jax.tree.leaves(new["global_lora"]), jax.tree.leaves(lora)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

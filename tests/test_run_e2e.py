@@ -92,6 +92,11 @@ def test_ledger_is_anchored_weighted_by_signed_counts_and_keys_stay_secret(finis
     assert anchor in log and anchor in report
   # Every hospital kept a receipt per round, and each is in the ledger.
   assert info["receipts"] == 12 and info["valid"]
+  # Every hospital co-signed each round it took part in and holds the closed ledger.
+  assert info["replicas"] == 6 and info["refusals"] == [] and blocks[-1]["kind"] == "close"
+  for name in os.listdir(os.path.join(workdir, "receipts")):
+    assert open(os.path.join(workdir, "receipts", name, "ledger.jsonl")).read() == open(
+        path).read()
   result = L.verify_ledger(path, server_public_key=info["server_public_key"],
                            genesis_hash=info["genesis_hash"],
                            receipts=os.path.join(workdir, "receipts"))
@@ -183,7 +188,8 @@ def test_fedex_lora_block_attests_the_shipped_base_residual(tmp_path, cache_dir)
   workdir = str(tmp_path / "fedex")
   cfg = tiny_config(workdir, cache_dir, **{"fed.algorithm": "fedex_lora", "fed.rounds": 1})
   summary = experiment.run(cfg)
-  last = [json.loads(line) for line in open(os.path.join(workdir, "ledger.jsonl"))][-1]
+  last = [b for b in map(json.loads, open(os.path.join(workdir, "ledger.jsonl")))
+          if b["kind"] == "round"][-1]
   shipped = load_file(os.path.join(workdir, "base_with_residuals", "model.safetensors"))
   original = load_file(os.path.join(setup.base_model_dir(cfg), "model.safetensors"))
   assert summary["ledger"]["valid"] and last["algorithm"] == "fedex_lora"

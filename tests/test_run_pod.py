@@ -110,7 +110,8 @@ def test_pod_run_equals_single_process_run(runs):
   with open(os.path.join(reference, "summary.json")) as f:
     assert summary["matrix"] == json.load(f)["matrix"]
   assert L.verify_ledger(os.path.join(pod, "ledger.jsonl")).ok
-  assert summary["ledger"]["valid"] and summary["ledger"]["blocks"] == 3
+  assert summary["ledger"]["valid"] and summary["ledger"]["blocks"] == 4  # genesis, 2 rounds, close
+  assert summary["ledger"]["replicas"] == len(summary["clients"])  # co-signed on both processes
 
 
 @pytest.mark.slow  # two-process pod runs, ~3 min together

@@ -60,7 +60,7 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
     assert a["loss"] == b["loss"] and a["accuracy"] == b["accuracy"], a["round"]
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["accuracy"] == reference["accuracy"]
-  assert summary["ledger"]["valid"] and summary["ledger"]["blocks"] == 4  # genesis + 3 rounds
+  assert summary["ledger"]["valid"] and summary["ledger"]["blocks"] == 5  # genesis, 3 rounds, close
   # Same config and seed, two runs: every party has a different key, each ledger its own nonce.
   geneses = [json.loads(open(os.path.join(w, "ledger.jsonl")).readline())
              for w in (str(tmp_path / "ref"), workdir)]

@@ -79,7 +79,10 @@ def test_flower_run_directory_ledger_and_receipts(fedavg_runs):
   assert not os.path.exists(os.path.join(site_dir, "keys"))  # no hospital key at the server
   ledger_path = os.path.join(site_dir, "ledger.jsonl")
   server = L.Identity.load(os.path.join(site_dir, "deploy", "operator", "keys"), "server")
-  assert L.verify_ledger(ledger_path, server_public_key=server.pk).ok
+  replicas = [os.path.join(site_dir, "deploy", "hospitals", h, "state", "receipts",
+                           "ledger.jsonl") for h in HOSPITALS]  # co-signed over Flower
+  assert L.verify_ledger(ledger_path, server_public_key=server.pk, replicas=replicas).ok
+  assert all(L.verify_ledger(r, server_public_key=server.pk).closed for r in replicas)
   ledger = L.Ledger.open(ledger_path)
   assert ledger.server.pk == server.pk  # the key the hospitals pinned
   digest = L.adapter_file_digest(os.path.join(site_dir, "adapter", "adapter_model.safetensors"))

@@ -29,7 +29,7 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
   maternity does not answer (missing); trauma is still unregistered."""
   cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS)
   impostor = str(tmp_path / "impostor")
-  L.enroll("trauma", impostor)
+  L.enroll("trauma", impostor, 1)
   forger = L.Identity.load(impostor, "trauma")
   updates = {}
 
@@ -54,7 +54,11 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
                                                  impostors={"trauma": impostor})
   ledger_path = os.path.join(cfg.workdir, "ledger.jsonl")
   server_pk = L.Ledger.open(ledger_path).server.pk
-  assert L.verify_ledger(ledger_path, server_public_key=server_pk).ok
+  replicas = [os.path.join(enrolment.nodes[h].state_dir, "receipts", "ledger.jsonl")
+              for h in HOSPITALS if h != "maternity"]  # maternity missed the closing block
+  assert L.verify_ledger(ledger_path, server_public_key=server_pk, replicas=replicas).ok
+  for replica in replicas:  # each hospital's copy verifies on its own: the same, closed ledger
+    assert open(replica).read() == open(ledger_path).read()
   blocks = [b for b in L.Ledger.open(ledger_path).blocks if b["kind"] == "round"]
   reasons = lambda b: sorted(r["reason"] for r in b["rejected"])
   assert [p["name"] for p in blocks[0]["participants"]] == ["maternity"]
@@ -81,12 +85,12 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
     verdicts = [r["verdict"] for r in receipts]
     expected = {"cardiology": ["bad_signature", "accepted"],
                 "oncology": ["digest_mismatch", "accepted"],
-                "trauma": ["unregistered", "unregistered"], "maternity": []}[h]  # its receipt waits
-    # for its next message (silent since round 2, and round 1 had no evaluation message)
+                "trauma": ["unregistered", "unregistered"], "maternity": ["accepted"]}[h]
+    # (maternity's receipt came with the request to co-sign block 1; silent since round 2)
     assert verdicts == expected, h
     # a rejected update never becomes the node's client state
     expected = {"cardiology": ["committed_000002"], "oncology": ["committed_000002"],
-                "trauma": [], "maternity": ["pending_000001"]}[h]
+                "trauma": [], "maternity": ["committed_000001"]}[h]
     assert sorted(os.listdir(os.path.join(state, "client_state"))) == [
         f"{name}.npz" for name in expected], h
 

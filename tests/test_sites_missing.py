@@ -17,6 +17,7 @@ from fedlora_jax.ledger import (
 from fedlora_jax.ledger import block as blk
 from fedlora_jax.ledger import chain
 from fedlora_jax.sites.coordinator import missing_reason
+from tests.ledger_fixtures import create_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = b"fedlora-jax sites missing tests!"
@@ -39,7 +40,7 @@ def _round(ledger, backend, r, participants, missing):
 def test_missing_is_recorded_verified_and_shown(tmp_path):
   backend, server, (a, b, c) = _parties()
   path = tmp_path / "ledger.jsonl"
-  ledger = Ledger.create(path, "missing", server, [a, b, c], backend=backend)
+  ledger = create_ledger(path, "missing", server, [a, b, c], backend)
   block = _round(ledger, backend, 1, [a, b], [(c.id, "timeout")])
   assert block["missing"] == [{"client_id": c.id, "reason": "timeout"}]
   assert _round(ledger, backend, 2, [a, b, c], [])["missing"] == []
@@ -70,8 +71,8 @@ def test_missing_is_recorded_verified_and_shown(tmp_path):
 ])
 def test_bad_missing_entries_are_refused(tmp_path, missing, reason):
   backend, server, (a, b, c) = _parties()
-  ledger = Ledger.create(tmp_path / "ledger.jsonl", "missing", server, [a, b, c],
-                         backend=backend)
+  ledger = create_ledger(tmp_path / "ledger.jsonl", "missing", server, [a, b, c],
+                         backend)
   with pytest.raises(BlockError, match=reason):
     _round(ledger, backend, 1, [a], missing(a, c))
   assert len(Ledger.open(tmp_path / "ledger.jsonl").blocks) == 1  # nothing appended
@@ -82,11 +83,11 @@ def test_format_version_2_is_refused_by_name(tmp_path, monkeypatch):
   with monkeypatch.context() as m:  # a ledger as the previous format wrote it
     m.setattr(blk, "FORMAT_VERSION", 2)
     m.setattr(chain, "FORMAT_VERSION", 2)
-    Ledger.create(tmp_path / "v2.jsonl", "old", server, clients, backend=backend)
+    create_ledger(tmp_path / "v2.jsonl", "old", server, clients, backend)
   result = verify_ledger(tmp_path / "v2.jsonl")
   assert (result.ok, result.first_bad_block) == (False, 0)
   assert result.reason == ("ledger format version 2 is not supported (this code reads format "
-                           "version 4 only)")
+                           f"version {blk.FORMAT_VERSION} only)")
   with pytest.raises(BlockError, match="format version 2"):
     Ledger.open(tmp_path / "v2.jsonl")
 
@@ -102,8 +103,8 @@ def test_receipts_of_a_recorded_round_are_the_ones_first_issued(tmp_path):
   """What a server that crashed before delivering receipts sends again: the same receipts (BLS
   signing is deterministic), for accepted and rejected submissions alike."""
   backend, server, (a, b, c) = _parties()
-  ledger = Ledger.create(tmp_path / "ledger.jsonl", "receipts", server, [a, b, c],
-                         backend=backend)
+  ledger = create_ledger(tmp_path / "ledger.jsonl", "receipts", server, [a, b, c],
+                         backend)
   ctx = ledger.round_context(1)
   digest = tree_digest({"x": [1.0]})
   good = Attestation.create(a, ctx, digest, 10, backend)

@@ -47,7 +47,10 @@ class AbstractRound:
                 for x in jax.tree.leaves(v))
     total += sum(jax.tree.leaves(jax.tree.map(shard_bytes, self.base, fr.base_sharding)))
     total += sum(shard_bytes(x, sh.by_client) for x in self.batches.values())
-    return total + 2 * 4 * self.clients  # client ids (int32) and sample counts (float32)
+    # `FederatedRound.lower`'s other arguments: client ids and sample counts (replicated), the
+    # DP-SGD noise keys [C, 2] (by client) and the server's noise key [2] (replicated).
+    noise_keys = jax.ShapeDtypeStruct((self.clients, 2), np.uint32)
+    return total + 2 * 4 * self.clients + shard_bytes(noise_keys, sh.by_client) + 2 * 4
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,6 +11,7 @@ over timed repetitions, with batches already on the device.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -170,8 +171,12 @@ def time_engine(setup: Setup, shape: RoundShape, batches: dict, *, repeats: int,
     compile_s = time.perf_counter() - t
     carry = {"state": state}
 
+    # DP-SGD's noise keys: fresh OS randomness (a benchmark releases nothing, but never a constant)
+    noise_keys = (np.frombuffer(os.urandom(8 * len(ids)), np.uint32).reshape(len(ids), 2)
+                  if safeguards.example_dp is not None else None)
+
     def run_once():
-      carry["state"], _, metrics = fr(carry["state"], base, dev_batches, ids, counts)
+      carry["state"], _, metrics = fr(carry["state"], base, dev_batches, ids, counts, noise_keys)
       return (carry["state"], metrics), metrics["loss"]
 
     first_s, first_losses, times = _first_and_repeats(run_once, repeats)

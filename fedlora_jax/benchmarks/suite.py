@@ -200,7 +200,9 @@ def ledger_section(clients: list[int], backends: list[str], py_ecc_max_clients: 
       log(f"  ledger {backend:8s} N={n:3d}: sign {row['sign_s'] * 1e3:9.1f} ms, aggregate "
           f"{row['aggregate_s'] * 1e3:7.2f} ms, verify {row['verify_s'] * 1e3:9.1f} ms (runs: "
           + ", ".join(f"{v * 1e3:.1f}" for v in row["verify_s_runs"]) + f"; CPU "
-          f"{row['verify_cpu_s'] * 1e3:.1f} ms)")
+          f"{row['verify_cpu_s'] * 1e3:.1f} ms); co-signature: aggregate "
+          f"{row['cosign_aggregate_s'] * 1e3:.2f} ms, verify {row['cosign_verify_s'] * 1e3:.2f} ms "
+          f"(CPU {row['cosign_verify_cpu_s'] * 1e3:.2f} ms)")
   return {"rows": rows}
 
 

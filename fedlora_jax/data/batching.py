@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from jax_privacy import batch_selection
 
 from fedlora_jax.data.tokenization import TokenizedMCQ
 
@@ -63,35 +64,40 @@ def pooled(client_data: Sequence[TokenizedMCQ],
 
 
 def poisson_round_batches(client_data: Sequence[TokenizedMCQ], *, local_steps: int,
-                          expected_batch_size: int, max_batch_size: int, seed: int,
-                          round_idx: int, client_ids: Sequence[int] | None = None
+                          expected_batch_size: int, max_batch_size: int,
+                          rngs: Sequence[np.random.Generator],
+                          client_ids: Sequence[int] | None = None
                           ) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """Like `round_batches`, drawn as DP-SGD's accountant assumes (truncated Poisson sampling).
 
   Every step of client c includes each of its n_c records independently with probability
   q_c = expected_batch_size / n_c; a draw larger than max_batch_size keeps a uniformly random
-  subset of that size (accounted for by `TruncatedSubsampledGaussianDpEvent`). Rows are padded to
-  max_batch_size with an all-zero loss_mask, so padding has zero loss and zero gradient.
+  subset of that size (accounted for by `TruncatedSubsampledGaussianDpEvent`); jax-privacy's
+  `CyclicPoissonSampling` draws it. `rngs[i]` is client `client_ids[i]`'s generator for this
+  round, keyed by that hospital's secret (privacy/secret.py): which records a step used is as
+  secret as its noise. Rows are padded to max_batch_size with an all-zero loss_mask (padding
+  contributes nothing to DP-SGD's clipped sum).
   Returns arrays [C, K, max_batch_size, S] and num_samples [C] as `round_batches` does.
   """
   ids = list(range(len(client_data))) if client_ids is None else [int(c) for c in client_ids]
+  if len(rngs) != len(ids):
+    raise ValueError(f"{len(rngs)} sampling generators for {len(ids)} clients")
   seq_lens = {client_data[c].seq_len for c in ids}
   if len(seq_lens) != 1:
     raise ValueError(f"clients have different sequence lengths {sorted(seq_lens)}")
   batch = {k: [] for k in BATCH_KEYS}
-  for c in ids:
+  for c, rng in zip(ids, rngs):
     data = client_data[c]
     n = len(data)
     if n < expected_batch_size:
       raise ValueError(f"client {c} has {n} examples, fewer than the expected batch size "
                        f"{expected_batch_size}")
-    rng = np.random.default_rng([seed, _STREAM, round_idx, c, 1])
+    sampler = batch_selection.CyclicPoissonSampling(
+        sampling_prob=expected_batch_size / n, iterations=local_steps,
+        truncated_batch_size=max_batch_size)
     idx_kb = np.zeros((local_steps, max_batch_size), np.int64)
     real_kb = np.zeros((local_steps, max_batch_size), bool)
-    for k in range(local_steps):
-      drawn = np.flatnonzero(rng.random(n) < expected_batch_size / n)
-      if len(drawn) > max_batch_size:
-        drawn = rng.choice(drawn, max_batch_size, replace=False)
+    for k, drawn in enumerate(sampler.batch_iterator(n, rng)):
       idx_kb[k, :len(drawn)], real_kb[k, :len(drawn)] = drawn, True
     for k in BATCH_KEYS:
       rows = getattr(data, k)[idx_kb]                         # [K, B_max, S]

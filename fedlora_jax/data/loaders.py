@@ -161,3 +161,25 @@ def load_pubmedqa(path: str) -> list[MCQRecord]:
     records.append(_pubmedqa_record(path, str(i), row, "question", contexts,
                                     str(row.get("pubid", i))))
   return records
+
+
+def load_extra_train(path: str) -> dict[str, list[MCQRecord]]:
+  """{hospital: records} from JSON lines of `MCQRecord` fields plus "hospital": questions added
+  to those hospitals' training sets (a privacy audit inserts its canaries this way)."""
+  if not os.path.isfile(path):
+    raise DataError(path, "no such file")
+  out: dict[str, list[MCQRecord]] = {}
+  with open(path) as f:
+    for i, line in enumerate(f):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        hospital = row.pop("hospital")
+        record = MCQRecord(**{**row, "options": tuple(row["options"])})
+      except (ValueError, TypeError, KeyError) as e:
+        raise DataError(path, f"malformed question ({e})", record=i) from e
+      out.setdefault(str(hospital), []).append(record)
+  if not out:
+    raise DataError(path, "no questions")
+  return out

@@ -5,9 +5,11 @@ signing it (so the ledger proves who sent the bad update):
   sign_flip  u' = -s u                       (s default 1)
   scale      u' = s u                        (model replacement; s default C, undoing the 1/C mean)
   gaussian   u' ~ N(0, s^2 I)                (s default 1)
-  alie       u' = mean - s * std, per coordinate over all round clients' honest updates
-             ("a little is enough", Baruch et al. 2019; s default their z_max for C clients and
+  alie       u' = mean - s * std, per coordinate over the round's real clients' honest updates
+             ("a little is enough", Baruch et al. 2019; s default their z_max for n clients and
              a attackers)
+Only real clients count: padding slots (client id < 0) never attack, and neither the mean and
+std of alie nor scale's default s (the number of clients) include them.
 """
 
 from __future__ import annotations
@@ -53,23 +55,31 @@ class Attack:
   def active(self) -> bool:
     return self.kind != "none"
 
+  def _alie_z_table(self, slots: int) -> list[float]:
+    """alie's default z for every possible number n in [0, slots] of real clients."""
+    return [alie_z(max(n, 1), min(len(self.attackers), max(n, 1))) for n in range(slots + 1)]
+
   def apply(self, update_cd: jax.Array, client_ids: jax.Array, num_clients: int,
             key: jax.Array) -> jax.Array:
     """Updates [C, D] with the attackers' rows (by `client_ids` [C]) replaced; others unchanged."""
-    c = update_cd.shape[0]
     table = np.zeros(num_clients, bool)
     table[list(self.attackers)] = True
-    bad_c = jnp.asarray(table)[client_ids]
+    real_c = client_ids >= 0
+    bad_c = real_c & jnp.asarray(table)[jnp.maximum(client_ids, 0)]
+    n = jnp.maximum(jnp.sum(real_c), 1).astype(update_cd.dtype)  # the round's real clients
     s = self.scale
     if self.kind == "sign_flip":
       bad_cd = -(s or 1.0) * update_cd
     elif self.kind == "scale":
-      bad_cd = (s or float(c)) * update_cd
+      bad_cd = (s or n) * update_cd
     elif self.kind == "gaussian":
       bad_cd = (s or 1.0) * jax.random.normal(key, update_cd.shape, update_cd.dtype)
     elif self.kind == "alie":
-      z = s or alie_z(c, min(len(self.attackers), c))
-      mean_d, std_d = jnp.mean(update_cd, axis=0), jnp.std(update_cd, axis=0)
+      z = s or jnp.asarray(self._alie_z_table(update_cd.shape[0]), update_cd.dtype)[
+          jnp.sum(real_c)]
+      w_c = real_c.astype(update_cd.dtype)[:, None]
+      mean_d = jnp.sum(w_c * update_cd, axis=0) / n
+      std_d = jnp.sqrt(jnp.sum(w_c * jnp.square(update_cd - mean_d), axis=0) / n)
       bad_cd = jnp.broadcast_to(mean_d - z * std_d, update_cd.shape)
     else:
       return update_cd

@@ -122,6 +122,17 @@ class RobustRule:
       raise ValueError(f"robust rule {self.name} with f={self.f} needs more than {2 * self.f} "
                        f"clients per round, got {num_round_clients}")
 
+  def min_valid(self) -> int:
+    """The fewest valid clients the rule is defined for: Krum needs v - f - 1 >= 1 neighbours,
+    Multi-Krum v - f >= 2 updates, the trimmed mean v - 2f >= 1 kept values."""
+    return {"trimmed_mean": 2 * self.f + 1, "krum": self.f + 2,
+            "multi_krum": self.f + 2}.get(self.name, 1)
+
+  def enough(self, valid_c: jax.Array) -> jax.Array:
+    """Bool []: whether the round's valid clients are enough for the rule (else the round must
+    not aggregate: the rule would return one client's update or zeros)."""
+    return jnp.sum(valid_c) >= self.min_valid()
+
   def bound(self, x_cd: jax.Array) -> jax.Array:
     return bound_norms(x_cd, self.norm_bound) if self.norm_bound > 0 else x_cd
 

@@ -2,7 +2,10 @@
 
 State (a plain dict, checkpointed as is):
   round          int32 []           rounds done
-  rng            uint32 [2]         base key; round r, client i use fold_in(fold_in(rng, r), i)
+  rng            uint32 [2]         seeded key for dropout and simulated attacks; round r, client
+                                    i use fold_in(fold_in(rng, r), i). Never DP noise: the
+                                    round takes that as `noise_keys` / `server_noise_key`, secret
+                                    keys of the party that adds it (privacy/secret.py).
   global_lora    LoRA tree          the global adapter
   server_state   tree               server optimizer (and SCAFFOLD's c)
   client_states  tree, leaves [N, ...]  persistent per-client state of all N clients ({} if none)
@@ -115,8 +118,24 @@ class FederatedRound:
     self._jitted: dict[int, Any] = {}
 
   # --- one client ------------------------------------------------------------------------------
-  def client_train(self, base, global_lora, server_state, client_state, batches_k, key):
+  def local_objective(self, base, frozen, start, dropout_key):
+    """objective(trainable, batch) -> (value, loss) of a local step: the LM loss plus the
+    algorithm's penalty (FedProx), differentiated as a whole (per example under DP-SGD)."""
+    tr = self.training
+
+    def objective(trainable, batch):
+      lora = merge_parts(trainable, frozen)
+      loss, _ = lm_loss(self.graphdef, base, lora, batch, max_target_tokens=tr.max_target_tokens,
+                        logits_chunk=tr.logits_chunk, dropout_rng=dropout_key)
+      return loss + self.algorithm.penalty(lora, start), loss
+    return objective
+
+  def client_train(self, base, global_lora, server_state, client_state, batches_k, key,
+                   noise_key=None):
     """K local steps of one client. batches_k leaves: [K, B, S]. Returns (lora, state, losses[K]).
+
+    key: the seeded dropout key; noise_key: uint32 [2], the client's secret DP-SGD key of the
+    round (required under DP-SGD).
 
     Only the algorithm's `trainable_parts` are differentiated, clipped (global norm over them)
     and updated; the other parts stay bit-identical. Each step applies
@@ -124,6 +143,10 @@ class FederatedRound:
     `client_final` (SCAFFOLD's control variate).
     """
     alg, tr = self.algorithm, self.training
+    if noise_key is None:
+      if self.safeguards.example_dp is not None:
+        raise ValueError("example-level DP needs the client's secret noise key")
+      noise_key = jnp.zeros((2,), jnp.uint32)
     start = alg.client_start(global_lora, client_state)
     train0, frozen = split_parts(start, alg.trainable_parts)
     clip = (optax.clip_by_global_norm(tr.grad_clip_norm) if tr.grad_clip_norm is not None
@@ -133,15 +156,11 @@ class FederatedRound:
       train, opt_state, grad_sum = carry
       batch, i = xs
       step_key = jax.random.fold_in(key, i)
+      step_noise = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(noise_key), i))
 
-      def objective(t, b):
-        lora = merge_parts(t, frozen)
-        loss, _ = lm_loss(self.graphdef, base, lora, b, max_target_tokens=tr.max_target_tokens,
-                          logits_chunk=tr.logits_chunk, dropout_rng=step_key)
-        return loss + alg.penalty(lora, start), loss
-
+      objective = self.local_objective(base, frozen, start, step_key)
       # Plain gradients, or DP-SGD's clipped and noised per-example ones (Safeguards).
-      grads, loss = self.safeguards.local_grads(objective, train, batch, step_key,
+      grads, loss = self.safeguards.local_grads(objective, train, batch, step_noise,
                                                 jax.tree.map(lambda _: True, train))
       grads, _ = clip.update(grads, clip.init(train))
       updates, opt_state = self._optimizer.update(
@@ -158,18 +177,20 @@ class FederatedRound:
     return local, new_state, losses
 
   # --- the round -------------------------------------------------------------------------------
-  def _train(self, state, base, batches, client_ids):
+  def _train(self, state, base, batches, client_ids, noise_keys):
     """All sampled clients' local training: (local_c, new client states, losses [C, K])."""
     old_cs = self._gather_clients(state["client_states"], client_ids)
     round_key = jax.random.fold_in(state["rng"], state["round"])
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(client_ids)
-    train_c = jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0))
+    train_c = jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0, 0))
     run = lambda xs: train_c(base, state["global_lora"], state["server_state"], *xs)
     shards = 1 if self.sharding is None else self.sharding.num_shards
-    trained = in_client_groups(run, (old_cs, batches, keys), shards, self.client_group_size)
+    trained = in_client_groups(run, (old_cs, batches, keys, noise_keys), shards,
+                               self.client_group_size)
     return self.safeguards.attack_updates(trained, state, client_ids, self.num_clients)
 
-  def _aggregate(self, state, base, trained, client_ids, num_samples, accept_c):
+  def _aggregate(self, state, base, trained, client_ids, num_samples, accept_c,
+                 server_noise_key):
     """Server step over the clients that trained finitely and were accepted (`accept_c`)."""
     alg = self.algorithm
     local_c, new_cs, losses_ck = trained
@@ -188,9 +209,10 @@ class FederatedRound:
     new_g, new_ss, new_base = self.safeguards.server_update(alg, ServerInputs(
         global_lora=g, server_state=ss, local_c=local_c, weights_c=weights, valid_c=valid,
         old_client_state_c=old_cs, new_client_state_c=new_cs, base=base,
-        num_clients=self.num_clients), state)
-    any_valid = jnp.any(valid)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(any_valid, a, b), new, old)
+        num_clients=self.num_clients), state, server_noise_key)
+    # No valid client, or too few for the robust rule: the round changes nothing (recorded).
+    aggregated = jnp.any(valid) & self.safeguards.robust.enough(valid)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(aggregated, a, b), new, old)
     new_state = {
         "round": state["round"] + 1,
         "rng": state["rng"],
@@ -200,7 +222,8 @@ class FederatedRound:
             lambda a, u: a.at[self._scatter_index(client_ids)].set(u, mode="drop"),
             state["client_states"], new_cs),
     }
-    metrics = {"loss": losses_ck, "valid": valid, "finite": finite, "weights": weights}
+    metrics = {"loss": losses_ck, "valid": valid, "finite": finite, "weights": weights,
+               "aggregated": aggregated}
     return new_state, keep(new_base, base) if alg.updates_base else base, metrics
 
   def _scatter_index(self, client_ids):
@@ -212,10 +235,11 @@ class FederatedRound:
     safe = jnp.where(client_ids == PAD, 0, client_ids)
     return jax.tree.map(lambda x: jnp.take(x, safe, axis=0), tree_n)
 
-  def _round(self, state, base, batches, client_ids, num_samples):
-    trained = self._train(state, base, batches, client_ids)
+  def _round(self, state, base, batches, client_ids, num_samples, noise_keys, server_noise_key):
+    trained = self._train(state, base, batches, client_ids, noise_keys)
     accept = jnp.ones(client_ids.shape, bool)
-    return self._aggregate(state, base, trained, client_ids, num_samples, accept)
+    return self._aggregate(state, base, trained, client_ids, num_samples, accept,
+                           server_noise_key)
 
   def _compiled(self, kind: str, num_slots: int):
     """Jitted `kind` in {"round", "train", "aggregate"} for `num_slots` clients, with shardings."""
@@ -228,13 +252,15 @@ class FederatedRound:
       sh.check_clients(num_slots)
       rep, by_c, base_sh = sh.replicated, sh.by_client, self.base_sharding
       state_sh = self.state_shardings()
-      metrics_sh = {"loss": by_c, "valid": by_c, "finite": by_c, "weights": by_c}
+      metrics_sh = {"loss": by_c, "valid": by_c, "finite": by_c, "weights": by_c,
+                    "aggregated": rep}
       out_sh = ((state_sh, base_sh, metrics_sh) if self.algorithm.updates_base
                 else (state_sh, metrics_sh))
       kw = {
-          "round": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep), out_shardings=out_sh),
-          "train": dict(in_shardings=(state_sh, base_sh, by_c, rep), out_shardings=by_c),
-          "aggregate": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep, rep),
+          "round": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep, by_c, rep),
+                        out_shardings=out_sh),
+          "train": dict(in_shardings=(state_sh, base_sh, by_c, rep, by_c), out_shardings=by_c),
+          "aggregate": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep, rep, rep),
                             out_shardings=out_sh),
       }[kind]
     fn = {"round": self._round, "train": self._train, "aggregate": self._aggregate}[kind]
@@ -295,61 +321,104 @@ class FederatedRound:
       batches = self.sharding.put(batches, self.sharding.by_client)
     return batches, client_ids
 
-  def __call__(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids, num_samples):
+  def _noise_keys(self, noise_keys, num_slots: int) -> Any:
+    """[S, 2] uint32 secret DP-SGD keys per slot (zeros when DP-SGD is off)."""
+    if noise_keys is None:
+      if self.safeguards.example_dp is not None:
+        raise ValueError("example-level DP needs each hospital's secret noise keys "
+                         "(noise_keys [slots, 2] uint32, from privacy.secret.DpSecret)")
+      noise_keys = np.zeros((num_slots, 2), np.uint32)
+    if np.shape(noise_keys) != (num_slots, 2) or np.asarray(noise_keys).dtype != np.uint32:
+      raise ValueError(f"noise_keys must be uint32 [{num_slots}, 2], got "
+                       f"{np.asarray(noise_keys).dtype} {np.shape(noise_keys)}")
+    if self.sharding is not None:
+      return self.sharding.put(noise_keys, self.sharding.by_client)
+    return noise_keys
+
+  def _server_noise_key(self, server_noise_key) -> np.ndarray:
+    """[2] uint32: the server's secret DP-FedAvg key of the round (zeros when it is off)."""
+    if server_noise_key is None:
+      if self.safeguards.client_dp is not None:
+        raise ValueError("client-level DP needs the server's secret noise key "
+                         "(server_noise_key [2] uint32, from privacy.secret.DpSecret)")
+      return np.zeros((2,), np.uint32)
+    key = np.asarray(server_noise_key)
+    if key.shape != (2,) or key.dtype != np.uint32:
+      raise ValueError(f"server_noise_key must be uint32 [2], got {key.dtype} {key.shape}")
+    return key
+
+  def __call__(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids, num_samples,
+               noise_keys=None, server_noise_key=None):
     """Runs one round (training and aggregation in one compiled program).
 
     Args:
       batches: `input_ids`, `attention_mask`, `loss_mask`, each [C, K, B, S] host arrays.
       client_ids: [C] ids of this round's clients (distinct, in [0, N)).
       num_samples: [C] each client's training-set size (FedAvg weights).
+      noise_keys: [C, 2] uint32, each client's secret DP-SGD key of this round (DP-SGD only).
+      server_noise_key: [2] uint32, the server's secret DP-FedAvg key of this round.
     Returns:
       (state, base, metrics) with metrics `loss` [C, K], `valid` [C], `finite` [C], `weights`
-      [C]. The base is the input base unless the algorithm changes it (FedEx-LoRA). The input
+      [C], `aggregated` [] (False: no valid client, or too few for the robust rule; the round
+      then leaves the global adapter and server state unchanged). The base is the input base unless the algorithm changes it (FedEx-LoRA). The input
       state (and base, for FedEx-LoRA) is donated. C clients that do not fill the mesh's client
       rows are padded with dummy clients here; the metrics cover the C real ones.
     """
     c = len(client_ids)
+    if noise_keys is not None:
+      noise_keys = np.asarray(noise_keys)
+      if np.shape(noise_keys) != (c, 2):
+        raise ValueError(f"noise_keys must be [{c}, 2], got {np.shape(noise_keys)}")
+      noise_keys = pad_round({}, client_ids, noise_keys, self.num_slots(c))[2]
     batches, client_ids, num_samples = pad_round(batches, client_ids, num_samples,
                                                  self.num_slots(c))
     batches, client_ids = self._check(batches, client_ids, num_samples)
     state, base, metrics = self._with_base(self._compiled("round", len(client_ids))(
-        state, base, batches, client_ids, np.asarray(num_samples, np.float32)), base)
+        state, base, batches, client_ids, np.asarray(num_samples, np.float32),
+        self._noise_keys(noise_keys, len(client_ids)), self._server_noise_key(server_noise_key)),
+        base)
     if len(client_ids) != c:
-      metrics = jax.tree.map(lambda m: m[:c], metrics)
+      metrics = {k: v if k == "aggregated" else v[:c] for k, v in metrics.items()}
     return state, base, metrics
 
-  def train(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids):
+  def train(self, state: dict, base: PyTree, batches: dict[str, Any], client_ids,
+            noise_keys=None):
     """Phase 1 of an attested round: local training only -> (local_c, client_states_c, loss_ck).
 
     Inputs are slot-level: `client_ids` [S] with `PAD` for dummy slots and S a multiple of the
     mesh's client rows (`num_slots`); `batches` [S, K, B, S] host or global arrays. The host can
     then digest each client's `local_c` update and verify its attestation before `aggregate`
-    excludes the rejected ones.
+    excludes the rejected ones. `noise_keys` [S, 2] uint32: each slot's secret DP-SGD key (a host
+    array, or a global one built from the processes' rows).
     """
     batches, client_ids = self._check(batches, client_ids)
-    return self._compiled("train", len(client_ids))(state, base, batches, client_ids)
+    return self._compiled("train", len(client_ids))(
+        state, base, batches, client_ids, self._noise_keys(noise_keys, len(client_ids)))
 
-  def aggregate(self, state: dict, base: PyTree, trained, client_ids, num_samples, accept):
+  def aggregate(self, state: dict, base: PyTree, trained, client_ids, num_samples, accept,
+                server_noise_key=None):
     """Phase 2: the server step over accepted ([S] bool) slots; returns like `__call__` (with
-    [S] slot-level metrics)."""
+    [S] slot-level metrics). `server_noise_key` [2] uint32: the server's secret DP-FedAvg key."""
     client_ids = np.asarray(client_ids, np.int32)
     accept = np.asarray(accept, bool)
     if accept.shape != client_ids.shape or np.shape(num_samples) != client_ids.shape:
       raise ValueError(f"accept {accept.shape} and num_samples {np.shape(num_samples)} must "
                        f"match client_ids {client_ids.shape}")
     return self._with_base(self._compiled("aggregate", len(client_ids))(
-        state, base, trained, client_ids, np.asarray(num_samples, np.float32), accept), base)
+        state, base, trained, client_ids, np.asarray(num_samples, np.float32), accept,
+        self._server_noise_key(server_noise_key)), base)
 
   def _with_base(self, out: tuple, base: PyTree) -> tuple:
     """(state, base, metrics) from a compiled round's outputs (see `_drop_base`)."""
     return out if self.algorithm.updates_base else (out[0], base, out[1])
 
   def lower(self, state, base, batches, client_ids, num_samples):
-    """The lowered fused round (for memory analysis and benchmarks)."""
+    """The lowered fused round (for memory analysis and benchmarks; zero noise keys)."""
     batches = {k: batches[k] for k in BATCH_KEYS}
     return self._compiled("round", len(client_ids)).lower(
         state, base, batches, np.asarray(client_ids, np.int32),
-        np.asarray(num_samples, np.float32))
+        np.asarray(num_samples, np.float32), np.zeros((len(client_ids), 2), np.uint32),
+        np.zeros((2,), np.uint32))
 
 
 def _drop_base(fn):

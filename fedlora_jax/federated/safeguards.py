@@ -7,8 +7,10 @@
                 robust rule turns the round's updates into one aggregate update, which every
                 client row then carries into the algorithm's own server optimizer
   state         `init_server_state`: adds `server_state["privacy"]` (the adaptive clip norm)
-All of it runs inside the round's jitted program. Randomness comes from the state's rng folded
-with the round, on tags that the clients' keys (fold_in(round_key, client id < N)) never use.
+All of it runs inside the round's jitted program. DP noise comes from keys the round is given by
+the party that adds it (each hospital's own secret for DP-SGD, the server's for DP-FedAvg; see
+privacy/secret.py), never from the state's seeded rng; the simulated attacks (experiments, not
+secrets) use the state's rng folded with the round on a tag no client id uses.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from fedlora_jax.privacy.dp_fedavg import ClientDP
 from fedlora_jax.privacy.dp_sgd import ExampleDP
 
 PyTree = Any
-SERVER_TAG = 2**31 - 1  # fold_in tags of the round key outside the client ids' range
-ATTACK_TAG = 2**31 - 2
+ATTACK_TAG = 2**31 - 2  # fold_in tag of the round key outside the client ids' range
 
 
 def flatten_updates(local_c: PyTree, global_tree: PyTree
@@ -48,6 +49,13 @@ def flatten_updates(local_c: PyTree, global_tree: PyTree
   return update_cd, unflatten
 
 
+def trained_mask(global_tree: PyTree, trainable_parts: tuple[str, ...]) -> jax.Array:
+  """[D] bool over `flatten_updates`' coordinates: True where the leaf's name is trained."""
+  flat = jax.tree_util.tree_flatten_with_path(global_tree)[0]
+  return jnp.concatenate([jnp.full((leaf.size,), path[-1].key in trainable_parts)
+                          for path, leaf in flat])
+
+
 def round_key(state: dict, tag: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(state["rng"], state["round"]), tag)
 
@@ -57,7 +65,7 @@ class Safeguards:
   """Privacy and robustness plug-ins of a round (the default does nothing).
 
   Attributes:
-    example_dp: patient-level DP-SGD in every client's local steps.
+    example_dp: example-level DP-SGD (one training record) in every client's local steps.
     client_dp: client-level DP-FedAvg on the server (excludes robust rules: their sensitivity to
       one client is not that of the clipped sum).
     robust: a robust aggregation rule (and norm bound).
@@ -80,12 +88,13 @@ class Safeguards:
       return server_state
     return {**server_state, "privacy": self.client_dp.init_state()}
 
-  def local_grads(self, objective: Callable, params: PyTree, batch: dict, key: jax.Array,
+  def local_grads(self, objective: Callable, params: PyTree, batch: dict, noise_key: jax.Array,
                   trainable: PyTree) -> tuple[PyTree, jax.Array]:
-    """(gradient, loss) of one local step; objective(params, batch) -> (value, loss)."""
+    """(gradient, loss) of one local step; objective(params, batch) -> (value, loss);
+    noise_key: uint32 [2], the hospital's secret key of this step (DP-SGD only)."""
     if self.example_dp is None:
       return jax.grad(objective, has_aux=True)(params, batch)
-    return self.example_dp.grads(objective, params, batch, key, trainable)
+    return self.example_dp.grads(objective, params, batch, noise_key, trainable)
 
   def attack_updates(self, trained: tuple, state: dict, client_ids: jax.Array,
                      num_clients: int) -> tuple:
@@ -100,17 +109,22 @@ class Safeguards:
     return (jax.tree.map(lambda g, u: (g[None] + u).astype(g.dtype), state["global_lora"],
                          attacked),) + tuple(rest)
 
-  def server_update(self, algorithm, inp, state: dict) -> tuple[PyTree, PyTree, PyTree]:
-    """`algorithm.server_update(inp)`, behind client-level DP or a robust rule when set."""
+  def server_update(self, algorithm, inp, state: dict, server_noise_key: jax.Array | None = None
+                    ) -> tuple[PyTree, PyTree, PyTree]:
+    """`algorithm.server_update(inp)`, behind client-level DP or a robust rule when set;
+    server_noise_key: uint32 [2], the server's secret key of this round (DP-FedAvg only)."""
     if self.client_dp is None and not self.robust.active:
       return algorithm.server_update(inp)
     self.robust.check_clients(inp.valid_c.shape[0])
     update_cd, unflatten = flatten_updates(inp.local_c, inp.global_lora)
     server_state = dict(inp.server_state)
     if self.client_dp is not None:
+      if server_noise_key is None:
+        raise ValueError("client-level DP needs the server's secret noise key")
       privacy = server_state.pop("privacy")
-      mean_d, privacy = self.client_dp.aggregate(update_cd, inp.valid_c, privacy,
-                                                 round_key(state, SERVER_TAG))
+      mean_d, privacy = self.client_dp.aggregate(
+          update_cd, inp.valid_c, privacy, server_noise_key,
+          trained_mask(inp.global_lora, algorithm.trainable_parts))
     else:
       mean_d = self.robust.aggregate(update_cd, inp.valid_c, inp.weights_c)
     merged = jax.tree.map(lambda g, u: g + u, inp.global_lora, unflatten(mean_d))

@@ -21,6 +21,9 @@ from fedlora_jax.ledger.identity import Identity, identity_id
 ATTESTATION_TAG = b"fedlora-jax/ledger/attestation/v1\x00"
 SERVER_TAG = b"fedlora-jax/ledger/server-block/v1\x00"
 RECEIPT_TAG = b"fedlora-jax/ledger/receipt/v1\x00"
+REGISTRATION_TAG = b"fedlora-jax/ledger/registration/v1\x00"
+COSIGN_TAG = b"fedlora-jax/ledger/cosign/v1\x00"
+MEMBERSHIP_TAG = b"fedlora-jax/ledger/membership/v1\x00"
 HASH_LEN = 32
 ACCEPTED = "accepted"  # a receipt's verdict; otherwise the rejection reason
 
@@ -68,6 +71,26 @@ def receipt_message(ledger_id: str, round: int, client_id: str, attestation_hash
   """The bytes the server signs when it answers a submission (client_id as claimed)."""
   return b"".join([RECEIPT_TAG, _lp(ledger_id), _u64(round), _lp(client_id),
                    _hash32(attestation_hash, "attestation_hash"), _lp(verdict)])
+
+
+def registration_message(name: str, pk: bytes, num_samples: int) -> bytes:
+  """The bytes a new member's key signs: its name, its key and its declared dataset size."""
+  return REGISTRATION_TAG + _lp(name) + _lp(pk.hex()) + _u64(num_samples)
+
+
+def cosign_message(ledger_id: str, index: int, block_hash: str) -> bytes:
+  """The bytes a round's participant signs once it has checked block `index` (its co-signature)."""
+  return COSIGN_TAG + _lp(ledger_id) + _u64(index) + _hash32(block_hash, "block_hash")
+
+
+def membership_message(ledger_id: str, prev_hash: str, registrations: list[dict[str, Any]],
+                       removals: list[str]) -> bytes:
+  """The bytes current members sign to approve a membership change after genesis: the ledger,
+  the head it extends and the canonical JSON of the registrations (joins, re-declared sizes)
+  and removals (ids of members leaving)."""
+  body = hashlib.sha256(canonical_json({"registrations": registrations, "removals": removals})
+                        .encode("ascii")).digest()
+  return MEMBERSHIP_TAG + _lp(ledger_id) + _hash32(prev_hash, "prev_hash") + body
 
 
 def attestation_hash(message: bytes) -> str:
@@ -199,37 +222,58 @@ class Receipt:
 
 @dataclasses.dataclass(frozen=True)
 class Registration:
-  """A public key with its proof of possession, as recorded in genesis/registration blocks."""
+  """A public key with its proof of possession, and its `binding`: the key's signature over its
+  name, key and declared dataset size (`num_samples`, the most a signed count may claim), so a
+  registry can neither swap names between keys nor change a declared size."""
 
   name: str
   pk: bytes
   pop: bytes
+  num_samples: int
+  binding: bytes
 
   @property
   def id(self) -> str:
     return identity_id(self.pk)
 
   @classmethod
-  def of(cls, identity: Identity, backend: Backend | str | None = None) -> Registration:
+  def of(cls, identity: Identity, num_samples: int,
+         backend: Backend | str | None = None) -> Registration:
     """A registration for an identity that holds its secret key."""
-    return cls(identity.name, identity.pk, identity.pop_prove(backend))
+    n = operator.index(num_samples)
+    binding = identity.sign(registration_message(identity.name, identity.pk, n), backend)
+    return cls(identity.name, identity.pk, identity.pop_prove(backend), n, binding)
+
+  def message(self) -> bytes:
+    """The bound bytes; raises ValueError when the size is not a u64."""
+    return registration_message(self.name, self.pk, self.num_samples)
 
   def verify(self, backend: Backend | str | None = None) -> bool:
-    return resolve_backend(backend).pop_verify(self.pk, self.pop)
+    """PoP and binding both verify."""
+    b = resolve_backend(backend)
+    try:
+      message = self.message()
+    except ValueError:
+      return False
+    return b.pop_verify(self.pk, self.pop) and b.verify(self.pk, message, self.binding)
 
-  def to_dict(self) -> dict[str, str]:
-    return {"name": self.name, "id": self.id, "pk": self.pk.hex(), "pop": self.pop.hex()}
+  def to_dict(self) -> dict[str, Any]:
+    return {"name": self.name, "id": self.id, "pk": self.pk.hex(), "pop": self.pop.hex(),
+            "num_samples": self.num_samples, "binding": self.binding.hex()}
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]) -> Registration:
     """From `to_dict` output (the `id` field, when present, must be sha256 of the key)."""
-    if not isinstance(data, Mapping) or not {"name", "pk", "pop"} <= set(data) <= {
-        "name", "id", "pk", "pop"}:
-      raise LedgerError("malformed registration: expected fields name, pk, pop (and id)")
+    need = {"name", "pk", "pop", "num_samples", "binding"}
+    if not isinstance(data, Mapping) or not need <= set(data) <= need | {"id"}:
+      raise LedgerError(f"malformed registration: expected fields {sorted(need)} (and id)")
     try:
-      reg = cls(data["name"], bytes.fromhex(data["pk"]), bytes.fromhex(data["pop"]))
+      reg = cls(data["name"], bytes.fromhex(data["pk"]), bytes.fromhex(data["pop"]),
+                data["num_samples"], bytes.fromhex(data["binding"]))
     except (TypeError, ValueError) as e:
       raise LedgerError(f"malformed registration {data.get('name')!r}: {e}") from e
+    if type(reg.num_samples) is not int or reg.num_samples < 0:
+      raise LedgerError(f"registration {reg.name!r}: num_samples must be a non-negative integer")
     if data.get("id", reg.id) != reg.id:
       raise LedgerError(f"registration {reg.name!r}: id is not sha256(pk)")
     return reg

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 GENESIS_PREV_HASH = "00" * 32
-FORMAT_VERSION = 4  # 3: round blocks record missing clients (`missing`) and DP spent (`privacy`);
-#                    4: the genesis binds the frozen base (`base_digest`)
+# 3: round blocks record missing clients (`missing`) and DP spent (`privacy`); 4: genesis fixes the
+# job's rules, registrations bind a declared dataset size, later joins carry the members' approval,
+# blocks carry the participants' co-signature of the block before them, a closing block
+FORMAT_VERSION = 4
 REJECT_REASONS = ("unregistered", "bad_signature", "replay", "digest_mismatch", "duplicate_client",
                   "over_cap")
 # why a sampled client is recorded as missing: no node of it connected, its node stopped reporting

@@ -90,6 +90,18 @@ class ArkworksBackend:
   ) -> bool:
     return _core_aggregate_verify(pks, messages, signature, SIG_DST)
 
+  def fast_aggregate_verify(self, pks: Sequence[bytes], message: bytes, signature: bytes) -> bool:
+    if not pks:
+      return False
+    try:
+      total = G1Point.identity()
+      for pk in pks:
+        total = total + _decode_pk(pk)
+      sig = _decode_sig(signature)
+    except (ValueError, TypeError):
+      return False
+    return bool(GT.pairing_check([_NEG_G1, total], [sig, G2Point.hash_to_curve(message, SIG_DST)]))
+
   def pop_prove(self, sk: bytes) -> bytes:
     return _core_sign(sk, self.sk_to_pk(sk), POP_DST)
 

@@ -73,6 +73,16 @@ class BlspyBackend:
       return False
     return bool(PopSchemeMPL.aggregate_verify(g1s, list(messages), sig))
 
+  def fast_aggregate_verify(self, pks: Sequence[bytes], message: bytes, signature: bytes) -> bool:
+    if not pks:
+      return False
+    try:
+      g1s = [_decode_pk(pk) for pk in pks]
+      sig = _decode_sig(signature)
+    except (ValueError, TypeError):
+      return False
+    return bool(PopSchemeMPL.fast_aggregate_verify(g1s, message, sig))
+
   def pop_prove(self, sk: bytes) -> bytes:
     return bytes(PopSchemeMPL.pop_prove(_sk(sk)))
 

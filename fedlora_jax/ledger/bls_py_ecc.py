@@ -38,6 +38,9 @@ class PyEccBackend:
       return False
     return bool(_Pop.AggregateVerify(list(pks), list(messages), signature))
 
+  def fast_aggregate_verify(self, pks: Sequence[bytes], message: bytes, signature: bytes) -> bool:
+    return bool(pks) and bool(_Pop.FastAggregateVerify(list(pks), message, signature))
+
   def pop_prove(self, sk: bytes) -> bytes:
     return bytes(_Pop.PopProve(sk_to_int(sk)))
 

@@ -1,8 +1,11 @@
 """The server's ledger: create/open, register clients, verify a round, append its block.
 
 Every submission gets a receipt signed by the server (its verdict); the block of the round records
-the accepted attestations with the weights computed from their signed sample counts, and every
-rejection with the hash of the rejected attestation, so receipts can be checked against it.
+the accepted attestations with the weights the genesis rules give their signed sample counts, and
+every rejection with the hash of the rejected attestation, so receipts can be checked against it.
+After a round block is written its participants co-sign it (`add_cosignatures`); the next block
+(or the closing block, `close`) carries that co-signature. Pending co-signatures are kept beside
+the ledger (`<ledger>.cosign.json`) until that block is written, so a restart loses none.
 
 Single writer: one `Ledger` object appends to a file at a time. Every write is one line written
 with a single `write`, flushed and fsync'ed; a torn trailing line left by a crash is reported on
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import operator
 import os
@@ -24,14 +28,16 @@ import numpy as np
 
 from fedlora_jax.ledger import block as blk
 from fedlora_jax.ledger.attestation import (
-    ACCEPTED, Attestation, Receipt, Registration, RoundContext, server_message,
+    ACCEPTED, Attestation, Receipt, Registration, RoundContext, cosign_message, membership_message,
+    server_message,
 )
 from fedlora_jax.ledger.bls import Backend, resolve_backend
 from fedlora_jax.ledger.chain import (
-    ChainState, apply_block, parse_line, registration_problem, replay_chain,
+    ChainState, apply_block, copy_state, parse_line, registration_problem, replay_chain,
 )
 from fedlora_jax.ledger.errors import LedgerError, RegistrationError
 from fedlora_jax.ledger.identity import Identity
+from fedlora_jax.ledger.rules import applied_weights, rules_problem
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +86,14 @@ class RoundVerdict:
     return np.asarray([next(accepted) if o == ACCEPTED else 0.0 for o in self.outcomes])
 
 
-def _as_registration(client: Identity | Registration, backend: Backend) -> Registration:
-  if isinstance(client, Registration):
-    return client
-  if not client.has_secret:
-    raise RegistrationError(client.name, "an Identity without its secret key cannot prove "
-                            "possession; pass a Registration (pk + PoP) instead")
-  return Registration.of(client, backend)
+class CoSign(NamedTuple):
+  """One participant's answer to 'co-sign block `block_hash`': its BLS signature over
+  `cosign_message`, or None with the reason it refuses."""
+
+  client_id: str
+  block_hash: str
+  signature: bytes | None
+  reason: str = ""
 
 
 def _check_registrations(regs: Sequence[Registration], taken: set[str], names: set[str],
@@ -112,15 +119,17 @@ class Ledger:
     self._server = server
     self._size = size  # bytes of the verified prefix
     self._verified: tuple[int, str, set[Attestation]] | None = None
+    self._cosignature: dict[str, Any] | None = None  # of the head block, once collected
+    self._load_cosignature()
 
   # Construction.
 
   @classmethod
   def create(cls, path: str | os.PathLike[str], label: str, server_identity: Identity,
-             clients: Sequence[Identity | Registration] = (),
-             backend: Backend | str | None = None, base_digest: str | None = None) -> Ledger:
-    """Writes a new ledger whose genesis block registers the server and `clients`, and binds
-    `base_digest` (hex `tree_digest` of the frozen base, as quantized when it is; None: unbound).
+             clients: Sequence[Registration] = (), backend: Backend | str | None = None, *,
+             rules: dict[str, Any]) -> Ledger:
+    """Writes a new ledger whose genesis block registers the server and `clients` and fixes the
+    job's `rules` (`rules.make_rules`).
 
     The ledger id is `label:nonce` with a fresh random 32-byte nonce, so attestations and blocks
     of one ledger never verify in another, even of the same config. Raises RegistrationError
@@ -130,17 +139,18 @@ class Ledger:
     backend = resolve_backend(backend)
     if not isinstance(label, str) or not label:
       raise LedgerError("ledger label must be a non-empty string")
-    if base_digest is not None and not (isinstance(base_digest, str) and len(base_digest) == 64):
-      raise LedgerError(f"base_digest must be 64 hex characters, got {base_digest!r}")
+    problem = rules_problem(rules)
+    if problem is not None:
+      raise LedgerError(f"ledger rules: {problem}")
     nonce = secrets.token_hex(blk.NONCE_LEN)
     ledger_id = blk.ledger_id_of(label, nonce)
-    server_reg = _as_registration(server_identity, backend)
-    regs = [_as_registration(c, backend) for c in clients]
+    server_reg = Registration.of(server_identity, 0, backend)
+    regs = [_as_registration(c) for c in clients]
     _check_registrations(regs, {server_reg.id}, {server_reg.name}, backend)
     block = {
         "index": 0, "kind": "genesis", "version": blk.FORMAT_VERSION, "ledger_id": ledger_id,
         "nonce": nonce, "prev_hash": blk.GENESIS_PREV_HASH, "server": server_reg.to_dict(),
-        "registrations": [r.to_dict() for r in regs], "base_digest": base_digest,
+        "registrations": [r.to_dict() for r in regs], "rules": dict(rules),
     }
     line = _seal(block, ledger_id, server_identity, backend)
     path = Path(path)
@@ -203,6 +213,27 @@ class Ledger:
     return self._state.last_round
 
   @property
+  def rules(self) -> dict[str, Any]:
+    """The job's rules fixed by the genesis block."""
+    return copy.deepcopy(self._state.rules)
+
+  @property
+  def declared(self) -> dict[str, int]:
+    """Each registered client's declared dataset size, by id."""
+    return dict(self._state.declared)
+
+  @property
+  def closed(self) -> bool:
+    return self._state.closed
+
+  @property
+  def cosignature_due(self) -> bool:
+    """Whether the head block awaits its participants' co-signature (none collected yet)."""
+    head = self._state.blocks[-1]
+    return (self._state.rules["cosign"] == "participants" and head["kind"] == "round"
+            and bool(head["participants"]) and self._cosignature is None)
+
+  @property
   def blocks(self) -> list[dict[str, Any]]:
     """Copies of the verified blocks, oldest first."""
     return copy.deepcopy(self._state.blocks)
@@ -213,23 +244,99 @@ class Ledger:
 
   # Writing.
 
-  def register(self, clients: Sequence[Identity | Registration]) -> dict[str, Any]:
-    """Appends a registration block; raises RegistrationError naming a refused client."""
-    regs = [_as_registration(c, self.backend) for c in clients]
-    _check_registrations(regs, set(self._state.clients), self._state.names(), self.backend)
+  def membership_message(self, clients: Sequence[Registration],
+                         removals: Sequence[str] = ()) -> bytes:
+    """What current members sign to approve a membership change on top of the current head:
+    `clients` join (or, when already members with the same name, re-declare their size),
+    `removals` (member ids) leave."""
+    return membership_message(self.ledger_id, self.head_hash,
+                              [_as_registration(c).to_dict() for c in clients], list(removals))
+
+  def register(self, clients: Sequence[Registration], approval: Sequence[tuple[str, bytes]],
+               removals: Sequence[str] = ()) -> dict[str, Any]:
+    """Appends a membership change approved by a strict majority of the current members:
+    `approval` = [(member id, its signature over `membership_message(clients, removals)`)].
+    Raises RegistrationError naming a refused client, LedgerError when the approval falls short
+    or a removal is not a member."""
+    regs = [_as_registration(c) for c in clients]
+    members = self._state.clients
+    redeclared = {r.id for r in regs if r.id in members and members[r.id].name == r.name}
+    _check_registrations(regs, set(members) - redeclared,
+                         self._state.names() - {members[i].name for i in redeclared},
+                         self.backend)
+    if (len(set(removals)) != len(removals) or not set(removals) <= set(members)
+        or set(removals) & redeclared):
+      raise LedgerError(f"removals {list(removals)} are not distinct members staying out of "
+                        "this block's registrations")
+    signers = [cid for cid, _ in approval]
+    if (len(set(signers)) != len(signers) or not set(signers) <= set(members)
+        or 2 * len(signers) <= len(members)):
+      raise LedgerError(f"a membership change ({[r.name for r in regs]} in, {len(removals)} "
+                        f"out) needs the approval of a majority of the {len(members)} members, "
+                        f"got {len(set(signers))}")
+    aggregate = self.backend.aggregate([sig for _, sig in approval])
+    if not self.backend.fast_aggregate_verify([members[c].pk for c in signers],
+                                              self.membership_message(regs, removals), aggregate):
+      raise LedgerError("the members' approval signatures do not verify")
     return self._append({
         "index": len(self._state.blocks), "kind": "register", "prev_hash": self.head_hash,
-        "registrations": [r.to_dict() for r in regs],
+        "registrations": [r.to_dict() for r in regs], "removals": list(removals),
+        "approval": {"signers": signers, "signature": aggregate.hex()},
     })
 
+  def add_cosignatures(self, answers: Sequence[CoSign]) -> dict[str, Any]:
+    """Collects the head round block's co-signature from its participants' answers: valid
+    signatures are aggregated, every other participant is listed as refused with its reason
+    (its own, 'no answer', or 'co-signature does not verify'). Kept beside the ledger until the
+    next block carries it. Raises LedgerError when no co-signature is due or fewer than a strict
+    majority co-sign (the block is disputed: the run must not go on)."""
+    head = self._state.blocks[-1]
+    if not self.cosignature_due:
+      raise LedgerError(f"block {head['index']} awaits no co-signature")
+    message = cosign_message(self.ledger_id, head["index"], self.head_hash)
+    given = {a.client_id: a for a in answers if a.block_hash == self.head_hash}
+    signers, signatures, refused = [], [], []
+    for p in head["participants"]:
+      cid = p["client_id"]
+      answer = given.get(cid)
+      if answer is None:
+        refused.append({"client_id": cid, "reason": "no answer"})
+      elif answer.signature is None:
+        refused.append({"client_id": cid, "reason": answer.reason or "refused"})
+      elif not self.backend.verify(self._state.clients[cid].pk, message, answer.signature):
+        refused.append({"client_id": cid, "reason": "co-signature does not verify"})
+      else:
+        signers.append(cid)
+        signatures.append(answer.signature)
+    if 2 * len(signers) <= len(head["participants"]):
+      names = {c: i.name for c, i in self._state.known.items()}
+      why = "; ".join(f"{names[r['client_id']]}: {r['reason']}" for r in refused)
+      raise LedgerError(f"round {head['round']}: only {len(signers)} of "
+                        f"{len(head['participants'])} participants co-signed block "
+                        f"{head['index']} ({why})")
+    self._cosignature = {"signers": signers, "refused": refused,
+                         "signature": self.backend.aggregate(signatures).hex()}
+    tmp = self._cosign_path.with_suffix(".tmp")
+    tmp.write_text(blk.canonical_json({"block_hash": self.head_hash,
+                                       "cosignature": self._cosignature}))
+    os.replace(tmp, self._cosign_path)
+    return copy.deepcopy(self._cosignature)
+
+  def close(self) -> dict[str, Any]:
+    """Appends the closing block: the last round's co-signature, so the head is co-signed.
+    Nothing may follow it."""
+    return self._append({"index": len(self._state.blocks), "kind": "close",
+                         "prev_hash": self.head_hash})
+
   def verify_round(self, round: int, submissions: Sequence[tuple[Attestation, bytes]], *,
-                   max_samples: int = 0, weighting: str = "num_samples") -> RoundVerdict:
+                   max_samples: int = 0) -> RoundVerdict:
     """Checks each (attestation, digest of the update actually received) for `round`.
 
     Rejections, in the order checked: 'unregistered' (unknown client id), 'replay' (another
     ledger, another round, or a previous block as prev_hash), 'digest_mismatch' (the update is
     not the one signed), 'bad_signature' (forged, malformed, or signed by another key),
-    'over_cap' (a signed count above `max_samples`, when > 0), and 'duplicate_client' (a later
+    'over_cap' (a signed count above the client's declared dataset size, or above `max_samples`
+    when > 0), and 'duplicate_client' (a later
     valid submission of an already accepted client). Every submission gets a signed receipt.
 
     Signatures: one AggregateVerify over the first submission of every client (fast path).
@@ -238,7 +345,6 @@ class Ledger:
     """
     round = self._check_next_round(round)
     server = self._signing_server()
-    blk.weights_of([], weighting)  # validates the name
     problems: list[tuple[str, str] | None] = []
     firsts: dict[str, Attestation] = {}
     for att, actual_digest in submissions:
@@ -252,6 +358,9 @@ class Ledger:
         continue
       if att not in valid and (att in firsts.values() or not self._verify_one(att)):
         problems[i] = ("bad_signature", "signature does not verify under the client's key")
+      elif att.num_samples > self._state.declared[att.client_id]:
+        problems[i] = ("over_cap", f"signed count {att.num_samples} exceeds the declared "
+                       f"dataset size {self._state.declared[att.client_id]}")
       elif max_samples and att.num_samples > max_samples:
         problems[i] = ("over_cap", f"signed count {att.num_samples} exceeds the cap "
                        f"ledger.max_samples_per_client={max_samples}")
@@ -268,7 +377,8 @@ class Ledger:
     receipts = tuple(Receipt.create(server, self.ledger_id, round, a, o, self.backend)
                      for a, o in zip(atts, outcomes))
     self._verified = (round, self.head_hash, set(accepted))
-    return RoundVerdict(round, atts, outcomes, accepted, rejected, receipts, weighting)
+    return RoundVerdict(round, atts, outcomes, accepted, rejected, receipts,
+                        self._state.rules["weighting"])
 
   def append_round(self, round: int, verdict: RoundVerdict, global_digest: bytes,
                    algorithm: str, residual_digest: bytes | None = None,
@@ -276,8 +386,8 @@ class Ledger:
                    privacy: dict[str, Any] | None = None) -> dict[str, Any]:
     """Appends the block of `round` from the `verify_round` verdict of this round and head.
 
-    The server signs the block body: participants with their signed counts and the weights
-    derived from them, rejections, `global_digest` (the new global adapter) and, for algorithms
+    The server signs the block body: participants with their signed counts and the weights the
+    genesis rules give them (`rules.applied_weights`), the robust rule applied, rejections, `global_digest` (the new global adapter) and, for algorithms
     that change the base (FedEx-LoRA), `residual_digest`, and the sampled clients that did not
     reply, `missing` [(client id, reason in `MISSING_REASONS`)] (registered, not accepted; a
     bad entry raises BlockError). A round with no accepted client is recorded too (aggregate
@@ -301,11 +411,13 @@ class Ledger:
       if (digest is not None or what == "global") and (
           not isinstance(digest, bytes) or len(digest) != 32):
         raise LedgerError(f"round {round}: {what} digest must be 32 bytes")
-    if not isinstance(algorithm, str) or not algorithm:
-      raise LedgerError(f"round {round}: algorithm name must be a non-empty string")
+    rules = self._state.rules
+    if algorithm != rules["algorithm"]:
+      raise LedgerError(f"round {round}: algorithm {algorithm!r} is not the genesis rules' "
+                        f"{rules['algorithm']!r}")
     clients = self._state.clients
     aggregate = self.backend.aggregate([a.signature for a in accepted]) if accepted else None
-    weights = blk.weights_of([a.num_samples for a in accepted], verdict.weighting)
+    weights = applied_weights([a.num_samples for a in accepted], rules)
     block = self._append({
         "index": len(self._state.blocks), "kind": "round", "round": round,
         "prev_hash": self.head_hash, "algorithm": algorithm,
@@ -315,7 +427,7 @@ class Ledger:
              "attestation_hash": a.hash()}
             for a, w in zip(accepted, weights)
         ],
-        "weighting": verdict.weighting,
+        "weighting": rules["weighting"], "robust": copy.deepcopy(rules["robust"]),
         "aggregate_signature": aggregate.hex() if aggregate is not None else None,
         "global_digest": global_digest.hex(),
         "residual_digest": None if residual_digest is None else residual_digest.hex(),
@@ -390,9 +502,37 @@ class Ledger:
       raise LedgerError("verifying and appending need the server identity with its secret key")
     return self._server
 
+  @property
+  def _cosign_path(self) -> Path:
+    return self.path.with_name(self.path.name + ".cosign.json")
+
+  def _load_cosignature(self) -> None:
+    """The head's co-signature collected before a restart (ignored when it is not the head's or
+    does not verify)."""
+    if not self._cosign_path.is_file():
+      return
+    try:
+      data = json.loads(self._cosign_path.read_text())
+      cosig = data["cosignature"]
+      head = self._state.blocks[-1]
+      if data["block_hash"] != self.head_hash or head["kind"] != "round":
+        return
+      message = cosign_message(self.ledger_id, head["index"], self.head_hash)
+      pks = [self._state.clients[c].pk for c in cosig["signers"]]
+      if self.backend.fast_aggregate_verify(pks, message, bytes.fromhex(cosig["signature"])):
+        self._cosignature = cosig
+    except (ValueError, KeyError, TypeError):
+      log.warning("ledger %s: ignoring an unreadable %s", self.path, self._cosign_path.name)
+
   def _append(self, block: dict[str, Any]) -> dict[str, Any]:
+    if self._state.closed:
+      raise LedgerError(f"ledger {self.path} is closed: nothing may follow its closing block")
+    if self.cosignature_due:
+      raise LedgerError(f"block {len(self._state.blocks) - 1} awaits its participants' "
+                        "co-signature (add_cosignatures) before the next block")
+    block["cosignature"] = self._cosignature
     line = _seal(block, self.ledger_id, self._signing_server(), self.backend)
-    new_state = apply_block(_copy_state(self._state), block["index"], parse_line(
+    new_state = apply_block(copy_state(self._state), block["index"], parse_line(
         block["index"], line[:-1]), self.backend, check_sigs=False)
     on_disk = self.path.stat().st_size
     if on_disk != self._size + len(self.torn_tail):
@@ -405,7 +545,15 @@ class Ledger:
     blk.append_line(self.path, line)
     self._size += len(line)
     self._state = new_state
+    self._cosignature = None
     return copy.deepcopy(new_state.blocks[-1])
+
+
+def _as_registration(client: Registration) -> Registration:
+  if not isinstance(client, Registration):
+    raise RegistrationError(getattr(client, "name", "?"), "expected a Registration (pk, PoP, "
+                            "declared size and binding: Registration.of or enroll)")
+  return client
 
 
 def _seal(block: dict[str, Any], ledger_id: str, server: Identity, backend: Backend) -> bytes:
@@ -425,8 +573,3 @@ def _as_round(round: int) -> int:
   if isinstance(round, bool) or value < 0:
     raise LedgerError(f"round must be a non-negative integer, got {round!r}")
   return value
-
-
-def _copy_state(state: ChainState) -> ChainState:
-  return ChainState(state.ledger_id, state.server, dict(state.clients), state.head_hash,
-                    state.last_round, list(state.blocks))

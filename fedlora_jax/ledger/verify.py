@@ -2,8 +2,12 @@
 
 Structure and signatures alone only show that a ledger is self-consistent: anyone can make a
 consistent ledger with fresh keys. Trust anchors pin it to the genuine run: the server public key
-and genesis hash the run published, the operator's registry, and the receipts hospitals kept
-(every receipt's verdict must be in the ledger).
+and genesis hash the run published, the operator's registry, the receipts hospitals kept (every
+receipt's verdict must be in the ledger), the attestations hospitals issued (one the ledger
+records as missing, omits, or rejects without a reason the verifier can confirm is a dispute),
+and the hospitals' replicas (each must agree with the ledger on every block both hold).
+A ledger whose rules ask participants to co-sign must end co-signed (a closing block) unless
+`allow_open` (a run in progress).
 """
 
 from __future__ import annotations
@@ -13,19 +17,23 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from fedlora_jax.ledger import block as blk
-from fedlora_jax.ledger.attestation import ACCEPTED, Receipt, Registration
+from fedlora_jax.ledger.attestation import ACCEPTED, Attestation, Receipt, Registration
 from fedlora_jax.ledger.bls import Backend, resolve_backend
 from fedlora_jax.ledger.chain import ChainState, replay_chain
 from fedlora_jax.ledger.errors import BlockError, LedgerError
 from fedlora_jax.ledger.registry import load_registry
-from fedlora_jax.ledger.signer import load_receipts
+from fedlora_jax.ledger.replica import first_divergence
+from fedlora_jax.ledger.signer import load_issued, load_receipts
 
 
 class VerifyResult(NamedTuple):
   """`ok`; else the index of the first bad block and why. `torn_tail`: a crash fragment follows
   the `num_blocks` complete blocks (not part of the ledger). `receipts`: receipts checked.
   `missing`: (round, hospital name, reason) of every sampled hospital that did not reply.
-  `privacy`: the last round block's privacy field (the epsilon spent by the whole run), or None."""
+  `privacy`: the last round block's privacy field (the epsilon spent by the whole run), or None.
+  `refusals`: (block index, hospital name, reason) of every participant that refused to co-sign.
+  `disputes`: one line per issued attestation the ledger records as missing, omits or rejects
+  without a confirmable reason (both sides' evidence). `closed`: the ledger has a closing block."""
 
   ok: bool
   first_bad_block: int | None
@@ -35,40 +43,144 @@ class VerifyResult(NamedTuple):
   receipts: int = 0
   missing: tuple[tuple[int, str, str], ...] = ()
   privacy: dict[str, Any] | None = None
+  refusals: tuple[tuple[int, str, str], ...] = ()
+  disputes: tuple[str, ...] = ()
+  closed: bool = False
 
 
 def verify_ledger(path: str | os.PathLike[str], backend: Backend | str | None = None, *,
                   server_public_key: bytes | str | None = None, genesis_hash: str | None = None,
                   registry: str | os.PathLike[str] | Sequence[Registration] | None = None,
-                  receipts: str | os.PathLike[str] | None = None) -> VerifyResult:
-  """Walks every block (canonical encoding, hash links, PoPs, server and aggregate signatures,
-  weights from signed counts), then checks the anchors given.
+                  receipts: str | os.PathLike[str] | None = None,
+                  issued: str | os.PathLike[str] | None = None,
+                  replicas: Sequence[str | os.PathLike[str]] = (),
+                  allow_open: bool = False) -> VerifyResult:
+  """Walks every block (canonical encoding, hash links, PoPs and bindings, server, aggregate
+  and co-signatures, the genesis rules), then checks the anchors given: pinned key and genesis,
+  registry, `receipts` (a directory of a hospital's receipts), `issued` (a directory holding
+  hospitals' `issued.jsonl` files: disputes), `replicas` (hospitals' copies of the ledger).
 
-  Raises LedgerError when there is no file at `path` (or at `registry` / `receipts`), or when
-  one of those is malformed.
+  Raises LedgerError when there is no file at `path` (or at `registry` / `receipts` / `issued`
+  / a replica), or when one of those is malformed.
   """
   path = Path(path)
   if not path.is_file():
     raise LedgerError(f"no ledger file at {path}")
   backend = resolve_backend(backend)
   regs = load_registry(registry, backend) if isinstance(registry, (str, os.PathLike)) else registry
-  answers = load_receipts(receipts) if receipts is not None else []
+  answers = load_receipts(receipts) if receipts is not None else None
+  if issued is not None and not Path(issued).is_dir():
+    raise LedgerError(f"no directory of issued attestations at {issued}")
+  attestations = load_issued(issued) if issued is not None else None
+  copies = []
+  for replica in replicas:
+    if not Path(replica).is_file():
+      raise LedgerError(f"no replica file at {replica}")
+    copies.append((Path(replica), blk.read_lines(replica)[0]))
   lines, torn = blk.read_lines(path)
   try:
     state = replay_chain(lines, backend)
   except BlockError as e:
     return VerifyResult(False, e.index, e.reason, e.index, bool(torn))
-  problem = _anchor_problem(state, server_public_key, genesis_hash, regs)
-  if problem is None:
+  closed = state.closed
+  fail = lambda problem: VerifyResult(False, problem[0], problem[1], len(lines), bool(torn),
+                                      closed=closed)
+  problem = (_anchor_problem(state, server_public_key, genesis_hash, regs)
+             or _replica_problem(lines, copies)
+             or (None if allow_open else _open_head_problem(state)))
+  if problem is None and answers is not None:
     problem = _receipt_problem(state, answers, backend)
   if problem is not None:
-    return VerifyResult(False, problem[0], problem[1], len(lines), bool(torn))
-  checked = sum(r.ledger_id == state.ledger_id for _, r in answers)
-  missing = tuple((b["round"], state.clients[m["client_id"]].name, m["reason"])
+    return fail(problem)
+  disputes = () if attestations is None else _disputes(state, attestations, backend)
+  if attestations is not None and not any(a.ledger_id == state.ledger_id for a in attestations):
+    return fail((0, f"no attestation issued for this ledger ({state.ledger_id}) under {issued}"))
+  if disputes:
+    return fail((len(lines) - 1, f"{len(disputes)} dispute(s); first: {disputes[0]}"))._replace(
+        disputes=disputes)
+  names = {cid: c.name for cid, c in state.known.items()}
+  missing = tuple((b["round"], names[m["client_id"]], m["reason"])
                   for b in state.blocks if b["kind"] == "round" for m in b["missing"])
+  refusals = tuple((b["index"] - 1, names[r["client_id"]], r["reason"])
+                   for b in state.blocks if b.get("cosignature") for r in b["cosignature"]["refused"])
   rounds = [b for b in state.blocks if b["kind"] == "round"]
-  return VerifyResult(True, None, "ok", len(lines), bool(torn), checked, missing,
-                      rounds[-1]["privacy"] if rounds else None)
+  return VerifyResult(True, None, "ok", len(lines), bool(torn), len(answers or ()), missing,
+                      rounds[-1]["privacy"] if rounds else None, refusals, (), closed)
+
+
+def _open_head_problem(state: ChainState) -> tuple[int, str] | None:
+  """The head is a round block awaiting its participants' co-signature (no closing block)."""
+  head = state.blocks[-1]
+  if (state.rules["cosign"] == "participants" and head["kind"] == "round"
+      and head["participants"]):
+    return head["index"], (f"the head block (round {head['round']}) is not co-signed by its "
+                           "participants: no closing block (a run in progress: allow_open)")
+  return None
+
+
+def _replica_problem(lines: Sequence[bytes],
+                     copies: Sequence[tuple[Path, list[bytes]]]) -> tuple[int, str] | None:
+  """The first block where a hospital's copy and the ledger differ, or a block only the copy
+  holds (the ledger was cut back)."""
+  for replica, copy in copies:
+    index = first_divergence(lines, copy)
+    if index is not None:
+      return index, f"replica {replica} diverges from the ledger at block {index}"
+    if len(copy) > len(lines):
+      return len(lines), (f"replica {replica} holds block {len(lines)} that the ledger lacks "
+                          f"({len(copy)} blocks vs {len(lines)}: the ledger was cut back)")
+  return None
+
+
+def _disputes(state: ChainState, attestations: Sequence[Attestation],
+              backend: Backend) -> tuple[str, ...]:
+  """Every attestation a registered hospital signed for this ledger (its signature verifies)
+  that the round's block records as missing, omits, or rejects for a reason the attestation
+  does not confirm ('replay': another head or round; 'unregistered': not a member at the end of
+  the chain; 'over_cap': above the declared size;
+  'duplicate_client': the hospital has another accepted attestation)."""
+  rounds = {b["round"]: b for b in state.blocks if b["kind"] == "round"}
+  out = []
+  for att in attestations:
+    client = state.known.get(att.client_id) if isinstance(att.client_id, str) else None
+    if att.ledger_id != state.ledger_id or client is None:
+      continue
+    try:
+      genuine = backend.verify(client.pk, att.message(), att.signature)
+    except ValueError:
+      genuine = False
+    if not genuine:
+      continue
+    evidence = (f"{client.name!r} signed attestation {att.hash()[:16]}... for round {att.round} "
+                f"(update {att.update_digest[:16]}..., {att.num_samples} samples, head "
+                f"{att.prev_hash[:16]}...)")
+    block = rounds.get(att.round)
+    if block is None:
+      if state.closed or (state.last_round is not None and att.round < state.last_round):
+        out.append(f"{evidence}; the ledger has no block for round {att.round}")
+      continue
+    mine = [p for p in block["participants"] if p["client_id"] == att.client_id]
+    if any(p["attestation_hash"] == att.hash() for p in mine):
+      continue
+    fresh = att.prev_hash == block["prev_hash"]
+    rejected = [r for r in block["rejected"] if r["attestation_hash"] == att.hash()]
+    if rejected:
+      reason = rejected[0]["reason"]
+      confirmed = ((reason == "replay" and not fresh)
+                   or (reason == "unregistered" and att.client_id not in state.clients)
+                   or (reason == "over_cap" and att.num_samples > state.declared.get(
+                       att.client_id, -1))
+                   or (reason == "duplicate_client" and bool(mine)))
+      if not confirmed:
+        out.append(f"{evidence}; block {block['index']} rejects it as {reason} "
+                   f"({rejected[0]['detail']})")
+      continue
+    if mine or not fresh:
+      continue  # the hospital has another accepted attestation, or this one is stale
+    gone = [m["reason"] for m in block["missing"] if m["client_id"] == att.client_id]
+    out.append(f"{evidence}; block {block['index']} records it missing ({gone[0]})" if gone
+               else f"{evidence}; block {block['index']} omits it")
+  return tuple(out)
 
 
 def _anchor_problem(state: ChainState, server_pk: bytes | str | None, genesis_hash: str | None,
@@ -99,10 +211,13 @@ def _receipt_problem(state: ChainState, answers: list[tuple[Path, Receipt]],
                      backend: Backend) -> tuple[int, str] | None:
   """The first receipt whose verdict the ledger omits or contradicts."""
   rounds = {b["round"]: b for b in state.blocks if b["kind"] == "round"}
-  names = {cid: c.name for cid, c in state.clients.items()}
+  names = {cid: c.name for cid, c in state.known.items()}
+  if not answers:
+    return 0, "no receipt to check in the receipts directory"
   for path, receipt in answers:
     if receipt.ledger_id != state.ledger_id:
-      continue  # another ledger's receipt (ids carry a random nonce: never confused)
+      return 0, (f"receipt {path} is for ledger {receipt.ledger_id!r}, not this ledger "
+                 f"{state.ledger_id!r}")
     if not receipt.verify(state.server.pk, backend):
       return len(state.blocks), f"receipt {path}: not signed by this ledger's server"
     who = (f"{names.get(receipt.client_id, receipt.client_id[:16])!r} round {receipt.round} "

@@ -1,4 +1,5 @@
-"""Differential privacy: patient-level DP-SGD, client-level DP-FedAvg, accounting.
+"""Differential privacy: example-level DP-SGD (one training record), client-level DP-FedAvg,
+accounting, secret noise.
 
 The round reaches them through `fedlora_jax.federated.safeguards.Safeguards`.
 """

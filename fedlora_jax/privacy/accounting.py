@@ -1,15 +1,17 @@
 """Privacy accounting with Google's dp-accounting (PLD accountant; RDP as a cross-check).
 
 Events match the sampling the code actually does:
-  example level  each local step of hospital h Poisson-samples its n_h records with q_h = E[B] / n_h
-                 and truncates to the fixed B_max rows of the batch: one
-                 `TruncatedSubsampledGaussianDpEvent(n_h, q_h, B_max, z)` per step, composed over
-                 K steps x the rounds h took part in. Epsilon per hospital (add/remove one record).
-  client level   all N clients every round: `GaussianDpEvent(z)` per round (add/remove one client).
-                 m < N clients drawn without replacement: RDP's
-                 `SampledWithoutReplacementDpEvent(N, m, Gaussian(z / 2))` (replace-one relation,
-                 under which the clipped sum's sensitivity is 2C); PLD has no such event.
-The run loop calls `after_round(ids)` once per finished round and `would_exceed()` before the next.
+  example level  each local step of hospital h Poisson-samples its n_h records (with its secret
+                 sampling key) with q_h = E[B] / n_h and truncates to the fixed B_max rows of the
+                 batch: one `TruncatedSubsampledGaussianDpEvent(n_h, q_h, B_max, z)` per step,
+                 composed over K steps x the rounds h took part in. Epsilon per hospital
+                 (add/remove one training record).
+  client level   `GaussianDpEvent(z)` per round a client takes part in (add/remove one client),
+                 composed over the rounds it took part in; the federation's epsilon is the largest.
+                 No amplification by client subsampling is credited: the round's participants
+                 are published (ledger, metrics), so the sample is not secret.
+The run loop calls `would_exceed(ids)` before a round (it never starts one that passes the
+budget) and `after_round(ids)` once it has finished.
 """
 
 from __future__ import annotations
@@ -45,14 +47,9 @@ def example_step_event(dataset_size: int, expected_batch_size: float, max_batch_
       truncated_batch_size=max_batch_size, noise_multiplier=noise_multiplier)
 
 
-def client_round_event(num_clients: int, clients_per_round: int,
-                       noise_multiplier: float) -> tuple[dpa.DpEvent, str]:
-  """(event of one DP-FedAvg round, accountant kind "pld" | "rdp_replace_one")."""
-  if clients_per_round == num_clients:
-    return dpa.dp_event.GaussianDpEvent(noise_multiplier), "pld"
-  return dpa.dp_event.SampledWithoutReplacementDpEvent(
-      num_clients, clients_per_round, dpa.dp_event.GaussianDpEvent(noise_multiplier / 2)), \
-      "rdp_replace_one"
+def client_round_event(noise_multiplier: float) -> dpa.DpEvent:
+  """The event of one DP-FedAvg round for a client that takes part in it."""
+  return dpa.dp_event.GaussianDpEvent(noise_multiplier)
 
 
 def _accountant(kind: str) -> dpa.PrivacyAccountant:
@@ -60,8 +57,6 @@ def _accountant(kind: str) -> dpa.PrivacyAccountant:
     return dpa.pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
   if kind == "rdp":
     return dpa.rdp.RdpAccountant()
-  if kind == "rdp_replace_one":
-    return dpa.rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
   raise ValueError(f"unknown accountant {kind!r}")
 
 
@@ -90,7 +85,7 @@ class ExampleAccountant:
     names / dataset_sizes: every hospital and its number of training records n_h.
     expected_batch_size / max_batch_size: E[B] and B_max of the Poisson batches.
     local_steps: K. noise_multiplier: z. delta: the reported delta.
-    target_epsilon: budget (0: none); `would_exceed` tells when the next round passes it.
+    target_epsilon: budget (0: none); `would_exceed` tells whether a round would pass it.
   """
 
   names: list[str]
@@ -137,48 +132,54 @@ class ExampleAccountant:
     """Each hospital's epsilon after the rounds counted so far."""
     return self.epsilons(self.rounds_taken)
 
-  def would_exceed(self) -> bool:
-    """Whether one more round (every hospital taking part) would pass target_epsilon."""
+  def would_exceed(self, client_ids: Sequence[int]) -> bool:
+    """Whether a round of `client_ids` would take some hospital past target_epsilon."""
     if not self.target_epsilon:
       return False
-    nxt = [r + 1 for r in self.rounds_taken]
+    nxt = list(self.rounds_taken)
+    for c in client_ids:
+      nxt[int(c)] += 1
     return max(self.epsilons(nxt).values()) > self.target_epsilon
 
 
 @dataclasses.dataclass
 class ClientAccountant:
-  """The federation's epsilon of client-level DP-FedAvg (one event per round)."""
+  """Client-level DP-FedAvg: each client's epsilon over the rounds it took part in; the
+  federation's epsilon (the guarantee every client has) is the largest."""
 
   num_clients: int
-  clients_per_round: int
   noise_multiplier: float
   delta: float
   target_epsilon: float = 0.0
-  rounds: int = 0
+  rounds_taken: list[int] = dataclasses.field(default_factory=list)
 
-  @property
-  def kind(self) -> str:
-    """The accountant behind the reported epsilon: "pld" | "rdp_replace_one"."""
-    return client_round_event(self.num_clients, self.clients_per_round, 1.0)[1]
+  kind = "pld"
+
+  def __post_init__(self):
+    if not self.rounds_taken:
+      self.rounds_taken = [0] * self.num_clients
 
   def epsilon_after(self, rounds: int) -> float:
-    event, kind = client_round_event(self.num_clients, self.clients_per_round,
-                                     self.noise_multiplier)
-    return epsilon(event, rounds, self.delta, kind)
+    """Epsilon of a client that took part in `rounds` rounds."""
+    return epsilon(client_round_event(self.noise_multiplier), rounds, self.delta)
 
   def count(self, client_ids: Sequence[int]) -> None:
-    del client_ids
-    self.rounds += 1
+    for c in client_ids:
+      self.rounds_taken[int(c)] += 1
 
   def after_round(self, client_ids: Sequence[int]) -> dict[str, float]:
     self.count(client_ids)
-    return {"federation": self.epsilon_after(self.rounds)}
+    return self.spent()
 
   def spent(self) -> dict[str, float]:
-    return {"federation": self.epsilon_after(self.rounds)}
+    return {"federation": self.epsilon_after(max(self.rounds_taken))}
 
-  def would_exceed(self) -> bool:
-    return bool(self.target_epsilon) and self.epsilon_after(self.rounds + 1) > self.target_epsilon
+  def would_exceed(self, client_ids: Sequence[int]) -> bool:
+    """Whether a round of `client_ids` would take some client past target_epsilon."""
+    if not self.target_epsilon or len(client_ids) == 0:
+      return False
+    most = max(self.rounds_taken[int(c)] for c in client_ids) + 1
+    return self.epsilon_after(max(most, max(self.rounds_taken))) > self.target_epsilon
 
 
 def calibrate_example(dataset_sizes: Sequence[int], expected_batch_size: float,
@@ -191,8 +192,6 @@ def calibrate_example(dataset_sizes: Sequence[int], expected_batch_size: float,
                    steps, target_epsilon, delta)
 
 
-def calibrate_client(num_clients: int, clients_per_round: int, rounds: int,
-                     target_epsilon: float, delta: float) -> float:
-  kind = client_round_event(num_clients, clients_per_round, 1.0)[1]
-  return calibrate(lambda z: client_round_event(num_clients, clients_per_round, z)[0], rounds,
-                   target_epsilon, delta, kind)
+def calibrate_client(rounds: int, target_epsilon: float, delta: float) -> float:
+  """z meeting the target for a client that takes part in all `rounds` rounds."""
+  return calibrate(client_round_event, rounds, target_epsilon, delta)

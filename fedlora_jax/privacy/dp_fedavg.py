@@ -5,10 +5,15 @@ On the server, for the round's m clients (updates u_c = local_c - global, flatte
 Every client weighs the same (1/m, with m the fixed number of clients per round, never the data
 dependent count of valid ones); mean~ then goes through the algorithm's server optimizer.
 
-Adaptive clipping (Andrew et al., Alg. 1): each client also sends the bit b_c = [||u_c|| <= C];
-    b~ = (sum_valid b_c + N(0, sigma_b^2)) / m,      C <- C * exp(-eta (b~ - gamma))
-so C moves geometrically toward the gamma-quantile of the update norms. The two releases share
-the budget of one Gaussian mechanism of multiplier z:  z_u = (z^-2 - (2 sigma_b)^-2)^(-1/2).
+Noise goes only on the coordinates the algorithm trains (`trained_d`): FFA-LoRA's frozen A gets
+neither update nor noise. The server's noise key is its own secret (secret.py).
+
+Adaptive clipping (Andrew et al., Alg. 1): each client also sends the bit b_c = [||u_c|| <= C],
+shifted by -1/2 so that adding or removing one client moves the sum by at most 1/2:
+    b~ = (sum_valid (b_c - 1/2) + N(0, sigma_b^2)) / m + 1/2,   C <- C * exp(-eta (b~ - gamma))
+so C moves geometrically toward the gamma-quantile of the update norms. The two releases (update
+sum of sensitivity C with noise z_u C, shifted count of sensitivity 1/2 with noise sigma_b) share
+the budget of one Gaussian mechanism of multiplier z:  z^-2 = z_u^-2 + (2 sigma_b)^-2.
 """
 
 from __future__ import annotations
@@ -61,20 +66,38 @@ class ClientDP:
   def init_state(self) -> dict:
     return {"clip_norm": jnp.asarray(self.clip_norm, jnp.float32)}
 
-  def aggregate(self, update_cd: jax.Array, valid_c: jax.Array, state: dict,
-                key: jax.Array) -> tuple[jax.Array, dict]:
-    """(noised mean of clipped updates [D], new state {"clip_norm"})."""
+  def releases(self, update_cd: jax.Array, valid_c: jax.Array, state: dict
+               ) -> tuple[jax.Array, jax.Array]:
+    """The pre-noise releases: (sum of clipped valid updates [D], shifted clipped count []).
+
+    Adding or removing one client moves the first by at most C and the second by at most 1/2.
+    """
     clip = state["clip_norm"]
     norms_c = jnp.linalg.norm(update_cd.astype(jnp.float32), axis=1)
     scale_c = jnp.where(valid_c, clip / jnp.maximum(norms_c, clip), 0.0)
-    k_update, k_count = jax.random.split(key)
+    shifted_c = jnp.where(valid_c, (norms_c <= clip).astype(jnp.float32) - 0.5, 0.0)
+    return scale_c @ update_cd.astype(jnp.float32), jnp.sum(shifted_c)
+
+  def aggregate(self, update_cd: jax.Array, valid_c: jax.Array, state: dict,
+                noise_key: jax.Array, trained_d: jax.Array | None = None
+                ) -> tuple[jax.Array, dict]:
+    """(noised mean of clipped updates [D], new state {"clip_norm"}).
+
+    Args:
+      update_cd: [C, D] updates. valid_c: [C] bool. noise_key: uint32 [2], the server's secret.
+      trained_d: [D] bool, the coordinates clients train (None: all); no noise elsewhere.
+    """
+    clip = state["clip_norm"]
+    sum_d, shifted_count = self.releases(update_cd, valid_c, state)
+    k_update, k_count = jax.random.split(jax.random.wrap_key_data(noise_key))
     noise_d = jax.random.normal(k_update, update_cd.shape[1:], jnp.float32)
     noise_d = self.update_noise_multiplier * clip * noise_d
-    total_d = scale_c @ update_cd.astype(jnp.float32) + noise_d
-    mean_d = (total_d / self.clients_per_round).astype(update_cd.dtype)
+    if trained_d is not None:
+      noise_d = jnp.where(trained_d, noise_d, 0.0)
+    mean_d = ((sum_d + noise_d) / self.clients_per_round).astype(update_cd.dtype)
     a = self.adaptive
     if a is None:
       return mean_d, state
-    unclipped = jnp.sum(valid_c & (norms_c <= clip))
-    frac = (unclipped + a.count_noise * jax.random.normal(k_count)) / self.clients_per_round
+    noised_count = shifted_count + a.count_noise * jax.random.normal(k_count)
+    frac = noised_count / self.clients_per_round + 0.5
     return mean_d, {"clip_norm": clip * jnp.exp(-a.learning_rate * (frac - a.target_quantile))}

@@ -1,7 +1,10 @@
 """From a run config to the round's `Safeguards`, the accountant and the batch shape.
 
 Reads `privacy.*`, `attack.*` and `fed.robust_*` (see configs/default.py); every inconsistent
-combination is an error naming the fields.
+combination is an error naming the fields. `PrivacyPlan.record()` is what a run writes to
+`privacy.json` at its start; a resume passes it back (`recorded`) and keeps its noise multiplier,
+so finished rounds are never re-accounted at another z, and any other accounting field that
+changed is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +21,15 @@ from fedlora_jax.privacy.dp_fedavg import AdaptiveClipping, ClientDP
 from fedlora_jax.privacy.dp_sgd import ExampleDP
 
 LEVELS = ("none", "example", "client")
+LEVEL_NAMES = {"example": "example-level (one training record)",
+               "client": "client-level (one hospital)"}
+# Algorithms whose per-client state reaches the server's step: under client-level DP it would
+# leave each client unclipped and unnoised (SCAFFOLD's control variates).
+CLIENT_STATE_TO_SERVER = ("scaffold",)
+
+
+class PrivacyResumeError(ValueError):
+  """A resume whose accounting differs from the run's recorded privacy plan."""
 
 
 @dataclasses.dataclass
@@ -29,12 +41,20 @@ class PrivacyPlan:
     accountant: `ExampleAccountant` / `ClientAccountant`, or None without DP.
     max_batch_size: example level: the fixed rows of Poisson-sampled batches (else None).
     noise_multiplier: z in use (calibrated when the config gives a target epsilon instead).
+    reproducible_noise: research only: noise from the config seed, no guarantee.
+    accounting: every value the epsilon depends on (written to privacy.json).
   """
 
   safeguards: Safeguards
   accountant: A.ExampleAccountant | A.ClientAccountant | None = None
   max_batch_size: int | None = None
   noise_multiplier: float = 0.0
+  reproducible_noise: bool = False
+  accounting: dict = dataclasses.field(default_factory=dict)
+
+  def record(self) -> dict:
+    """privacy.json: the accounting of this run (no secret)."""
+    return {**self.accounting, "noise_multiplier": self.noise_multiplier}
 
 
 def attackers(spec: str, names: Sequence[str]) -> tuple[int, ...]:
@@ -54,7 +74,7 @@ def attackers(spec: str, names: Sequence[str]) -> tuple[int, ...]:
   return tuple(sorted(names.index(w) for w in wanted))
 
 
-def _noise(p, calibrate) -> float:
+def _noise(p, calibrate, recorded: dict | None) -> float:
   if p.noise_multiplier < 0 or p.target_epsilon < 0:
     raise ValueError("privacy.noise_multiplier and privacy.target_epsilon must be >= 0")
   if p.noise_multiplier > 0:
@@ -62,39 +82,67 @@ def _noise(p, calibrate) -> float:
   if p.target_epsilon <= 0:
     raise ValueError(f"privacy.level={p.level!r} needs privacy.noise_multiplier > 0 or "
                      "privacy.target_epsilon > 0")
+  if recorded is not None:  # a resume keeps the z its finished rounds were accounted at
+    return float(recorded["noise_multiplier"])
   z = calibrate()
   logging.info("privacy: noise multiplier %.4f calibrated for epsilon %.3g at delta %.3g", z,
                p.target_epsilon, p.delta)
   return z
 
 
+def check_resume(plan: PrivacyPlan, recorded: dict | None) -> None:
+  """Refuses a resume whose accounting differs from `recorded` (privacy.json), naming fields."""
+  if recorded is None:
+    return
+  current = plan.record()
+  changed = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
+  if changed:
+    raise PrivacyResumeError(
+        f"this resume changes the privacy accounting ({', '.join(changed)}) recorded in "
+        "privacy.json; finish the run as configured or start a new --config.workdir")
+
+
 def privacy_plan(cfg, names: Sequence[str], dataset_sizes: Sequence[int],
-                 clients_per_round: int) -> PrivacyPlan:
-  """The plan for a run over clients `names` with `dataset_sizes` training records each."""
+                 clients_per_round: int, recorded: dict | None = None) -> PrivacyPlan:
+  """The plan for a run over clients `names` with `dataset_sizes` training records each;
+  `recorded`: the privacy.json of the run being resumed (None for a fresh run)."""
   p, f = cfg.privacy, cfg.fed
   if p.level not in LEVELS:
     raise ValueError(f"unknown privacy.level {p.level!r}; known: {', '.join(LEVELS)}")
+  if not isinstance(p.reproducible_noise, bool):
+    raise ValueError(f"privacy.reproducible_noise must be True or False, got "
+                     f"{p.reproducible_noise!r}")
   if p.level != "none" and not 0 < p.delta < 1:
     raise ValueError(f"privacy.delta={p.delta} must be in (0, 1)")
   if p.adaptive_clipping and p.level != "client":
     raise ValueError("privacy.adaptive_clipping applies to privacy.level='client' only")
+  if p.level == "client" and f.algorithm in CLIENT_STATE_TO_SERVER:
+    raise ValueError(f"fed.algorithm={f.algorithm!r} with privacy.level='client' is refused: "
+                     "its per-client control variates reach the server unclipped and unnoised")
+  if p.level == "client" and f.centralized:
+    raise ValueError("privacy.level='client' with fed.centralized=True is refused: one pooled "
+                     "client has no client-level guarantee")
   robust = RobustRule(f.robust_rule, f=f.robust_f, norm_bound=f.robust_norm_bound,
                       gm_nu=f.robust_gm_nu, gm_iters=f.robust_gm_iters)
   robust.check_clients(clients_per_round)
   attack = Attack(cfg.attack.kind, attackers(cfg.attack.clients, list(names))
                   if cfg.attack.kind != "none" else (), cfg.attack.scale)
   n, m = len(names), clients_per_round
+  common = {"level": p.level, "delta": p.delta, "clip_norm": p.clip_norm,
+            "clients": list(names), "dataset_sizes": [int(x) for x in dataset_sizes],
+            "reproducible_noise": p.reproducible_noise}
   if p.level == "example":
     b, steps = f.batch_size, f.local_steps
     b_max = A.poisson_max_batch(dataset_sizes, b)
     z = _noise(p, lambda: A.calibrate_example(dataset_sizes, b, b_max, f.rounds * steps,
-                                              p.target_epsilon, p.delta))
-    return PrivacyPlan(
+                                              p.target_epsilon, p.delta), recorded)
+    plan = PrivacyPlan(
         Safeguards(example_dp=ExampleDP(z, p.clip_norm, b), robust=robust, attack=attack),
         A.ExampleAccountant(list(names), list(dataset_sizes), b, b_max, steps, z, p.delta,
-                            p.target_epsilon), b_max, z)
-  if p.level == "client":
-    z = _noise(p, lambda: A.calibrate_client(n, m, f.rounds, p.target_epsilon, p.delta))
+                            p.target_epsilon), b_max, z, p.reproducible_noise,
+        {**common, "expected_batch_size": b, "max_batch_size": b_max, "local_steps": steps})
+  elif p.level == "client":
+    z = _noise(p, lambda: A.calibrate_client(f.rounds, p.target_epsilon, p.delta), recorded)
     adaptive = None
     if p.adaptive_clipping:
       adaptive = AdaptiveClipping(p.target_quantile, p.clip_lr, p.count_noise or m / 20)
@@ -102,6 +150,12 @@ def privacy_plan(cfg, names: Sequence[str], dataset_sizes: Sequence[int],
     if n < 100:
       logging.warning("client-level DP over %d clients: protecting a whole hospital among so few "
                       "needs noise that swamps the update, or gives a weak epsilon", n)
-    return PrivacyPlan(Safeguards(client_dp=client_dp, robust=robust, attack=attack),
-                       A.ClientAccountant(n, m, z, p.delta, p.target_epsilon), None, z)
-  return PrivacyPlan(Safeguards(robust=robust, attack=attack))
+    plan = PrivacyPlan(
+        Safeguards(client_dp=client_dp, robust=robust, attack=attack),
+        A.ClientAccountant(n, z, p.delta, p.target_epsilon), None, z, p.reproducible_noise,
+        {**common, "clients_per_round": m, "adaptive_clipping": bool(p.adaptive_clipping),
+         "count_noise": None if adaptive is None else adaptive.count_noise})
+  else:
+    return PrivacyPlan(Safeguards(robust=robust, attack=attack))
+  check_resume(plan, recorded)
+  return plan

@@ -1,7 +1,10 @@
 """The privacy spent so far, as a run records it after each round (before the round's block).
 
 metrics.jsonl's "privacy" entry (`PrivacyMeter.after_round`):
-    {level, delta, noise_multiplier, clip_norm, accountant, epsilon: {hospital | "federation": eps}}
+    {level, unit, delta, noise_multiplier, clip_norm, accountant, epsilon: {hospital |
+     "federation": eps}}
+With `privacy.reproducible_noise` the noise came from the config seed: the entry then has
+"guarantee": NO_GUARANTEE and the block's accountant name carries it too.
 The ledger block's `privacy` field (`ledger_field`, see ledger/block.py `PRIVACY_KEYS`): the same
 with one epsilon, the largest, i.e. the guarantee that every hospital's records (example level)
 or every hospital (client level) has at least.
@@ -17,6 +20,8 @@ import jax
 import numpy as np
 
 from fedlora_jax.privacy.accounting import ClientAccountant, ExampleAccountant
+from fedlora_jax.privacy.plan import LEVEL_NAMES
+from fedlora_jax.privacy.secret import NO_GUARANTEE
 
 
 @dataclasses.dataclass
@@ -28,6 +33,7 @@ class PrivacyMeter:
     accountant: the run's accountant. level: "example" | "client". delta: the reported delta.
     noise_multiplier: z in use. clip_norm: the configured C (adaptive clipping: the initial one).
     client_names: every client, in client-id order.
+    reproducible_noise: the noise came from the config seed (research only: no guarantee).
   """
 
   accountant: ExampleAccountant | ClientAccountant
@@ -36,6 +42,7 @@ class PrivacyMeter:
   noise_multiplier: float
   clip_norm: float
   client_names: list[str]
+  reproducible_noise: bool = False
 
   def clip_in_use(self, server_state: dict[str, Any]) -> float:
     """The clip norm of the round about to be aggregated: adaptive clipping keeps it in the
@@ -49,15 +56,26 @@ class PrivacyMeter:
   def after_round(self, clients: Sequence[str], clip_norm: float | None = None) -> dict[str, Any]:
     """Counts a finished round of `clients` (names); the record's "privacy" entry."""
     ids = [self.client_names.index(n) for n in clients]
-    return {"level": self.level, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
-            "clip_norm": float(self.clip_norm if clip_norm is None else clip_norm),
-            "accountant": self.accountant.kind, "epsilon": self.accountant.after_round(ids)}
+    entry = {"level": self.level, "unit": LEVEL_NAMES[self.level], "delta": self.delta,
+             "noise_multiplier": self.noise_multiplier,
+             "clip_norm": float(self.clip_norm if clip_norm is None else clip_norm),
+             "accountant": self.accountant.kind, "epsilon": self.accountant.after_round(ids)}
+    if self.reproducible_noise:
+      entry["guarantee"] = NO_GUARANTEE
+    return entry
+
+  def would_exceed(self, clients: Sequence[str]) -> bool:
+    """Whether a round of `clients` (names) would pass the budget."""
+    return self.accountant.would_exceed([self.client_names.index(n) for n in clients])
 
 
 def ledger_field(entry: dict[str, Any] | None) -> dict[str, Any] | None:
   """The block's `privacy` field from a record's "privacy" entry (None without DP)."""
   if entry is None:
     return None
+  accountant = entry["accountant"]
+  if "guarantee" in entry:
+    accountant = f"{accountant} ({entry['guarantee']})"
   return {"unit": entry["level"], "epsilon": max(entry["epsilon"].values()),
           "delta": entry["delta"], "noise_multiplier": entry["noise_multiplier"],
-          "clip": entry["clip_norm"], "accountant": entry["accountant"]}
+          "clip": entry["clip_norm"], "accountant": accountant}

@@ -26,9 +26,12 @@ from fedlora_jax.federated.placement import ClientPlacement
 from fedlora_jax.run import multihost, report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import Evaluator
-from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate, base_digest, base_tensors
-from fedlora_jax.privacy.plan import privacy_plan
+from fedlora_jax.run.gates import (Gate, LedgerGate, OpenGate, base_digest, base_tensors,
+                                   ledger_rules)
+from fedlora_jax.privacy.plan import LEVEL_NAMES, privacy_plan
+from fedlora_jax.privacy.secret import NO_GUARANTEE
 from fedlora_jax.privacy.spent import PrivacyMeter
+from fedlora_jax.run.dp_keys import DpKeys
 from fedlora_jax.run.hooks import (PERSONALISED, CheckpointHook, EvaluationHook, Job, MetricsHook,
                                    PrivacyHook, eval_loras, per_client, progress)
 from fedlora_jax.run.loop import RoundRunner, run_rounds
@@ -44,6 +47,17 @@ def _sharding(cfg) -> F.ClientSharding | None:
   if jax.device_count() == 1 and cfg.mesh.clients in (0, 1) and cfg.mesh.model in (0, 1):
     return None
   return F.ClientSharding(distributed.global_mesh(cfg.mesh.clients, cfg.mesh.model))
+
+
+PRIVACY_FILE = "privacy.json"  # the run's privacy accounting (no secret): a resume keeps it
+
+
+def _recorded_privacy(workdir: str) -> dict[str, Any] | None:
+  path = os.path.join(workdir, PRIVACY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def _has_checkpoint(directory: str) -> bool:
@@ -89,7 +103,13 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   graphdef, base, lora = models.split_lora(model)
   num_clients = len(data.train_names)
   per_round = F.clients_per_round(num_clients, count=cfg.fed.clients_per_round or None)
-  plan = privacy_plan(cfg, data.train_names, data.train_sizes, per_round)
+  resuming = has_ckpt and cfg.resume
+  recorded = multihost.broadcast_json(_recorded_privacy(workdir) if resuming else None)
+  plan = privacy_plan(cfg, data.train_names, data.train_sizes, per_round, recorded)
+  if plan.accountant is not None and multihost.is_writer() and recorded is None:
+    write_json(os.path.join(workdir, PRIVACY_FILE), plan.record())
+  if plan.reproducible_noise and plan.accountant is not None:
+    logging.warning("privacy.reproducible_noise=True: %s", NO_GUARANTEE)
   steps = local_steps(cfg, data)  # the centralized client takes one round's hospitals' steps
   engine = F.FederatedRound(graphdef, algorithm, _training(cfg, data.max_target_tokens, steps),
                             num_clients, sharding, client_group_size=cfg.fed.client_group_size,
@@ -113,17 +133,14 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     state, base = restored["state"], restored.get("base", base)
     start = int(meta["round"])
     logging.info("resumed %s at round %d", workdir, start)
-  for r in range(start if plan.accountant else 0):  # the privacy cost of the rounds already run
-    plan.accountant.count(F.sample_clients(num_clients, per_round, seed=cfg.seed, round_idx=r))
 
   gate: Gate
   if cfg.ledger.enabled:
     gate = LedgerGate(workdir, cfg.ledger, label=_ledger_label(cfg),
-                      weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
+                      rules=ledger_rules(cfg, plan.noise_multiplier, per_round, genesis_base),
                       train_names=data.train_names, train_sizes=data.train_sizes,
                       local_clients=placement.hospitals_of(jax.process_index()),
-                      algorithm=algorithm.name, original_base=original,
-                      base_digest=genesis_base)
+                      original_base=original)
   else:
     gate = OpenGate(data.train_sizes)
   job = Job(state=state, base=base, rounds=cfg.fed.rounds, algorithm=algorithm,
@@ -139,8 +156,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   meter = None
   if plan.accountant is not None:  # the budget stop comes before the checkpoint it forces
     meter = PrivacyMeter(plan.accountant, cfg.privacy.level, cfg.privacy.delta,
-                         plan.noise_multiplier, cfg.privacy.clip_norm, list(data.train_names))
-    hooks.insert(1, PrivacyHook(plan.accountant, target_epsilon=cfg.privacy.target_epsilon))
+                         plan.noise_multiplier, cfg.privacy.clip_norm, list(data.train_names),
+                         plan.reproducible_noise)
   if multihost.is_writer():
     logging.info("clients: %s", data.summary)
   if start == 0:
@@ -148,10 +165,19 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     if metrics.log is not None:
       metrics.log.append(record0)
       progress(record0, 0)
+  dp_keys = DpKeys.open(cfg, workdir, data.train_names,
+                        placement.hospitals_of(jax.process_index()))
   runner = RoundRunner(engine, placement, data, clients_per_round=per_round,
                        local_steps=steps, batch_size=cfg.fed.batch_size,
-                       seed=cfg.seed, max_batch_size=plan.max_batch_size, privacy=meter)
+                       seed=cfg.seed, max_batch_size=plan.max_batch_size, privacy=meter,
+                       dp_keys=dp_keys)
+  for r in range(start if plan.accountant else 0):  # the privacy cost of the rounds already run
+    plan.accountant.count(runner.participants(r))
+  if meter is not None:
+    hooks.insert(1, PrivacyHook(runner.would_exceed_budget,
+                                target_epsilon=cfg.privacy.target_epsilon))
   run_rounds(job, runner, gate, hooks, start)
+  gate.close()
   ckpt.close()
   metrics.close()
   matrix = evaluation.matrix
@@ -159,9 +185,10 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     matrix = evaluation.full_matrix(job)
   privacy = None
   if plan.accountant is not None:
-    privacy = {"level": cfg.privacy.level, "delta": cfg.privacy.delta,
-               "noise_multiplier": plan.noise_multiplier,
-               "epsilon": plan.accountant.spent()}
+    privacy = {"level": cfg.privacy.level, "unit": LEVEL_NAMES[cfg.privacy.level],
+               "delta": cfg.privacy.delta, "noise_multiplier": plan.noise_multiplier,
+               "epsilon": plan.accountant.spent(),
+               **({"guarantee": NO_GUARANTEE} if plan.reproducible_noise else {})}
   return _finish(cfg, workdir, graphdef, job, data, matrix, evaluation.correct, base_dir, gate,
                  privacy)
 

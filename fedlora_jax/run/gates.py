@@ -5,7 +5,8 @@ decides on process 0 (the server), and returns the same [S] accept mask and samp
 process, since aggregation is one SPMD program. `OpenGate` accepts every trained client with its
 training-set size; `LedgerGate` has each client sign an attestation of its update's digest and
 count, verifies all of them on the server in one aggregate check, weights by the signed counts
-and appends the round's block to the ledger.
+under the job's rules (fixed in the genesis block, `ledger_rules`), appends the round's block to
+the ledger, and has the round's participants check and co-sign it where they live.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
@@ -22,6 +24,7 @@ from flax import traverse_util
 from fedlora_jax import ledger as L
 from fedlora_jax import models
 from fedlora_jax.federated.round import PAD
+from fedlora_jax.ledger.signer import REPLICA_FILE
 from fedlora_jax.run import multihost
 
 
@@ -38,6 +41,9 @@ class Gate(Protocol):
 
   def summary(self, adapter_file: str | None) -> dict[str, Any]:
     """What summary.json shows under "ledger" ({} without a ledger)."""
+
+  def close(self) -> None:
+    """After the last round, on every process: the ledger's closing block."""
 
 
 class OpenGate:
@@ -58,6 +64,24 @@ class OpenGate:
   def summary(self, adapter_file):
     del adapter_file
     return {}
+
+  def close(self):
+    pass
+
+
+def ledger_rules(cfg, noise_multiplier: float, clients_per_round: int,
+                 base_digest: str | None = None) -> dict[str, Any]:
+  """The job's rules the genesis block fixes (`ledger.rules`), from the run's config: algorithm,
+  weighting, robust rule and its parameters, DP unit / delta / noise multiplier, round size, and
+  the frozen base's digest (`base_digest`, on the process that writes the ledger)."""
+  f, dp = cfg.fed, cfg.privacy
+  return L.make_rules(
+      algorithm=f.algorithm, weighting="uniform" if f.uniform_weights else "num_samples",
+      robust_rule=f.robust_rule, robust_f=f.robust_f, norm_bound=f.robust_norm_bound,
+      gm_nu=f.robust_gm_nu, gm_iters=f.robust_gm_iters,
+      privacy_unit=None if dp.level == "none" else dp.level, delta=dp.delta,
+      noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
+      base_digest=base_digest)
 
 
 def update_tensors(tree: Any) -> dict[str, np.ndarray]:
@@ -95,14 +119,16 @@ def base_digest(base: Any) -> str:
   return L.tree_digest(base_tensors(base)).hex()
 
 
-def _registrations(ledger_cfg, keystores: str, local_names: Sequence[str],
+def _registrations(ledger_cfg, keystores: str, local: dict[str, int],
                    backend) -> list[L.Registration] | None:
   """The genesis registrations, on process 0: the operator's registry file, or (simulation)
-  every hospital enrolling itself in its own keystore on the process that runs it."""
+  every hospital enrolling itself in its own keystore on the process that runs it, declaring its
+  training-set size (`local`: name -> size)."""
   if ledger_cfg.registry:
     return L.load_registry(os.path.expanduser(ledger_cfg.registry), backend) if (
         multihost.is_writer()) else None
-  mine = [L.enroll(n, os.path.join(keystores, n), backend).to_dict() for n in local_names]
+  mine = [L.enroll(n, os.path.join(keystores, n), size, backend).to_dict()
+          for n, size in local.items()]
   return [L.Registration.from_dict(r) for part in multihost.allgather_json(mine) for r in part]
 
 
@@ -112,27 +138,29 @@ class LedgerGate:
   Every party has its own keystore (keys from the operating system's randomness): the server's
   under `<workdir>/keys/server/`, opened only by process 0's `LedgerServer`; each hospital's under
   `ledger.keystores` (default `<workdir>/keys`)`/<hospital>/`, opened only by the `HospitalSigner`
-  on the process that runs that hospital, which also checks and keeps the server's receipts
-  (`<workdir>/receipts/<hospital>/`). Aggregation weights are the signed sample counts of the
-  accepted attestations. For an algorithm that changes the base (FedEx-LoRA), each block also
+  on the process that runs that hospital, which also checks and keeps the server's receipts,
+  its copy of the ledger and the attestations it issued (`<workdir>/receipts/<hospital>/`).
+  Aggregation weights are the signed sample counts of the accepted attestations under `rules`
+  (`ledger_rules`), each capped by the hospital's declared size. After each block the round's
+  participants check it against what they sent and received and co-sign it (`_cosign`); `close`
+  writes the closing block. For an algorithm that changes the base (FedEx-LoRA), each block also
   binds the digest of the base's change since the start (`original_base`, HF-named tensors).
-  The genesis binds `base_digest` (`base_digest(base)`, computed on process 0).
   """
 
-  def __init__(self, workdir: str, ledger_cfg, *, label: str, weighting: str,
+  def __init__(self, workdir: str, ledger_cfg, *, label: str, rules: dict[str, Any],
                train_names: Sequence[str], train_sizes: Sequence[int],
-               local_clients: Sequence[int], algorithm: str,
-               original_base: dict[str, np.ndarray] | None = None,
-               base_digest: str | None = None):
+               local_clients: Sequence[int],
+               original_base: dict[str, np.ndarray] | None = None):
     backend = L.get_backend(ledger_cfg.backend)
     self.backend = backend
     self.names = list(train_names)
     self.train_sizes = [int(n) for n in train_sizes]
-    self.algorithm = algorithm
+    self.algorithm = rules["algorithm"]
     self.original_base = original_base
     self.receipts = os.path.join(workdir, "receipts")
     keystores = os.path.expanduser(ledger_cfg.keystores) or os.path.join(workdir, "keys")
-    regs = _registrations(ledger_cfg, keystores, [self.names[c] for c in local_clients], backend)
+    regs = _registrations(ledger_cfg, keystores,
+                          {self.names[c]: self.train_sizes[c] for c in local_clients}, backend)
     self.server: L.LedgerServer | None = None
 
     def open_server():
@@ -142,8 +170,8 @@ class LedgerGate:
                             f"{missing}")
       self.server = L.LedgerServer.open_or_create(
           os.path.join(workdir, "ledger.jsonl"), os.path.join(workdir, "keys", "server"), regs,
-          label=label, max_samples_per_client=ledger_cfg.max_samples_per_client,
-          weighting=weighting, backend=backend, base_digest=base_digest)
+          label=label, rules=rules, max_samples_per_client=ledger_cfg.max_samples_per_client,
+          backend=backend)
       logging.info("ledger %s: server public key %s, genesis hash %s", self.server.path,
                    self.server.server_public_key.hex(), self.server.genesis_hash)
       return {**self.server.info(),
@@ -154,7 +182,8 @@ class LedgerGate:
     registered = self.info.pop("registered")
     self.signers = {c: L.HospitalSigner(self.names[c], os.path.join(keystores, self.names[c]),
                                         os.path.join(self.receipts, self.names[c]),
-                                        bytes.fromhex(self.info["server_public_key"]), backend)
+                                        bytes.fromhex(self.info["server_public_key"]), backend,
+                                        genesis_hash=self.info["genesis_hash"])
                     for c in local_clients}
     wrong = [s.name for s in self.signers.values() if s.public_key.hex() != registered[s.name]]
     if wrong:
@@ -204,8 +233,9 @@ class LedgerGate:
     return {"accept": accept, "counts": counts, "receipts": receipts}
 
   def record(self, round_no, global_lora, base, privacy=None):
+    gdigest = L.tree_digest(update_tensors(jax.tree.map(multihost.host_value, global_lora)))
+
     def append():
-      gdigest = L.tree_digest(update_tensors(jax.tree.map(multihost.host_value, global_lora)))
       residual = (None if self.original_base is None
                   else L.residual_digest(base_tensors(base), self.original_base))
       block = self._recorded
@@ -219,7 +249,58 @@ class LedgerGate:
                             "ledger's record (non-deterministic resume?)")
       return {"accepted": len(block["participants"]),
               "rejected": [x["reason"] for x in block["rejected"]], "block": block["index"]}
-    return multihost.on_writer(append)
+    record = multihost.on_writer(append)
+    record["refused"] = self._cosign(gdigest)
+    return record
+
+  def _cosign(self, global_digest: bytes) -> dict[str, str]:
+    """The client/server seam of co-signing, when the head block awaits it: the server sends
+    each participant the blocks its replica lacks; each hospital, where it lives, checks them
+    against what it sent and `global_digest` (the digest of the global adapter it received) and
+    answers with its co-signature or its reason to refuse; the server keeps the aggregate for
+    the next block. Returns {hospital: reason} of the refusals."""
+    first, sent = self._send_blocks(lambda ledger: ledger.cosignature_due)
+    if sent is None:
+      return {}
+    names = {p["name"] for p in sent[-1]["participants"]}
+    mine = []
+    for signer in self.signers.values():  # each hospital, where it lives
+      if signer.name in names:
+        answer = signer.cosign(sent[len(signer.replica) - first:], global_digest)
+        mine.append({**answer._asdict(), "signature": answer.signature and answer.signature.hex()})
+    answers = [L.CoSign(a["client_id"], a["block_hash"],
+                        a["signature"] and bytes.fromhex(a["signature"]), a["reason"])
+               for part in multihost.allgather_json(mine) for a in part]
+
+    def collect():
+      cosig = self.server.add_cosignatures(answers)
+      clients = self.server.ledger.clients
+      return {clients[r["client_id"]].name: r["reason"] for r in cosig["refused"]}
+    return multihost.on_writer(collect)
+
+  def _send_blocks(self, due) -> tuple[int, list[dict[str, Any]] | None]:
+    """(first index, the blocks every local replica lacks) when `due(ledger)` on the server,
+    else (0, None); every process takes part."""
+    sizes = [n for part in multihost.allgather_json([len(s.replica) for s in self.signers.values()])
+             for n in part]
+
+    def blocks():
+      if not due(self.server.ledger):
+        return None
+      first = min(sizes, default=0)
+      return {"first": first, "blocks": self.server.blocks_since(first)}
+    sent = multihost.on_writer(blocks)
+    return (0, None) if sent is None else (sent["first"], sent["blocks"])
+
+  def close(self):
+    """The closing block (once), then every hospital's replica receives what it lacks."""
+    def close_once(ledger):
+      if not ledger.closed:
+        ledger.close()
+      return True
+    first, sent = self._send_blocks(close_once)
+    for signer in self.signers.values():
+      signer.receive(sent[len(signer.replica) - first:])
 
   def summary(self, adapter_file):
     """Provenance of the exported adapter and the ledger checked against its own anchors and
@@ -228,7 +309,12 @@ class LedgerGate:
     anchors = {k: self.info[k] for k in ("server_public_key", "genesis_hash")}
     prov = L.find_provenance(self.server.path, digest, **anchors)
     receipts = self.receipts if os.path.isdir(self.receipts) else None
-    check = L.verify_ledger(self.server.path, **anchors, receipts=receipts)
+    replicas = sorted(str(p) for p in Path(self.receipts).glob(f"*/{REPLICA_FILE}"))
+    check = L.verify_ledger(self.server.path, **anchors, receipts=receipts, issued=receipts,
+                            replicas=replicas)
+    if not check.ok:
+      logging.warning("ledger %s does not verify: %s", self.server.path, check.reason)
     return {"path": str(self.server.path), "valid": check.ok, "blocks": check.num_blocks,
-            "receipts": check.receipts, "adapter_digest": digest.hex(),
+            "receipts": check.receipts, "replicas": len(replicas),
+            "refusals": [list(r) for r in check.refusals], "adapter_digest": digest.hex(),
             "adapter_block": None if prov is None else prov.block_index, **self.info}

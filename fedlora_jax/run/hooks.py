@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
@@ -198,15 +199,16 @@ class CheckpointHook:
 
 
 class PrivacyHook:
-  """Asks the loop to stop, after this round's checkpoint, when one more round would pass
-  `privacy.target_epsilon` (the round's epsilon is counted by the runner's `PrivacyMeter`)."""
+  """Asks the loop to stop, after this round's checkpoint, when the next round would pass
+  `privacy.target_epsilon` (the round's epsilon is counted by the runner's `PrivacyMeter`; the
+  loop itself never starts a round past the budget, this only forces the checkpoint)."""
 
-  def __init__(self, accountant, *, target_epsilon: float):
-    self.accountant = accountant
+  def __init__(self, would_exceed: Callable[[int], bool], *, target_epsilon: float):
+    self.would_exceed = would_exceed  # round index (0-based) -> bool
     self.target_epsilon = target_epsilon
 
   def after_round(self, job: Job, record: dict[str, Any]) -> None:
-    if record["round"] < job.rounds and self.accountant.would_exceed():
+    if record["round"] < job.rounds and self.would_exceed(record["round"]):
       job.stop = True
       logging.warning("privacy budget epsilon=%g would be exceeded by round %d: stopping",
                       self.target_epsilon, record["round"] + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from fedlora_jax.federated.placement import ClientPlacement
 from fedlora_jax.federated.round import PAD
 from fedlora_jax.privacy.spent import PrivacyMeter, ledger_field
 from fedlora_jax.run import multihost
+from fedlora_jax.run.dp_keys import DpKeys
 from fedlora_jax.run.gates import Gate
 from fedlora_jax.run.hooks import Hook, Job
 from fedlora_jax.run.setup import ClientData
@@ -26,7 +28,8 @@ class RoundRunner:
 
   def __init__(self, engine: F.FederatedRound, placement: ClientPlacement, data: ClientData, *,
                clients_per_round: int, local_steps: int, batch_size: int, seed: int,
-               max_batch_size: int | None = None, privacy: PrivacyMeter | None = None):
+               max_batch_size: int | None = None, privacy: PrivacyMeter | None = None,
+               dp_keys: DpKeys | None = None):
     self.engine = engine
     self.placement = placement
     self.data = data
@@ -36,6 +39,7 @@ class RoundRunner:
     self.seed = seed
     self.max_batch_size = max_batch_size  # DP-SGD: Poisson batches of this fixed shape
     self.privacy = privacy  # DP: counts each round before its ledger block records the epsilon
+    self.dp_keys = dp_keys or DpKeys({}, None)  # each party's secret DP randomness
     held = [int(t.seq_len) for t in data.train.values()]
     self.seq_len = max(multihost.allgather_json(max(held, default=0)))  # once, at setup
 
@@ -43,8 +47,8 @@ class RoundRunner:
     if self.max_batch_size:
       return poisson_round_batches(
           self.data.train, local_steps=self.local_steps, expected_batch_size=self.batch_size,
-          max_batch_size=self.max_batch_size, seed=self.seed, round_idx=round_idx,
-          client_ids=client_ids)
+          max_batch_size=self.max_batch_size,
+          rngs=self.dp_keys.sampling_rngs(client_ids, round_idx), client_ids=client_ids)
     return round_batches(self.data.train, local_steps=self.local_steps,
                          batch_size=self.batch_size, seed=self.seed, round_idx=round_idx,
                          client_ids=client_ids)
@@ -72,31 +76,61 @@ class RoundRunner:
     return {k: multihost.global_from_rows(shape, dtypes[k], self.engine.sharding.by_client,
                                           rows(k)) for k in BATCH_KEYS}
 
+  def noise_keys(self, slot_ids: np.ndarray, round_idx: int):
+    """[S, 2] uint32 DP-SGD keys; this process fills the rows of its own hospitals only."""
+    row = lambda s: self.dp_keys.noise_key(int(slot_ids[s]), round_idx)
+    if self.engine.sharding is None:
+      return np.stack([row(s) for s in range(len(slot_ids))])
+    mine = set(self.placement.local_slots(slot_ids, jax.process_index()))
+    return multihost.global_from_rows(
+        (len(slot_ids), 2), np.uint32, self.engine.sharding.by_client,
+        lambda s: row(s) if s in mine else np.zeros((2,), np.uint32))
+
+  def participants(self, round_idx: int) -> np.ndarray:
+    """[m] sorted client ids of round `round_idx` (seeded: the ledger publishes them anyway)."""
+    return F.sample_clients(len(self.data.train_names), self.per_round, seed=self.seed,
+                            round_idx=round_idx)
+
+  def would_exceed_budget(self, round_idx: int) -> bool:
+    """Whether round `round_idx` would take a party past `privacy.target_epsilon`."""
+    if self.privacy is None:
+      return False
+    return self.privacy.would_exceed([self.data.train_names[c]
+                                      for c in self.participants(round_idx)])
+
   def __call__(self, job: Job, gate: Gate, round_idx: int) -> dict[str, Any]:
     """Runs round `round_idx` (0-based) on `job` in place; returns its metrics record."""
     t0 = time.time()
-    ids = F.sample_clients(len(self.data.train_names), self.per_round, seed=self.seed,
-                           round_idx=round_idx)
+    ids = self.participants(round_idx)
     slot_ids = self.placement.slot_ids(ids)
     batches = self.batches(slot_ids, round_idx)
     timing = {"data_s": time.time() - t0}
-    trained = self.engine.train(job.state, job.base, batches, slot_ids)
+    trained = self.engine.train(job.state, job.base, batches, slot_ids,
+                                self.noise_keys(slot_ids, round_idx))
     accept, num_samples = gate.admit(round_idx + 1, slot_ids, trained[0])
     timing["train_and_gate_s"] = time.time() - t0 - timing["data_s"]
     clip = self.privacy and self.privacy.clip_in_use(job.state["server_state"])
     job.state, job.base, m = self.engine.aggregate(job.state, job.base, trained, slot_ids,
-                                                   num_samples, accept)
+                                                   num_samples, accept,
+                                                   self.dp_keys.server_noise_key(round_idx))
     real = np.flatnonzero(slot_ids != PAD)
     real = real[np.argsort(slot_ids[real])]  # in client-id order
     names = [self.data.train_names[c] for c in slot_ids[real]]
     privacy = self.privacy and self.privacy.after_round(names, clip)
     ledger = gate.record(round_idx + 1, job.state["global_lora"], job.base, ledger_field(privacy))
     host = {k: multihost.gather_rows(m[k])[real] for k in ("loss", "valid", "weights")}
+    aggregated = bool(multihost.host_value(m["aggregated"]))
+    if not aggregated:
+      logging.warning("round %d: too few valid clients (%d) for the aggregation rule; the global "
+                      "adapter is unchanged", round_idx + 1, int(host["valid"].sum()))
     timing["round_s"] = time.time() - t0
+    # Per-hospital training losses are not DP releases: with DP on, only their mean is written.
+    loss = host["loss"].mean(axis=1)
+    loss = [round(float(loss.mean()), 5)] if self.privacy else loss.round(5).tolist()
     return {
         "round": round_idx + 1, "clients": names,
-        "loss": host["loss"].mean(axis=1).round(5).tolist(), "valid": host["valid"].tolist(),
-        "weights": host["weights"].tolist(), "ledger": ledger,
+        "loss": loss, "valid": host["valid"].tolist(),
+        "weights": host["weights"].tolist(), "aggregated": aggregated, "ledger": ledger,
         "timing": {k: round(v, 3) for k, v in timing.items()},
         **({"privacy": privacy} if privacy else {}),
     }
@@ -104,8 +138,13 @@ class RoundRunner:
 
 def run_rounds(job: Job, runner: RoundRunner, gate: Gate, hooks: Sequence[Hook],
                start: int) -> None:
-  """Rounds `start` .. `job.rounds - 1`, each followed by the hooks in order."""
+  """Rounds `start` .. `job.rounds - 1`, each followed by the hooks in order. A round that would
+  pass the privacy budget never starts (fresh run, resume or an explicit noise multiplier)."""
   for r in range(start, job.rounds):
+    if runner.would_exceed_budget(r):
+      job.stop = True
+      logging.warning("privacy budget would be exceeded by round %d: not starting it", r + 1)
+      break
     job.round_started = time.time()
     record = runner(job, gate, r)
     for hook in hooks:

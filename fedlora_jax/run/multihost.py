@@ -106,6 +106,8 @@ def host_value(x: jax.Array) -> np.ndarray:
   """A replicated (or host-local) array as numpy, from this process's own shards."""
   if not isinstance(x, jax.Array) or x.is_fully_addressable:
     return np.asarray(x)
+  if x.sharding.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
   rows = host_rows(x)
   if len(rows) != x.shape[0]:
     raise ValueError(f"array {x.shape} with sharding {x.sharding} is not held whole on this host")

@@ -56,7 +56,8 @@ def _plot_heatmap(summary: dict[str, Any], path: str) -> None:
 
 
 # (privacy) The privacy spent, from the metrics records' "privacy" entries (run/loop.py).
-UNITS = {"example": "one patient record in a hospital's training data",
+UNITS = {"example": "one training record in a hospital's training data (a patient with k "
+                    "records is protected at up to k times this epsilon)",
          "client": "one whole hospital's participation"}
 SMALL_FEDERATION = 100  # client level below this many hospitals: say the guarantee is weak
 
@@ -69,8 +70,12 @@ def _privacy_lines(records: list[dict[str, Any]], num_hospitals: int) -> list[st
   last = spent[-1]["privacy"]
   eps = last["epsilon"]
   level, worst = last["level"], max(eps.values())
-  lines = ["## Privacy", "",
-           f"{level.capitalize()}-level differential privacy: **epsilon = {worst:.3g} at delta = "
+  lines = ["## Privacy", ""]
+  if "guarantee" in last:
+    lines += [f"**{last['guarantee'].capitalize()}** (`privacy.reproducible_noise=True`, a "
+              "research setting): anyone holding config.json can regenerate and subtract the "
+              "noise; the epsilon below is what the noise would buy if it were secret.", ""]
+  lines += [f"{level.capitalize()}-level differential privacy: **epsilon = {worst:.3g} at delta = "
            f"{last['delta']:.3g}** after round {spent[-1]['round']} (unit protected: "
            f"{UNITS[level]}; noise multiplier {last['noise_multiplier']:.4g}, clip norm "
            f"{last['clip_norm']:.4g}, dp-accounting {last['accountant']} accountant).", ""]

@@ -99,7 +99,7 @@ def safeguard_table(base: ml_collections.ConfigDict, which: str, root: str,
     for label, cfg in privacy_configs(base, root).items():
       results[label] = (finished_summary(cfg) or run(cfg), _last_privacy_record(cfg.workdir))
     table = privacy_table(results)
-    title = "Patient-level DP-SGD: privacy vs utility (delta 1e-5, accuracy %)"
+    title = "Example-level DP-SGD: privacy vs utility (delta 1e-5, accuracy %)"
   else:
     raise ValueError(f"unknown table {which!r}; known: {', '.join(TABLES)}")
   os.makedirs(os.path.join(root, which), exist_ok=True)

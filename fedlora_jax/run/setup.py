@@ -261,6 +261,13 @@ def client_records(cfg, wanted: set[int]):
   as in the source's full set."""
   keep = _selected(cfg, _source_names(cfg))
   names, train, test, shares = _source_records(cfg, {keep[i] for i in wanted})
+  if cfg.data.extra_train:
+    extra = D.load_extra_train(expand(cfg.data.extra_train))
+    unknown = sorted(set(extra) - {names[k] for k in keep})
+    if unknown:
+      raise SetupError(f"data.extra_train {cfg.data.extra_train} names hospitals {unknown} not "
+                       f"in this run ({[names[k] for k in keep]})")
+    train = {k: list(v) + extra.get(names[k], []) for k, v in train.items()}
   run_id = {k: i for i, k in enumerate(keep)}
   return ([names[k] for k in keep], *({run_id[k]: v for k, v in d.items()}
                                       for d in (train, test, shares)))

@@ -31,6 +31,7 @@ from fedlora_jax.run.hooks import PERSONALISED
 from fedlora_jax.run.setup import expand, load_model, lora_config
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, write_config
 from fedlora_jax.sites import codec, job
+from fedlora_jax.sites.hospital import LEDGER_MESSAGE
 
 Reply = dict[str, Any]
 
@@ -45,7 +46,8 @@ class Transport(Protocol):
 
   def send(self, kind: str, payloads: Mapping[str, Reply], timeout: float
            ) -> dict[str, Reply | str]:
-    """{hospital: reply, or a one-line error} for `kind` in {"train", "evaluate"}."""
+    """{hospital: reply, or a one-line error} for `kind` in {"train", "evaluate",
+    `LEDGER_MESSAGE`}."""
 
 
 class Coordinator:
@@ -80,12 +82,19 @@ class Coordinator:
       self.state, self.start = restored["state"], int(meta["round"])
       self.base = restored.get("base", self.base)
       logging.info("resumed %s at round %d", self.workdir, self.start)
+    # the sites engine applies no robust rule and no DP: the rules say so
+    rules = L.make_rules(
+        algorithm=self.algorithm.name,
+        weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
+        clients_per_round=F.clients_per_round(len(self.names),
+                                              count=cfg.fed.clients_per_round or None),
+        base_digest=genesis_base)
     self.ledger = L.LedgerServer.open_or_create(
         os.path.join(self.workdir, "ledger.jsonl"), expand(cfg.sites.server_keystore),
         self.registry, label="fedlora-jax-sites",  # the genesis adds a fresh random nonce
-        max_samples_per_client=cfg.ledger.max_samples_per_client,
-        weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
-        backend=cfg.ledger.backend, base_digest=genesis_base)
+        rules=rules, max_samples_per_client=cfg.ledger.max_samples_per_client,
+        backend=cfg.ledger.backend)
+    self.replica_sizes: dict[str, int] = {}  # blocks each node's replica holds, as it said
     self.metrics = MetricsLog(os.path.join(self.workdir, "metrics.jsonl"),
                               keep_until_round=self.start if self.start else -1)
 
@@ -140,6 +149,7 @@ class Coordinator:
       self.metrics.append(record)
       progress(progress_line(record))
     self.ckpt.close()
+    self._close(transport)
     if last_accuracy is None:  # resumed after the last round
       last_accuracy = self._evaluate(transport, cfg.fed.rounds)["accuracy"]
     return self._finish(last_accuracy)
@@ -165,6 +175,7 @@ class Coordinator:
                for c in ids if self.names[c] not in answered}
     submissions, updates = [], {}
     for h, rep in answered.items():
+      self.replica_sizes[h] = int(rep.get("replica_size", 0))
       try:
         updates[h] = codec.lora_from_arrays(rep["update"], self.state["global_lora"])
         digest = L.tree_digest(rep["update"])  # of the bytes received, not of what was claimed
@@ -199,6 +210,7 @@ class Coordinator:
     else:
       block = recorded
       self._queue_receipts(round_no)
+    refused = self._cosign(transport) if self.ledger.ledger.cosignature_due else {}
     record: dict[str, Any] = {
         "round": round_no, "clients": [self.names[c] for c in ids],
         "loss": [float(np.mean(answered[self.names[c]]["loss"])) if self.names[c] in answered
@@ -206,7 +218,8 @@ class Coordinator:
         "valid": np.asarray(m["valid"]).tolist(), "weights": np.asarray(m["weights"]).tolist(),
         "ledger": {"accepted": len(block["participants"]),
                    "rejected": [x["reason"] for x in block["rejected"]],
-                   "missing": {h: str(e) for h, e in missing.items()}, "block": block["index"]},
+                   "missing": {h: str(e) for h, e in missing.items()}, "block": block["index"],
+                   "refused": refused},
         # array bytes per hospital: received = the round's message to it, sent = its reply
         "bytes": {h: {"received": int(rep["bytes_received"]), "sent": int(rep["reply_bytes"])}
                   for h, rep in answered.items()}}
@@ -254,6 +267,47 @@ class Coordinator:
       if isinstance(rep, dict):
         self.receipts.pop(h, None)
     return replies
+
+  def _blocks_for(self, h: str) -> list[dict[str, Any]]:
+    return self.ledger.blocks_since(self.replica_sizes.get(h, 0))
+
+  def _cosign(self, transport: Transport) -> dict[str, str]:
+    """Sends the newest block (and those the node's replica lacks, the new global adapter and
+    the round's receipts) to the round's participants; their co-signatures go into the next
+    block. Raises LedgerError when a majority refuses. Returns {hospital: reason} of refusals."""
+    head = self.ledger.ledger.blocks[-1]
+    global_arrays, base_arrays = self._global_arrays(), self._base_arrays()
+    payloads = {p["name"]: {"global": global_arrays, "base": base_arrays,
+                            "task": {"cosign": True, "blocks": self._blocks_for(p["name"])}}
+                for p in head["participants"] if p["name"] in self.info}
+    answers = []
+    for h, rep in self._send(transport, LEDGER_MESSAGE, payloads).items():
+      answer = rep.get("cosign") if isinstance(rep, dict) else None
+      if not isinstance(answer, dict):
+        continue
+      self.replica_sizes[h] = int(rep.get("replica_size", 0))
+      try:
+        signature = answer["signature"] and bytes.fromhex(answer["signature"])
+        answers.append(L.CoSign(self.ids[h], str(answer["block_hash"]), signature,
+                                str(answer["reason"])[:300]))
+      except (KeyError, TypeError, ValueError):
+        continue  # a malformed answer counts as none
+    cosig = self.ledger.add_cosignatures(answers)
+    names = {cid: h for h, cid in self.ids.items()}
+    return {names[r["client_id"]]: r["reason"] for r in cosig["refused"]}
+
+  def _close(self, transport: Transport) -> None:
+    """The closing block (the last round's co-signature), then every node receives the blocks
+    its replica lacks."""
+    if not self.ledger.ledger.closed:
+      self.ledger.ledger.close()
+    payloads = {h: {"base": self._base_arrays(),
+                    "task": {"cosign": False, "blocks": self._blocks_for(h)}} for h in self.info}
+    for h, rep in self._send(transport, LEDGER_MESSAGE, payloads).items():
+      if isinstance(rep, dict):
+        self.replica_sizes[h] = int(rep.get("replica_size", 0))
+      else:
+        logging.warning("%s did not receive the closing block: %s", h, rep)
 
   def _queue_receipts(self, round_no: int) -> None:
     """Re-issues the receipts the ledger's block of `round_no` implies, for registered ids."""

@@ -7,6 +7,12 @@ see `federated.round`). Client state (SCAFFOLD's c_i, FedSA-LoRA's B) stays here
 to `state-dir` as pending after training and committed only when the server's receipt says the
 update was accepted (the simulation keeps a rejected client's old state too), so it survives a
 restart of the node.
+
+After the server records a round's block it sends it to the round's participants
+(`LEDGER_MESSAGE`, with the blocks this node's replica lacks and the new global adapter): the
+node checks the block against what it sent and receives and answers with its co-signature or its
+reason to refuse (`HospitalSigner.cosign`); after the last round every node receives the closing
+block the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from fedlora_jax.sites import codec, job
 from fedlora_jax.sites.node_config import NodeConfig, read_records
 
 PyTree = Any
+LEDGER_MESSAGE = "query.ledger"  # the Flower message type of the ledger's blocks
 _COMMITTED = re.compile(r"committed_(\d+)\.npz")
 
 
@@ -109,7 +116,22 @@ class Hospital:
                                      int(counts[0])).to_dict()
     return {"update": update, "client_state_old": codec.tree_arrays(old_state),
             "client_state_new": new_arrays, "attestation": attestation,
-            "loss": np.asarray(losses).tolist(), "num_samples": int(counts[0])}
+            "loss": np.asarray(losses).tolist(), "num_samples": int(counts[0]),
+            "replica_size": len(self.signer.replica)}
+
+  def ledger_blocks(self, task: Mapping[str, Any],
+                    global_arrays: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+    """The hospital's side of the ledger's blocks: extends its replica by `task["blocks"]`;
+    when `task["cosign"]` (it took part in the newest round) checks that block against the
+    attestation it signed and `global_arrays`, the new global adapter it receives, and answers
+    with its co-signature or its reason to refuse."""
+    if not task["cosign"]:
+      self.signer.receive(task["blocks"])
+      return {"replica_size": len(self.signer.replica)}
+    answer = self.signer.cosign(task["blocks"], L.tree_digest(dict(global_arrays or {})))
+    return {"cosign": {**answer._asdict(),
+                       "signature": answer.signature and answer.signature.hex()},
+            "replica_size": len(self.signer.replica)}
 
   # --- client state ----------------------------------------------------------------------------
   def _path(self, kind: str, round_no: int) -> str:
@@ -146,7 +168,7 @@ class Hospital:
   # --- messages --------------------------------------------------------------------------------
   def handle(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """Answers one decoded message: "query" (describe, and evaluate the first global when
-    asked), "train" or "evaluate". Receipts for this node's submissions ride on the next
+    asked), "train", "evaluate" or `LEDGER_MESSAGE` (blocks to keep and co-sign). Receipts for this node's submissions ride on the next
     message it gets and are settled first; base weights the server changed (FedEx-LoRA's folded
     residuals) come with every message and replace the shared base's. Returns the reply payload (array dicts + "result")."""
     task = payload["task"]
@@ -162,6 +184,8 @@ class Hospital:
       return {"result": info}
     if kind == "evaluate":
       return {"result": self.evaluate(int(task["round"]), payload["global"])}
+    if kind == LEDGER_MESSAGE:
+      return {"result": self.ledger_blocks(task, payload.get("global"))}
     if kind == "train":
       reply = self.train(int(task["round"]), int(task["client_id"]),
                          int(task["max_target_tokens"]), payload["global"],

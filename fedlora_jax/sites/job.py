@@ -9,9 +9,23 @@ import ml_collections
 from fedlora_jax.run.setup import algorithm, local_training
 
 def check_job(cfg: ml_collections.ConfigDict) -> None:
-  """Refuses what the sites mode cannot run, with the reason."""
+  """Refuses what the sites mode cannot run yet, with the reason, before any process starts:
+  a safeguard the config asks for is never dropped silently."""
   if cfg.fed.centralized:
     raise ValueError("fed.centralized pools every hospital's data; it has no sites mode")
+  if cfg.privacy.reproducible_noise:
+    raise ValueError("privacy.reproducible_noise=True derives DP noise from the config seed "
+                     "(no privacy); sites mode refuses it")
+  if cfg.privacy.level != "none":
+    raise ValueError(f"privacy.level={cfg.privacy.level!r} is not run by sites mode yet; use "
+                     "the simulation (scripts/train.py) for DP runs")
+  if cfg.fed.robust_rule != "mean" or cfg.fed.robust_norm_bound:
+    raise ValueError(f"fed.robust_rule={cfg.fed.robust_rule!r} / fed.robust_norm_bound="
+                     f"{cfg.fed.robust_norm_bound} are not run by sites mode yet; use the "
+                     "simulation")
+  if cfg.attack.kind != "none":
+    raise ValueError(f"attack.kind={cfg.attack.kind!r} is a simulation experiment; sites mode "
+                     "refuses it")
 
 
 def config_json(cfg: ml_collections.ConfigDict) -> str:

@@ -55,14 +55,14 @@ def enrol_local(cfg: ml_collections.ConfigDict, root: str) -> Enrolment:
   base = base_model_dir(cfg)  # the shared base every party is given (built once, cached)
   backend = cfg.ledger.backend
   operator = os.path.join(root, "operator")
-  server = L.enroll("server", os.path.join(operator, "keys"), backend)
+  server = L.enroll("server", os.path.join(operator, "keys"), 0, backend)
   registrations, nodes = [], {}
   for i, name in enumerate(names):
     site = os.path.join(root, "hospitals", name)
     os.makedirs(site, exist_ok=True)
     write_records(os.path.join(site, "train.jsonl"), train[i])
     write_records(os.path.join(site, "test.jsonl"), test[i])
-    registrations.append(L.enroll(name, os.path.join(site, "keys"), backend))
+    registrations.append(L.enroll(name, os.path.join(site, "keys"), len(train[i]), backend))
     nodes[name] = NodeConfig.parse({
         "hospital": name, "train-file": os.path.join(site, "train.jsonl"),
         "test-file": os.path.join(site, "test.jsonl"), "keystore": os.path.join(site, "keys"),

@@ -1,0 +1,65 @@
+"""DP secrets: from the OS, private (0600 in a 0700 dir), stable across loads (exact resume),
+different per party and per run, never printed or pickled; the seeded research mode is the only
+one a config can reproduce; sites mode refuses DP settings it cannot run."""
+
+import os
+import pickle
+import stat
+
+import numpy as np
+import pytest
+
+from fedlora_jax.privacy.secret import DpSecret, SecretError
+from fedlora_jax.run.configs import load_config_file
+from fedlora_jax.sites import job
+from tests.run_fixtures import DEFAULT
+
+
+def test_secret_is_created_private_and_reloaded_identically(tmp_path):
+  d = tmp_path / "keys" / "clinic"
+  first = DpSecret.load_or_create(d)
+  assert stat.S_IMODE(os.stat(d / "dp_secret").st_mode) == 0o600
+  assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+  again = DpSecret.load_or_create(d)
+  np.testing.assert_array_equal(first.jax_key("noise", 3), again.jax_key("noise", 3))
+  assert first.numpy_rng("sampling", 3).random() == again.numpy_rng("sampling", 3).random()
+  other = DpSecret.load_or_create(tmp_path / "keys" / "other")
+  assert not np.array_equal(first.jax_key("noise", 3), other.jax_key("noise", 3))
+  assert not np.array_equal(first.jax_key("noise", 3), first.jax_key("noise", 4))
+  assert "held" in repr(first) and (d / "dp_secret").read_text().strip() not in repr(first)
+  with pytest.raises(TypeError, match="never serialised"):
+    pickle.dumps(first)
+
+
+def test_unsafe_or_malformed_secret_files_are_refused(tmp_path):
+  d = tmp_path / "s"
+  DpSecret.load_or_create(d)
+  os.chmod(d / "dp_secret", 0o644)
+  with pytest.raises(SecretError, match="readable by others"):
+    DpSecret.load_or_create(d)
+  os.chmod(d / "dp_secret", 0o600)
+  (d / "dp_secret").write_text("abcd")
+  with pytest.raises(SecretError, match="holds 2 bytes"):
+    DpSecret.load_or_create(d)
+
+
+def test_seeded_secrets_are_reproducible_and_labelled():
+  a, b = DpSecret.reproducible(0, "clinic"), DpSecret.reproducible(0, "clinic")
+  np.testing.assert_array_equal(a.jax_key("n", 1), b.jax_key("n", 1))
+  assert a.reproducible_from_seed and "no privacy" in repr(a)
+  assert not np.array_equal(a.jax_key("n", 1), DpSecret.reproducible(1, "clinic").jax_key("n", 1))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("privacy.level", "example", "privacy.level='example' is not run by sites mode yet"),
+    ("privacy.reproducible_noise", True, "sites mode refuses it"),
+    ("fed.robust_rule", "median", "fed.robust_rule='median'"),
+    ("attack.kind", "sign_flip", "attack.kind='sign_flip' is a simulation experiment"),
+])
+def test_sites_mode_refuses_safeguards_it_cannot_run(field, value, message):
+  cfg = load_config_file(DEFAULT)
+  section, leaf = field.split(".")
+  cfg[section][leaf] = value
+  with pytest.raises(ValueError, match=message):
+    job.check_job(cfg)
+  job.check_job(load_config_file(DEFAULT))  # the default runs
