@@ -130,6 +130,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.max_test_per_client = 0  # 0: the whole test set
   c.eval.round_max_test_per_client = 50  # per-round evaluation on the first N (0: all); final: all
   c.eval.group_size = 8  # (adapter, test batch) pairs each device scores at once
+  c.eval.mode = "likelihood"  # likelihood: the best option's answer token; generate: also the
+  #                             final adapters' greedy free-text answers, normalised exact match
 
   c.ledger = ml_collections.ConfigDict()
   c.ledger.enabled = True

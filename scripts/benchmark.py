@@ -13,9 +13,11 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
   python scripts/benchmark.py --sections=ablation --repeats=5   # each speed option on vs off
   python scripts/benchmark.py --sections=quantize --repeats=3   # float vs int8 vs nf4 base (CPU)
   python scripts/benchmark.py --sections=profile                # a CPU round's time by op kind
+  python scripts/benchmark.py --sections=decode                 # generation tokens/s vs HF
 
-A run of only the memory, dp, deploy, compile, profile, ablation or quantize section updates its own key of
---out_json and its own heading of --out_md, leaving the other sections' figures as they are.
+A run of only the memory, dp, deploy, compile, profile, ablation, quantize or decode section
+updates its own key of --out_json and its own heading of --out_md, leaving the other sections'
+figures as they are.
 
 Writes every figure to --out_json and a summary table to --out_md.
 """
@@ -32,7 +34,7 @@ from absl import app, flags
 
 _SECTIONS = flags.DEFINE_list("sections", ["round", "scaling", "ledger", "gpu"],
                               "Sections to run: round, scaling, ledger, gpu, memory, dp, compile, "
-                              "profile, ablation, quantize.")
+                              "profile, ablation, quantize, decode.")
 _PRESET = flags.DEFINE_string("preset", "qwen3-tiny", "Model preset of the round section.")
 _CLIENTS = flags.DEFINE_integer("clients", 8, "Clients per round (round section).")
 _STEPS = flags.DEFINE_integer("local_steps", 4, "Local steps K.")
@@ -88,6 +90,16 @@ _COMPILE_LAYERS = flags.DEFINE_list("compile_layers", [],
 _PROFILE_SHAPE = flags.DEFINE_list(
     "profile_shape", ["6", "4", "4", "128", "16"],
     "C, K, B, S, r of the profile section (6 and 16 occur in no other dimension of qwen3-tiny).")
+_DECODE_PRESET = flags.DEFINE_string("decode_preset", "qwen3-tiny", "Preset of the decode section.")
+_DECODE_BATCHES = flags.DEFINE_list("decode_batches", ["1", "16"], "Batch sizes (decode).")
+_DECODE_SHAPE = flags.DEFINE_list("decode_shape", ["32", "32", "4", "8"],
+                                  "Prompt tokens, new tokens, adapters, LoRA rank (decode).")
+_DECODE_DTYPE = flags.DEFINE_string("decode_dtype", "float32", "Params and activations (decode).")
+_DECODE_LAYERS = flags.DEFINE_integer("decode_layers", 0, "Layers (decode); 0: the preset's.")
+_DECODE_TORCH_THREADS = flags.DEFINE_integer(
+    "decode_torch_threads", 0, "transformers' CPU threads (decode); 0: all cores.")
+_DECODE_TORCH = flags.DEFINE_string("decode_torch_device", "cpu",
+                                    "transformers' device (decode); not cpu: random torch weights.")
 _COMPILE_CACHE = flags.DEFINE_bool(
     "compile_cache", False, "JAX's persistent compilation cache in --cache_dir/jax_cache (off by "
     "default: a warm cache would turn the compile-time figures into cache loads).")
@@ -259,6 +271,16 @@ def main(argv):
     res["profile"] = profile.profile_round(_PRESET.value, RoundShape(c, k, b, s, r),
                                            logits_chunk=_CHUNK.value)
     log("\n".join(report.profile_lines(res["profile"])))
+  if "decode" in sections:
+    log("decode ...")
+    from fedlora_jax.benchmarks import decode
+    prompt, new, adapters, rank = _ints(_DECODE_SHAPE.value)
+    res["decode"] = decode.decode_section(decode.DecodeOptions(
+        preset=_DECODE_PRESET.value, batches=tuple(_ints(_DECODE_BATCHES.value)),
+        prompt_len=prompt, new_tokens=new, adapters=adapters, rank=rank,
+        repeats=_REPEATS.value, dtype=_DECODE_DTYPE.value, run_torch=not _NO_TORCH.value,
+        torch_device=_DECODE_TORCH.value, torch_threads=_DECODE_TORCH_THREADS.value,
+        num_hidden_layers=_DECODE_LAYERS.value), log)
   if "memory" in sections:
     log("memory ...")
     from fedlora_jax.benchmarks import memory

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The GPU figures of issues 15 and 24 on one offline GPU machine (an H200: about 12 minutes in all).
+# The GPU figures of issues 15, 24 and 25 on one offline GPU machine (an H200: about 8 minutes for
+# the bf16 training rounds, at most 4.5 more for the NF4 one and 7.5 for the decode runs: their
+# time limits; not yet run).
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]        # from the repository root; OUT_DIR defaults to $OUT
 #                                              # or ./gpu_results
@@ -83,4 +85,20 @@ run_preset qwen3-8b 220 qwen3-8b --gpu_wide_clients=
 # and with 64 clients on the one GPU; no PyTorch row (its base would be bf16: another program).
 run_preset qwen3-8b 260 qwen3-8b_nf4 --gpu_quantize=nf4 --gpu_skip=torch \
     --gpu_wide_clients=qwen3-8b:64
+
+# Decode (issue 25): KV-cached generation tokens/s in bf16 at batch 1 and 16 (prompt 128, 64 new
+# tokens, LoRA r=16 unmerged and merged) against transformers + PEFT `generate` on the GPU (random
+# torch weights of the same architecture: speed only), and 4 adapters in one batch of 16 against
+# loops over them. Each preset writes OUT_DIR/decode_<preset>.json and .md.
+run_decode() {  # preset, seconds allowed
+  local preset=$1 limit=$2
+  timeout "$limit" python scripts/benchmark.py --sections=decode --decode_preset="$preset" \
+      --decode_dtype=bfloat16 --decode_torch_device=cuda --decode_batches=1,16 \
+      --decode_shape=128,64,4,16 --repeats=3 --out_json="$out_dir/decode_$preset.json" \
+      --out_md="$out_dir/decode_$preset.md" 2>&1 | grep -v "^[IW][0-9]\{4\} " | tee -a "$log" \
+    || echo "gpu_check: decode $preset did not finish within $limit s (rows so far are in $log)" \
+      | tee -a "$log"
+}
+run_decode qwen3-1.7b 200
+run_decode qwen3-8b 240
 echo "== done $(date -u +%FT%TZ); results in $out_dir" | tee -a "$log"

@@ -100,32 +100,41 @@ def _files(workdir, skip):
 @pytest.mark.slow
 def test_secret_noise_runs_differ_resume_exactly_and_leave_no_secret(tmp_path):
   cache = str(tmp_path / "cache")
+  keys = str(tmp_path / "keystores")  # one keystore for both runs, as an enrolled hospital has
   a, b, c = (str(tmp_path / n) for n in ("a", "b", "c"))
-  experiment.run(tiny_config(a, cache, **DP))
-  experiment.run(tiny_config(b, cache, **DP))
-  assert _adapter_bytes(a) != _adapter_bytes(b)  # one config, two runs: different noise
-  # The twin: c holds a's secrets (its keystores), runs one round, then resumes to two.
-  shutil.copytree(os.path.join(a, "keys"), os.path.join(c, "keys"))
-  experiment.run(tiny_config(c, cache, **{**DP, "fed.rounds": 1}))
-  experiment.run(tiny_config(c, cache, **DP))
+  experiment.run(tiny_config(a, cache, **DP, **{"ledger.keystores": keys}))
+  experiment.run(tiny_config(b, cache, **DP, **{"ledger.keystores": keys}))
+  assert _adapter_bytes(a) != _adapter_bytes(b)  # same config and keystore: other noise
+  # Interrupted after round 1: a's workdir without its round-2 checkpoint and outputs, resumed.
+  shutil.copytree(a, c)
+  for gone in ("checkpoints/2", "adapter", "summary.json"):
+    shutil.rmtree(os.path.join(c, gone)) if os.path.isdir(os.path.join(c, gone)) else \
+        os.remove(os.path.join(c, gone))
+  experiment.run(tiny_config(c, cache, **DP, **{"ledger.keystores": keys}))
   assert _adapter_bytes(a) == _adapter_bytes(c)
-  # The losses and the privacy spent agree round by round (the 1-round run evaluated its last
-  # round on every test question, so accuracies may differ there).
-  keep = ("round", "clients", "loss", "weights", "privacy")
+  keep = ("round", "clients", "loss", "weights", "privacy", "accuracy")
   strip = lambda rs: [{k: r.get(k) for k in keep} for r in rs]
   assert strip(_records(a)) == strip(_records(c))
-  # No artifact outside the parties' keystores holds a secret or a noise key derived from it.
+  # A resume whose secret is gone is refused (re-run rounds would get other noise, unaccounted).
+  os.remove(os.path.join(keys, "clinic", "dp_secret"))
+  shutil.rmtree(os.path.join(c, "checkpoints", "2"))
+  with pytest.raises(ValueError, match="dp_secret is missing"):
+    experiment.run(tiny_config(c, cache, **DP, **{"ledger.keystores": keys}))
+  # No artifact of run a holds a hospital's secret or a noise key derived from it.
+  nonce = json.load(open(os.path.join(a, "privacy.json")))["run_nonce"]
   needles = []
-  for name in os.listdir(os.path.join(a, "keys")):
-    path = os.path.join(a, "keys", name)
-    if os.path.exists(os.path.join(path, "dp_secret")):
-      with open(os.path.join(path, "dp_secret"), "rb") as f:
-        needles.append(f.read().strip())
-      key = DpSecret.load_or_create(path).jax_key(SGD_NOISE, 0)
-      needles += [key.astype("<u4").tobytes(), key.astype(">u4").tobytes(),
-                  str(int(key[0])).encode()]
-  assert len(needles) == 6 * 4  # six hospitals: the secret and three encodings of a key
-  for path, data in _files(a, skip={"keys"}):
+  for name in os.listdir(keys):
+    path = os.path.join(keys, name)
+    if name == "clinic" or not os.path.exists(os.path.join(path, "dp_secret")):
+      continue
+    with open(os.path.join(path, "dp_secret"), "rb") as f:
+      needles.append(f.read().strip())
+    secret = DpSecret.load(path)
+    for r in range(2):
+      key = secret.jax_key(f"{SGD_NOISE}/{nonce}", r)
+      needles += [key.astype("<u4").tobytes(), key.astype(">u4").tobytes()]
+  assert len(needles) == 5 * 5  # five hospitals left: the secret, two rounds x two encodings
+  for path, data in _files(a, skip=set()):
     for needle in needles:
       assert needle not in data, (path, needle)
 

@@ -70,6 +70,10 @@ def test_robust_rule_and_attack_from_config():
     (dict(privacy__level="client", privacy__noise_multiplier=1.0, fed__algorithm="scaffold"),
      "fed.algorithm='scaffold' with privacy.level='client' is refused: its per-client control "
      "variates reach the server unclipped and unnoised"),
+    (dict(privacy__level="client", privacy__noise_multiplier=1.0, fed__algorithm="fedsa_lora"),
+     "personal B is trained, checkpointed and exported without client-level noise"),
+    (dict(privacy__level="client", privacy__noise_multiplier=1.0, fed__algorithm="local"),
+     "own adapter is trained, checkpointed and exported without client-level noise"),
 ])
 def test_bad_configs_are_clear_errors(overrides, message):
   with pytest.raises(ValueError, match=message):

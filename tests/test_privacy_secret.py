@@ -1,6 +1,7 @@
 """DP secrets: from the OS, private (0600 in a 0700 dir), stable across loads (exact resume),
-different per party and per run, never printed or pickled; the seeded research mode is the only
-one a config can reproduce; sites mode refuses DP settings it cannot run."""
+different per party, and per run through the run nonce even with a shared keystore; never printed
+or pickled; a resume without its secret is refused; the seeded research mode is the only one a
+config can reproduce; sites mode refuses DP settings it cannot run."""
 
 import os
 import pickle
@@ -11,8 +12,9 @@ import pytest
 
 from fedlora_jax.privacy.secret import DpSecret, SecretError
 from fedlora_jax.run.configs import load_config_file
+from fedlora_jax.run.dp_keys import DpKeys
 from fedlora_jax.sites import job
-from tests.run_fixtures import DEFAULT
+from tests.run_fixtures import DEFAULT, tiny_config
 
 
 def test_secret_is_created_private_and_reloaded_identically(tmp_path):
@@ -63,3 +65,20 @@ def test_sites_mode_refuses_safeguards_it_cannot_run(field, value, message):
   with pytest.raises(ValueError, match=message):
     job.check_job(cfg)
   job.check_job(load_config_file(DEFAULT))  # the default runs
+
+
+def test_runs_sharing_a_keystore_get_other_keys_and_a_resume_needs_its_secret(tmp_path):
+  cfg = tiny_config(str(tmp_path / "w"), str(tmp_path / "c"),
+                    **{"privacy.level": "example", "ledger.keystores": str(tmp_path / "keys")})
+  names = ["north", "south"]
+  first = DpKeys.open(cfg, cfg.workdir, names, [0, 1], run_nonce="aa", resuming=False)
+  second = DpKeys.open(cfg, cfg.workdir, names, [0, 1], run_nonce="bb", resuming=False)
+  again = DpKeys.open(cfg, cfg.workdir, names, [0, 1], run_nonce="aa", resuming=True)
+  assert not np.array_equal(first.noise_key(0, 0), second.noise_key(0, 0))
+  np.testing.assert_array_equal(first.noise_key(0, 3), again.noise_key(0, 3))
+  assert (first.sampling_rngs([1], 2)[0].random() != second.sampling_rngs([1], 2)[0].random())
+  with pytest.raises(ValueError, match="not held by this process"):
+    DpKeys.open(cfg, cfg.workdir, names, [0], run_nonce="aa", resuming=True).noise_key(1, 0)
+  os.remove(tmp_path / "keys" / "south" / "dp_secret")
+  with pytest.raises(SecretError, match="dp_secret is missing"):
+    DpKeys.open(cfg, cfg.workdir, names, [0, 1], run_nonce="aa", resuming=True)

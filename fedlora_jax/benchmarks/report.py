@@ -129,6 +129,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines += profile_lines(res["profile"])
   if res.get("memory"):
     lines += memory_lines(res["memory"])
+  if res.get("decode"):
+    lines += decode_lines(res["decode"])
   if res.get("notes"):
     lines += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
   return "\n".join(lines)
@@ -362,13 +364,45 @@ def profile_lines(p: dict[str, Any]) -> list[str]:
   return lines + [""]
 
 
+DECODE_HEADING = "## Decode: KV-cached generation vs transformers generate"
+
+
+def decode_lines(d: dict[str, Any]) -> list[str]:
+  """The decode section: tokens/s per decoder and batch, then the many-adapter batch."""
+  lines = [DECODE_HEADING, "",
+           f"`{d['preset']}` ({d['layers']} layers, {d['dtype']}, {d['backend']}), random weights, "
+           f"LoRA r={d['rank']} on all projections, prompt {d['prompt_len']} tokens, "
+           f"{d['new_tokens']} new tokens per row (greedy, no stop), prefill included; medians "
+           f"of timed calls after a first (compiling) call (`fedlora_jax/benchmarks/decode.py`); "
+           f"the process on {d.get('cpus', '?')} CPU(s), XLA_FLAGS `{d.get('xla_flags', '')}`"
+           + (f", transformers on {d['torch_threads']} thread(s)" if "torch_threads" in d else "")
+           + "."
+           + (f" Measured {d['date']}: `{d['command']}`, load average "
+              f"{', '.join(f'{x:.1f}' for x in d['load_average_at_end'])} at the end."
+              if d.get("date") else ""), "",
+           "| decoder | batch | tokens/s | s per call | first call s |", "|---|---|---|---|---|"]
+  lines += [f"| {r['name']} | {r['batch']} | {r['tokens_per_s']:.0f} | {r['median_s']:.3f} | "
+            f"{r['first_call_s']:.1f} |" for r in d["rows"]]
+  if "tokens_equal_to_torch" in d:
+    lines += ["", "Rows whose greedy tokens equal transformers': " + ", ".join(
+        f"batch {b}: {f:.2f}" for b, f in d["tokens_equal_to_torch"].items()) + "."]
+  lines += ["", f"Rows using {d['adapters']} different adapters (row i uses adapter i mod "
+            f"{d['adapters']}); the one-call tokens equal the loop's: "
+            f"{'yes' if d['many_equals_loop'] else 'NO'}.", "",
+            "| decoder | batch | tokens/s | s per call | first call s |", "|---|---|---|---|---|"]
+  lines += [f"| {r['name']} | {r['batch']} | {r['tokens_per_s']:.0f} | {r['median_s']:.3f} | "
+            f"{r['first_call_s']:.1f} |" for r in d["many"]]
+  return lines + [""]
+
+
 # Sections a run of their own writes into the existing files: key -> (heading, lines).
 SECTION_WRITERS = {"ablation": (ABLATION_HEADING, ablation_lines),
                    "quantize": (QUANTIZE_HEADING, quantize_lines),
                    "dp": (DP_HEADING, dp_lines),
                    "compile": (COMPILE_HEADING, compile_lines),
                    "profile": (PROFILE_HEADING, profile_lines),
-                   "memory": (MEMORY_HEADING, memory_lines)}
+                   "memory": (MEMORY_HEADING, memory_lines),
+                   "decode": (DECODE_HEADING, decode_lines)}
 
 
 def splice_section(markdown_text: str, heading: str, section: list[str]) -> str:

@@ -55,9 +55,11 @@ class Attack:
   def active(self) -> bool:
     return self.kind != "none"
 
-  def _alie_z_table(self, slots: int) -> list[float]:
-    """alie's default z for every possible number n in [0, slots] of real clients."""
-    return [alie_z(max(n, 1), min(len(self.attackers), max(n, 1))) for n in range(slots + 1)]
+  def _alie_z_table(self, slots: int) -> list[list[float]]:
+    """alie's default z [n, a] for every number n in [0, slots] of real clients and a of
+    attackers among them (the round's, under partial participation)."""
+    return [[alie_z(max(n, 1), min(a, max(n, 1))) for a in range(slots + 1)]
+            for n in range(slots + 1)]
 
   def apply(self, update_cd: jax.Array, client_ids: jax.Array, num_clients: int,
             key: jax.Array) -> jax.Array:
@@ -76,7 +78,7 @@ class Attack:
       bad_cd = (s or 1.0) * jax.random.normal(key, update_cd.shape, update_cd.dtype)
     elif self.kind == "alie":
       z = s or jnp.asarray(self._alie_z_table(update_cd.shape[0]), update_cd.dtype)[
-          jnp.sum(real_c)]
+          jnp.sum(real_c), jnp.sum(bad_c)]
       w_c = real_c.astype(update_cd.dtype)[:, None]
       mean_d = jnp.sum(w_c * update_cd, axis=0) / n
       std_d = jnp.sqrt(jnp.sum(w_c * jnp.square(update_cd - mean_d), axis=0) / n)

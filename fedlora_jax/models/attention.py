@@ -45,8 +45,19 @@ class Attention(nnx.Module):
     """x: [B, T, D]; cos/sin: [B, T, H]; mask: [B, T] (1 for real tokens). Returns [B, T, D]."""
     b, t, _ = x_btd.shape
     rq, rk, rv, ro = _split(dropout_rng, 4)
+    q_btnh, k_btkh, v_btkh = self.project(x_btd, cos_bth, sin_bth, [rq, rk, rv])
+    out_btnh = attend(q_btnh, k_btkh, v_btkh, mask_bs, self.implementation,
+                      by_lengths=self.implementation == "cudnn")
+    out_btnh = checkpoint_name(out_btnh, "attention_out")
+    return self.o_proj(out_btnh.reshape(b, t, self.num_heads * self.head_dim), ro)
+
+  def project(self, x_btd: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array,
+              rngs: list[jax.Array | None] | None = None
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Rotated queries [B, T, N, H], rotated keys and values [B, T, K, H] of x [B, T, D]."""
+    b, t, _ = x_btd.shape
     q_btf, k_btf, v_btf = projections([self.q_proj, self.k_proj, self.v_proj], x_btd,
-                                      [rq, rk, rv], fuse=self.fuse_lora)
+                                      rngs or [None] * 3, fuse=self.fuse_lora)
     q_btnh = q_btf.reshape(b, t, self.num_heads, self.head_dim)
     k_btkh = k_btf.reshape(b, t, self.num_kv_heads, self.head_dim)
     v_btkh = v_btf.reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -56,10 +67,7 @@ class Attention(nnx.Module):
     q_btnh = checkpoint_name(apply_rope(q_btnh, cos_bth, sin_bth), "qkv")
     k_btkh = checkpoint_name(apply_rope(k_btkh, cos_bth, sin_bth), "qkv")
     v_btkh = checkpoint_name(v_btkh, "qkv")
-    out_btnh = attend(q_btnh, k_btkh, v_btkh, mask_bs, self.implementation,
-                      by_lengths=self.implementation == "cudnn")
-    out_btnh = checkpoint_name(out_btnh, "attention_out")
-    return self.o_proj(out_btnh.reshape(b, t, self.num_heads * self.head_dim), ro)
+    return q_btnh, k_btkh, v_btkh
 
 
 def attend(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bs: jax.Array,

@@ -23,9 +23,15 @@ from fedlora_jax.privacy.dp_sgd import ExampleDP
 LEVELS = ("none", "example", "client")
 LEVEL_NAMES = {"example": "example-level (one training record)",
                "client": "client-level (one hospital)"}
-# Algorithms whose per-client state reaches the server's step: under client-level DP it would
-# leave each client unclipped and unnoised (SCAFFOLD's control variates).
-CLIENT_STATE_TO_SERVER = ("scaffold",)
+# Refused with client-level DP, and why: per-client state that would leave each client (or be
+# released per hospital) unclipped and unnoised.
+CLIENT_DP_REFUSED = {
+    "scaffold": "its per-client control variates reach the server unclipped and unnoised",
+    "fedsa_lora": "each hospital's personal B is trained, checkpointed and exported without "
+                  "client-level noise",
+    "local": "each hospital's own adapter is trained, checkpointed and exported without "
+             "client-level noise",
+}
 
 
 class PrivacyResumeError(ValueError):
@@ -116,9 +122,9 @@ def privacy_plan(cfg, names: Sequence[str], dataset_sizes: Sequence[int],
     raise ValueError(f"privacy.delta={p.delta} must be in (0, 1)")
   if p.adaptive_clipping and p.level != "client":
     raise ValueError("privacy.adaptive_clipping applies to privacy.level='client' only")
-  if p.level == "client" and f.algorithm in CLIENT_STATE_TO_SERVER:
+  if p.level == "client" and f.algorithm in CLIENT_DP_REFUSED:
     raise ValueError(f"fed.algorithm={f.algorithm!r} with privacy.level='client' is refused: "
-                     "its per-client control variates reach the server unclipped and unnoised")
+                     f"{CLIENT_DP_REFUSED[f.algorithm]}")
   if p.level == "client" and f.centralized:
     raise ValueError("privacy.level='client' with fed.centralized=True is refused: one pooled "
                      "client has no client-level guarantee")

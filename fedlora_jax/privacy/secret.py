@@ -55,20 +55,29 @@ class DpSecret:
   def load_or_create(cls, directory: str | os.PathLike[str]) -> DpSecret:
     """The secret in `directory/dp_secret`, created from os.urandom when absent."""
     d = Path(directory)
-    path = d / SECRET_FILE
-    if not path.exists():
+    if not (d / SECRET_FILE).exists():
       d.mkdir(parents=True, exist_ok=True, mode=0o700)
       os.chmod(d, 0o700)
-      tmp = d / (SECRET_FILE + ".tmp")
-      fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+      tmp = d / f"{SECRET_FILE}.{os.urandom(8).hex()}.tmp"
+      fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
       with os.fdopen(fd, "wb") as f:
         f.write(os.urandom(SECRET_BYTES).hex().encode())
         f.flush()
         os.fsync(f.fileno())
-      os.replace(tmp, path)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-      raise SecretError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+      os.replace(tmp, d / SECRET_FILE)
+    return cls.load(d)
+
+  @classmethod
+  def load(cls, directory: str | os.PathLike[str]) -> DpSecret:
+    """The existing secret in `directory/dp_secret` (a resume needs the one it started with)."""
+    path = Path(directory) / SECRET_FILE
+    if not path.is_file() or path.is_symlink():
+      raise SecretError(f"{path} is missing: a resumed DP run needs the secret it started with "
+                        "(restore it, or start a new --config.workdir)")
+    st = path.stat()
+    if stat.S_IMODE(st.st_mode) & 0o077 or st.st_uid != os.getuid():
+      raise SecretError(f"{path} is readable by others or not ours (mode "
+                        f"{stat.S_IMODE(st.st_mode):o}, uid {st.st_uid}); chmod 600 it")
     try:
       secret = bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as e:

@@ -2,10 +2,13 @@
 
 Hospitals (the clients this process holds) draw their DP-SGD noise and Poisson batches from their
 own `DpSecret` in `<keystores>/<hospital>/dp_secret`, next to their BLS key; the server (process 0)
-draws DP-FedAvg's noise from `<workdir>/keys/server/dp_secret`. The round's program runs on every
-process, so the server's per-round key reaches the other processes (one organisation in a pod);
-a hospital's keys never leave the process that holds it. With `privacy.reproducible_noise` every
-secret derives from the config seed instead (research only: no privacy guarantee).
+draws DP-FedAvg's noise from `<workdir>/keys/server/dp_secret`. A keystore outlives a run (an
+enrolled hospital keeps it), so every key also binds the run's nonce (public, from the OS at the
+run's start, kept in privacy.json): two runs never share noise or batches, even on the same data
+with the same keystore, while a resume gets its own run's keys back. The round's program runs on
+every process, so the server's per-round key reaches the other processes (one organisation in a
+pod); a hospital's keys never leave the process that holds it. With `privacy.reproducible_noise`
+every secret derives from the config seed instead (research only: no privacy guarantee).
 """
 
 from __future__ import annotations
@@ -29,54 +32,74 @@ def keystore_root(cfg, workdir: str) -> str:
   return os.path.expanduser(cfg.ledger.keystores) or os.path.join(workdir, "keys")
 
 
+def new_run_nonce() -> str:
+  """A fresh public run nonce (hex), from the OS."""
+  return os.urandom(16).hex()
+
+
 class DpKeys:
   """The DP secrets this process holds and the keys of each round.
 
   Args:
-    hospitals: {client id: that hospital's secret} for the clients on this process.
-    server: the server's secret (process 0 only; None elsewhere or without client-level DP).
-    client_level: client-level DP is on (the server's key is needed on every process).
+    level: `privacy.level` ("none" | "example" | "client").
+    run_nonce: the run's nonce (hex; privacy.json).
+    hospitals: {client id: that hospital's secret} for the clients on this process (example).
+    server: the server's secret (client level, process 0 only).
   """
 
-  def __init__(self, hospitals: dict[int, DpSecret], server: DpSecret | None,
-               client_level: bool = False):
-    self.hospitals = hospitals
+  def __init__(self, level: str = "none", run_nonce: str = "",
+               hospitals: dict[int, DpSecret] | None = None, server: DpSecret | None = None):
+    self.level = level
+    self.run_nonce = run_nonce
+    self.hospitals = hospitals or {}
     self.server = server
-    self.client_level = client_level
 
   @classmethod
-  def open(cls, cfg, workdir: str, names: Sequence[str], local_clients: Sequence[int]) -> DpKeys:
-    """Loads (or creates) the secrets of the parties on this process for `privacy.level`."""
+  def open(cls, cfg, workdir: str, names: Sequence[str], local_clients: Sequence[int], *,
+           run_nonce: str, resuming: bool) -> DpKeys:
+    """The secrets of the parties on this process for `privacy.level`: created from the OS at a
+    fresh start; a resume requires the ones it started with (else its re-run rounds would be
+    released again with other noise, unaccounted)."""
     level, seeded = cfg.privacy.level, cfg.privacy.reproducible_noise
 
     def secret(party: str, directory: str) -> DpSecret:
-      return DpSecret.reproducible(cfg.seed, party) if seeded else DpSecret.load_or_create(
-          directory)
+      if seeded:
+        return DpSecret.reproducible(cfg.seed, party)
+      return DpSecret.load(directory) if resuming else DpSecret.load_or_create(directory)
 
     root = keystore_root(cfg, workdir)
     hospitals = ({c: secret(names[c], os.path.join(root, names[c])) for c in local_clients}
                  if level == "example" else {})
     server = (secret("server", os.path.join(workdir, "keys", "server"))
               if level == "client" and multihost.is_writer() else None)
-    return cls(hospitals, server, client_level=level == "client")
+    return cls(level, run_nonce, hospitals, server)
+
+  def _purpose(self, what: str) -> str:
+    return f"{what}/{self.run_nonce}"
+
+  def _hospital(self, client_id: int) -> DpSecret:
+    if int(client_id) not in self.hospitals:
+      raise ValueError(f"client {client_id}'s DP secret is not held by this process")
+    return self.hospitals[int(client_id)]
 
   def sampling_rngs(self, client_ids: Sequence[int], round_idx: int
                     ) -> list[np.random.Generator]:
     """Each (local) client's secret Poisson-sampling generator for round `round_idx`."""
-    return [self.hospitals[int(c)].numpy_rng(SGD_SAMPLING, round_idx) for c in client_ids]
+    return [self._hospital(c).numpy_rng(self._purpose(SGD_SAMPLING), round_idx)
+            for c in client_ids]
 
   def noise_key(self, client_id: int, round_idx: int) -> np.ndarray:
-    """uint32 [2]: a (local) client's secret DP-SGD noise key of round `round_idx`, or zeros for
-    a padding slot or without DP-SGD."""
-    if client_id == PAD or not self.hospitals:
+    """uint32 [2]: a (local) client's secret DP-SGD noise key of round `round_idx` (zeros for a
+    padding slot)."""
+    if client_id == PAD:
       return np.zeros((2,), np.uint32)
-    return self.hospitals[int(client_id)].jax_key(SGD_NOISE, round_idx)
+    return self._hospital(client_id).jax_key(self._purpose(SGD_NOISE), round_idx)
 
   def server_noise_key(self, round_idx: int) -> np.ndarray | None:
     """uint32 [2]: the server's DP-FedAvg key of round `round_idx` on every process (None
     without client-level DP)."""
-    if not self.client_level:
+    if self.level != "client":
       return None
-    key = multihost.broadcast_json(
-        None if self.server is None else self.server.jax_key(FEDAVG_NOISE, round_idx).tolist())
-    return None if key is None else np.asarray(key, np.uint32)
+    key = multihost.broadcast_json(None if self.server is None else self.server.jax_key(
+        self._purpose(FEDAVG_NOISE), round_idx).tolist())
+    return np.asarray(key, np.uint32)

@@ -23,20 +23,21 @@ from fedlora_jax import models
 from fedlora_jax.eval import fairness_summary
 from fedlora_jax.federated import distributed
 from fedlora_jax.federated.placement import ClientPlacement
-from fedlora_jax.run import multihost, report
+from fedlora_jax.generation import text
+from fedlora_jax.run import generative_eval, multihost, report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import Evaluator
 from fedlora_jax.run.gates import (Gate, LedgerGate, OpenGate, base_digest, base_tensors,
                                    ledger_rules)
-from fedlora_jax.privacy.plan import LEVEL_NAMES, privacy_plan
+from fedlora_jax.privacy.plan import LEVEL_NAMES, PrivacyResumeError, privacy_plan
 from fedlora_jax.privacy.secret import NO_GUARANTEE
 from fedlora_jax.privacy.spent import PrivacyMeter
-from fedlora_jax.run.dp_keys import DpKeys
+from fedlora_jax.run.dp_keys import DpKeys, new_run_nonce
 from fedlora_jax.run.hooks import (PERSONALISED, CheckpointHook, EvaluationHook, Job, MetricsHook,
                                    PrivacyHook, eval_loras, per_client, progress)
 from fedlora_jax.run.loop import RoundRunner, run_rounds
-from fedlora_jax.run.setup import (ClientData, base_model_dir, expand, hospital_names,
-                                   load_client_data, load_model, local_steps, lora_config)
+from fedlora_jax.run.setup import (ClientData, base_model_dir, client_records, expand,
+                                   hospital_names, load_client_data, load_model, local_steps, lora_config)
 from fedlora_jax.run.workdir import check_workdir, flat_config, write_config, write_json
 # (flower) algorithm and local training are built in setup, shared with fedlora_jax/sites
 from fedlora_jax.run.setup import algorithm as _algorithm, local_training as _training
@@ -88,6 +89,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   ckpt_dir = os.path.join(workdir, "checkpoints")
   has_ckpt = _has_checkpoint(ckpt_dir)
   check_workdir(workdir, cfg, has_checkpoint=has_ckpt, resume=cfg.resume)
+  generative_eval.check_mode(cfg, jax.process_count())
   sharding = _sharding(cfg)
   mesh = None if sharding is None else sharding.mesh
   if multihost.is_writer():  # the cached tiny base and tokenizer: built once, then read by all
@@ -105,9 +107,14 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   per_round = F.clients_per_round(num_clients, count=cfg.fed.clients_per_round or None)
   resuming = has_ckpt and cfg.resume
   recorded = multihost.broadcast_json(_recorded_privacy(workdir) if resuming else None)
+  if resuming and cfg.privacy.level != "none" and recorded is None:
+    raise PrivacyResumeError(f"{workdir} has checkpoints but no {PRIVACY_FILE}: its privacy "
+                             "accounting is unknown; start a new --config.workdir")
+  run_nonce = (recorded or {}).pop("run_nonce", None) or multihost.broadcast_json(
+      new_run_nonce() if multihost.is_writer() else None)
   plan = privacy_plan(cfg, data.train_names, data.train_sizes, per_round, recorded)
   if plan.accountant is not None and multihost.is_writer() and recorded is None:
-    write_json(os.path.join(workdir, PRIVACY_FILE), plan.record())
+    write_json(os.path.join(workdir, PRIVACY_FILE), {**plan.record(), "run_nonce": run_nonce})
   if plan.reproducible_noise and plan.accountant is not None:
     logging.warning("privacy.reproducible_noise=True: %s", NO_GUARANTEE)
   steps = local_steps(cfg, data)  # the centralized client takes one round's hospitals' steps
@@ -166,7 +173,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
       metrics.log.append(record0)
       progress(record0, 0)
   dp_keys = DpKeys.open(cfg, workdir, data.train_names,
-                        placement.hospitals_of(jax.process_index()))
+                        placement.hospitals_of(jax.process_index()), run_nonce=run_nonce,
+                        resuming=resuming)
   runner = RoundRunner(engine, placement, data, clients_per_round=per_round,
                        local_steps=steps, batch_size=cfg.fed.batch_size,
                        seed=cfg.seed, max_batch_size=plan.max_batch_size, privacy=meter,
@@ -183,6 +191,9 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   matrix = evaluation.matrix
   if matrix is None:  # resumed after the last round: evaluate once more
     matrix = evaluation.full_matrix(job)
+  generative = None
+  if cfg.eval.mode == "generate":
+    generative = _generative_scores(cfg, graphdef, job, data, tokenizer, base_dir)
   privacy = None
   if plan.accountant is not None:
     privacy = {"level": cfg.privacy.level, "unit": LEVEL_NAMES[cfg.privacy.level],
@@ -190,11 +201,25 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                "epsilon": plan.accountant.spent(),
                **({"guarantee": NO_GUARANTEE} if plan.reproducible_noise else {})}
   return _finish(cfg, workdir, graphdef, job, data, matrix, evaluation.correct, base_dir, gate,
-                 privacy)
+                 privacy, generative)
+
+
+def _generative_scores(cfg, graphdef, job: Job, data: ClientData, tokenizer, base_dir: str
+                       ) -> dict[str, Any]:
+  """eval.mode=generate: the final adapters' free-text accuracy on each hospital's test set."""
+  test_records = client_records(cfg, set(range(len(data.test_names))))[2]
+  records = {t: list(test_records[t][:len(data.test[t])]) for t in data.test}
+  accuracy = generative_eval.generative_accuracy(
+      graphdef, job.base, eval_loras(job.algorithm, job.state), data.test, records, tokenizer,
+      text.stop_ids(base_dir, tokenizer), cfg.eval.batch_size)
+  logging.info("generate: %s", ", ".join(f"{n} {a:.3f}" for n, a in
+                                         zip(data.test_names, accuracy)))
+  return generative_eval.summary(data.test_names, accuracy)
 
 
 def _finish(cfg, workdir: str, graphdef, job: Job, data: ClientData, matrix, correct,
-            base_dir: str, gate: Gate, privacy: dict[str, Any] | None) -> dict[str, Any]:
+            base_dir: str, gate: Gate, privacy: dict[str, Any] | None,
+            generative: dict[str, Any] | None = None) -> dict[str, Any]:
   """Exports the adapter(s) in PEFT format, checks provenance, writes summary, per-question
   correctness (`correct.npz`: test set -> [M, N_t] bool, for compare's paired bootstraps) and
   the report."""
@@ -234,6 +259,8 @@ def _finish(cfg, workdir: str, graphdef, job: Job, data: ClientData, matrix, cor
           "kind": cfg.model.quantize, "bits": models.quant.BITS[cfg.model.quantize],
           "block_size": cfg.model.quant_block_size,
           "scale_dtype": cfg.model.quant_scale_dtype}
+    if generative is not None:
+      summary["generate"] = generative
     np.savez_compressed(os.path.join(workdir, "correct.npz"), **dict(zip(data.test_names, correct)))
     ledger = gate.summary(adapter_file)
     if ledger:

@@ -39,7 +39,7 @@ class RoundRunner:
     self.seed = seed
     self.max_batch_size = max_batch_size  # DP-SGD: Poisson batches of this fixed shape
     self.privacy = privacy  # DP: counts each round before its ledger block records the epsilon
-    self.dp_keys = dp_keys or DpKeys({}, None)  # each party's secret DP randomness
+    self.dp_keys = dp_keys or DpKeys()  # each party's secret DP randomness
     held = [int(t.seq_len) for t in data.train.values()]
     self.seq_len = max(multihost.allgather_json(max(held, default=0)))  # once, at setup
 
@@ -77,7 +77,10 @@ class RoundRunner:
                                           rows(k)) for k in BATCH_KEYS}
 
   def noise_keys(self, slot_ids: np.ndarray, round_idx: int):
-    """[S, 2] uint32 DP-SGD keys; this process fills the rows of its own hospitals only."""
+    """[S, 2] uint32 DP-SGD keys (None without DP-SGD); this process fills the rows of its own
+    hospitals only."""
+    if self.dp_keys.level != "example":
+      return None
     row = lambda s: self.dp_keys.noise_key(int(slot_ids[s]), round_idx)
     if self.engine.sharding is None:
       return np.stack([row(s) for s in range(len(slot_ids))])

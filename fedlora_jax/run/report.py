@@ -144,6 +144,22 @@ def _protocol_lines(summary: dict[str, Any]) -> list[str]:
   return lines
 
 
+def _generate_lines(summary: dict[str, Any]) -> list[str]:
+  """eval.mode=generate: free-text accuracy next to the likelihood score, per client."""
+  if "generate" not in summary:
+    return []
+  gen, f = summary["generate"], summary["generate"]["fairness"]
+  lines = ["", "Free-text answers (eval.mode=generate, greedy, normalised exact match) next to "
+           "the likelihood score (best option's answer token), own test set:", "",
+           "| client | likelihood | generate |", "|---|---|---|"]
+  lines += [f"| {n} | {summary['accuracy'][n]:.3f} | {gen['accuracy'][n]:.3f} |"
+            for n in summary["accuracy"]]
+  lines.append(f"| mean / worst / harmonic mean | {summary['fairness']['mean']:.3f} / "
+               f"{summary['fairness']['min']:.3f} / {summary['fairness']['harmonic_mean']:.3f} | "
+               f"{f['mean']:.3f} / {f['min']:.3f} / {f['harmonic_mean']:.3f} |")
+  return lines
+
+
 def write_report(workdir: str, summary: dict[str, Any]) -> str:
   records = MetricsLog.read(os.path.join(workdir, "metrics.jsonl"))
   if any("accuracy" in r for r in records):
@@ -165,6 +181,7 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
     n = c["client"]
     lines.append(f"| {n} | {c['train']} | {c['test']} | {c['dominant']} ({c['dominant_share']}) "
                  f"| {summary['accuracy'][n]:.3f} | {summary['accuracy_all_tests'][n]:.3f} |")
+  lines += _generate_lines(summary)
   lines += ["", *_protocol_lines(summary), "", "![accuracy curves](accuracy_curves.png)", "",
             "![client x test set](client_test_heatmap.png)", ""]
   privacy = _privacy_lines(records, len(summary["clients"]))

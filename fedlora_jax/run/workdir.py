@@ -15,7 +15,8 @@ import ml_collections
 
 # Fields a resumed run may change (more rounds, other bookkeeping); everything else must match.
 RESUMABLE_FIELDS = ("workdir", "resume", "fed.rounds", "eval.every", "eval.batch_size",
-                    "eval.group_size", "eval.round_max_test_per_client", "fed.client_group_size",
+                    "eval.group_size", "eval.round_max_test_per_client", "eval.mode",
+                    "fed.client_group_size",
                     "checkpoint.every",
                     "checkpoint.keep", "cache_dir", "mesh.clients", "mesh.model")
 

@@ -13,7 +13,7 @@ def check_job(cfg: ml_collections.ConfigDict) -> None:
   a safeguard the config asks for is never dropped silently."""
   if cfg.fed.centralized:
     raise ValueError("fed.centralized pools every hospital's data; it has no sites mode")
-  if cfg.privacy.reproducible_noise:
+  if cfg.privacy.get("reproducible_noise", False):
     raise ValueError("privacy.reproducible_noise=True derives DP noise from the config seed "
                      "(no privacy); sites mode refuses it")
   if cfg.privacy.level != "none":
@@ -26,6 +26,9 @@ def check_job(cfg: ml_collections.ConfigDict) -> None:
   if cfg.attack.kind != "none":
     raise ValueError(f"attack.kind={cfg.attack.kind!r} is a simulation experiment; sites mode "
                      "refuses it")
+  mode = cfg.eval.get("mode", "likelihood")  # job configs written before the field existed
+  if mode != "likelihood":
+    raise ValueError(f"eval.mode={mode!r}: the sites mode scores by likelihood only")
 
 
 def config_json(cfg: ml_collections.ConfigDict) -> str:
