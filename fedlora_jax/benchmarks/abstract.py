@@ -47,10 +47,9 @@ class AbstractRound:
                 for x in jax.tree.leaves(v))
     total += sum(jax.tree.leaves(jax.tree.map(shard_bytes, self.base, fr.base_sharding)))
     total += sum(shard_bytes(x, sh.by_client) for x in self.batches.values())
-    # `FederatedRound.lower`'s other arguments: client ids and sample counts (replicated), the
-    # DP-SGD noise keys [C, 2] (by client) and the server's noise key [2] (replicated).
-    noise_keys = jax.ShapeDtypeStruct((self.clients, 2), np.uint32)
-    return total + 2 * 4 * self.clients + shard_bytes(noise_keys, sh.by_client) + 2 * 4
+    # Client ids and sample counts (replicated); the DP noise keys `lower` also passes are unused
+    # without DP, so jit prunes them (the abstract rounds here have no DP).
+    return total + 2 * 4 * self.clients
 
 
 @functools.lru_cache(maxsize=4)
