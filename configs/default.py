@@ -33,6 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.attention_impl = "auto"  # xla, cudnn (GPU, bf16/fp16); auto: cudnn on GPU with bf16/fp16
   c.model.fuse_lora = "auto"  # on: one LoRA-A matmul for q/k/v, one for gate/up; off; auto: GPU on
   c.model.scan_layers = "auto"  # on: layers stacked [L, ...], one lax.scan; auto: off on CPU
+  c.model.quantize = "none"  # frozen projections stored as none int8 int4 nf4 (QLoRA; the tiny
+  #                           base is pretrained in float and quantized as loaded)
+  c.model.quant_block_size = 64  # input columns per quantization scale; 0: one per output channel
+  c.model.quant_scale_dtype = "float32"  # float32 or bfloat16
   c.model.compile_cache = True  # JAX's persistent compilation cache in <cache_dir>/jax_cache
 
   c.pretrain = ml_collections.ConfigDict()  # only for the tiny base (model.hf_path empty)

@@ -11,17 +11,20 @@ r"""Benchmarks: round throughput vs a PyTorch + PEFT baseline, scaling, memory, 
                                                                 # simulation, configs/default.py
   nice python scripts/benchmark.py --sections=compile            # qwen3-8b round compile time
   python scripts/benchmark.py --sections=ablation --repeats=5   # each speed option on vs off
+  python scripts/benchmark.py --sections=quantize --repeats=3   # float vs int8 vs nf4 base (CPU)
   python scripts/benchmark.py --sections=profile                # a CPU round's time by op kind
   python scripts/benchmark.py --sections=decode                 # generation tokens/s vs HF
 
-A run of only the memory, dp, deploy, compile, profile, ablation or decode section updates its own key of
---out_json and its own heading of --out_md, leaving the other sections' figures as they are.
+A run of only the memory, dp, deploy, compile, profile, ablation, quantize or decode section
+updates its own key of --out_json and its own heading of --out_md, leaving the other sections'
+figures as they are.
 
 Writes every figure to --out_json and a summary table to --out_md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -31,7 +34,7 @@ from absl import app, flags
 
 _SECTIONS = flags.DEFINE_list("sections", ["round", "scaling", "ledger", "gpu"],
                               "Sections to run: round, scaling, ledger, gpu, memory, dp, compile, "
-                              "profile, ablation, decode.")
+                              "profile, ablation, quantize, decode.")
 _PRESET = flags.DEFINE_string("preset", "qwen3-tiny", "Model preset of the round section.")
 _CLIENTS = flags.DEFINE_integer("clients", 8, "Clients per round (round section).")
 _STEPS = flags.DEFINE_integer("local_steps", 4, "Local steps K.")
@@ -65,6 +68,8 @@ _GPU_CHUNK = flags.DEFINE_integer("gpu_logits_chunk", 128, "logits_chunk of the 
 _GPU_DRY = flags.DEFINE_bool("gpu_dry_run", False, "Run the GPU section with a tiny model on CPU.")
 _GPU_WIDE = flags.DEFINE_list("gpu_wide_clients", ["qwen3-1.7b:64"],
                               "PRESET:C pairs: an extra engine row with C clients.")
+_GPU_QUANTIZE = flags.DEFINE_string("gpu_quantize", "none",
+                                    "Frozen base storage of the GPU section: none int8 int4 nf4.")
 _GPU_SKIP = flags.DEFINE_list("gpu_skip", [], "GPU rows to skip: torch, sequential.")
 _MEM_PRESET = flags.DEFINE_string("memory_preset", "qwen3-8b", "Preset of the memory section.")
 _MEM_CLIENTS = flags.DEFINE_list("memory_clients", ["16", "64"], "Client counts (memory).")
@@ -72,6 +77,10 @@ _MEM_MODEL = flags.DEFINE_list("memory_model_sizes", ["1", "2", "4", "8"], "mesh
 _MEM_SHAPE = flags.DEFINE_list("memory_shape", ["1", "2", "512", "16"], "K, B, S, r (memory).")
 _MEM_LAYERS = flags.DEFINE_list("memory_layers", ["1", "2"],
                                 "Two depths compiled; the preset's depth is extrapolated.")
+_MEM_QUANTIZE = flags.DEFINE_list("memory_quantize", ["nf4"],
+                                  "Quantized base formats also compiled (memory; empty: none).")
+_MEM_QUANT_MODEL = flags.DEFINE_list("memory_quantize_model_sizes", ["1"],
+                                     "mesh.model sizes compiled with a quantized base (memory).")
 _COMPILE_PRESET = flags.DEFINE_string("compile_preset", "qwen3-8b",
                                       "Preset of the compile section (bf16, all layers).")
 _COMPILE_SHAPE = flags.DEFINE_list("compile_shape", ["16", "1", "2", "512", "16"],
@@ -214,6 +223,11 @@ def main(argv):
     res["ablation"] = suite.ablation_section(_PRESET.value, RoundShape(
         _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
         _CHUNK.value, log=log)
+  if "quantize" in sections:
+    log("quantize ...")
+    res["quantize"] = suite.ablation_section(_PRESET.value, RoundShape(
+        _CLIENTS.value, _STEPS.value, _BATCH.value, _SEQ.value, _RANK.value), _REPEATS.value,
+        _CHUNK.value, variants=suite.QUANTIZED, log=log)
   if "dp" in sections:
     log("dp ...")
     res["dp"] = suite.dp_section(_PRESET.value, RoundShape(
@@ -240,7 +254,7 @@ def main(argv):
         wide_clients={p: int(n) for p, n in wide.items()}, repeats=_REPEATS.value,
         logits_chunk=_GPU_CHUNK.value, dry_run=_GPU_DRY.value,
         run_torch="torch" not in _GPU_SKIP.value,
-        run_sequential="sequential" not in _GPU_SKIP.value), log)
+        run_sequential="sequential" not in _GPU_SKIP.value, quantize=_GPU_QUANTIZE.value), log)
   if "compile" in sections:
     log("compile ...")
     c, k, b, s, r = _ints(_COMPILE_SHAPE.value)
@@ -272,10 +286,16 @@ def main(argv):
     log("memory ...")
     from fedlora_jax.benchmarks import memory
     k, b, s, r = _ints(_MEM_SHAPE.value)
-    res["memory"] = memory.run_in_subprocess(memory.MemoryOptions(
+    opt = memory.MemoryOptions(
         preset=_MEM_PRESET.value, clients=tuple(_ints(_MEM_CLIENTS.value)),
         model_sizes=tuple(_ints(_MEM_MODEL.value)), local_steps=k, batch=b, seq=s, rank=r,
-        layers=tuple(_ints(_MEM_LAYERS.value))), _OUT_JSON.value + ".memory.tmp", log)
+        layers=tuple(_ints(_MEM_LAYERS.value)))
+    res["memory"] = memory.run_in_subprocess(opt, _OUT_JSON.value + ".memory.tmp", log)
+    res["memory"]["quantized"] = {
+        q: memory.run_in_subprocess(dataclasses.replace(
+            opt, quantize=q, model_sizes=tuple(_ints(_MEM_QUANT_MODEL.value)),
+            argument_presets=()), _OUT_JSON.value + ".memory.tmp", log)
+        for q in _MEM_QUANTIZE.value}
     os.remove(_OUT_JSON.value + ".memory.tmp")
   only = next(iter(sections)) if len(sections) == 1 else None
   if only in report.SECTION_WRITERS:  # a run of one such section replaces only its own figures

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU figures of issues 15 and 25 on one offline GPU machine (an H200: about 8 minutes for
-# the training rounds, at most 7.5 more for the decode runs: their time limits; not yet run).
+# The GPU figures of issues 15, 24 and 25 on one offline GPU machine (an H200: about 8 minutes for
+# the bf16 training rounds, at most 4.5 more for the NF4 one and 7.5 for the decode runs: their
+# time limits; not yet run).
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]        # from the repository root; OUT_DIR defaults to $OUT
 #                                              # or ./gpu_results
@@ -18,7 +19,8 @@
 # --python-version). Packages already installed there are not reinstalled.
 #
 # Runs `scripts/benchmark.py --sections=gpu` once per preset (bf16, full remat, random weights,
-# 16 clients x K=1 x batch 2 x seq 512, LoRA r=16, plus a 64-client engine row for qwen3-1.7b):
+# 16 clients x K=1 x batch 2 x seq 512, LoRA r=16, plus a 64-client engine row for qwen3-1.7b;
+# then qwen3-8b again over an NF4 base with a 64-client row: OUT_DIR/gpu_qwen3-8b_nf4.*):
 # tokens/s and MFU (4N basis, against a measured 8192^3 bf16 matmul) of the engine with XLA and
 # with cuDNN attention, of the same jitted client update called per client, and of PyTorch + PEFT
 # training the clients one after another on the same GPU; device memory. Each preset writes
@@ -67,18 +69,22 @@ EOF
 # JAX takes 60% of the GPU; PyTorch + PEFT runs in the same process in the rest.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.6
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-run_preset() {  # preset, seconds allowed, extra flags
-  local preset=$1 limit=$2
-  shift 2
+run_preset() {  # preset, seconds allowed, output name, extra flags
+  local preset=$1 limit=$2 name=$3
+  shift 3
   timeout "$limit" python scripts/benchmark.py --sections=gpu --gpu_presets="$preset" \
-      --gpu_shape=16,1,2,512,16 --repeats=3 --out_json="$out_dir/gpu_$preset.json" \
-      --out_md="$out_dir/gpu_$preset.md" --note="scripts/gpu_check.sh on $(hostname)" "$@" \
+      --gpu_shape=16,1,2,512,16 --repeats=3 --out_json="$out_dir/gpu_$name.json" \
+      --out_md="$out_dir/gpu_$name.md" --note="scripts/gpu_check.sh on $(hostname)" "$@" \
       2>&1 | grep -v "^[IW][0-9]\{4\} " | tee -a "$log" \
     || echo "gpu_check: $preset did not finish within $limit s (rows so far are in $log)" \
       | tee -a "$log"
 }
-run_preset qwen3-1.7b 200 --gpu_wide_clients=qwen3-1.7b:64
-run_preset qwen3-8b 220 --gpu_wide_clients=
+run_preset qwen3-1.7b 200 qwen3-1.7b --gpu_wide_clients=qwen3-1.7b:64
+run_preset qwen3-8b 220 qwen3-8b --gpu_wide_clients=
+# The 8B base stored in NF4 (issue 24): the engine's tokens/s and MFU over the quantized base,
+# and with 64 clients on the one GPU; no PyTorch row (its base would be bf16: another program).
+run_preset qwen3-8b 260 qwen3-8b_nf4 --gpu_quantize=nf4 --gpu_skip=torch \
+    --gpu_wide_clients=qwen3-8b:64
 
 # Decode (issue 25): KV-cached generation tokens/s in bf16 at batch 1 and 16 (prompt 128, 64 new
 # tokens, LoRA r=16 unmerged and merged) against transformers + PEFT `generate` on the GPU (random

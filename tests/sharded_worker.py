@@ -9,6 +9,11 @@
         model=4` mesh (the base split over `model`) with client groups, for FedAvg and SCAFFOLD,
         and for FedAvg also without groups; the compiled program's per-device argument bytes;
         mesh shapes that cannot be placed. Writes OUT_DIR/mesh2d.npz and OUT_DIR/mesh2d.json.
+    python -m tests.sharded_worker quant OUT_DIR
+        with 8 devices: two FedAvg rounds of MESH_CLIENTS clients over an NF4-quantized base on
+        the `clients=2 x model=4` mesh (layer loop, and the layer scan), and over the same
+        weights dequantized to float on one device; the placement of codes and scales and the
+        per-device argument bytes. Writes OUT_DIR/quant.npz and OUT_DIR/quant.json.
     python -m tests.sharded_worker process COORDINATOR NUM_PROCESSES PROCESS_ID OUT_DIR
         one process of a `jax.distributed` run (gloo CPU collectives): one FedAvg round of
         MP_CLIENTS clients on the global mesh; writes OUT_DIR/process_{id}.npz.
@@ -269,6 +274,60 @@ def _scan_on_mesh(F, sharding, tr, results: dict, report: dict) -> None:
   report["scan_q_proj"] = _describe(q)
 
 
+def run_quant(out_dir: str) -> None:
+  jax = _configure_jax()
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from fedlora_jax import federated as F  # pylint: disable=import-outside-toplevel
+  from fedlora_jax import models  # pylint: disable=import-outside-toplevel
+  from tests.fed_fixtures import TINY, tiny_model  # pylint: disable=import-outside-toplevel
+
+  n = MESH_CLIENTS
+  cfg = TINY.replace(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                     scan_layers="off", quantize="nf4", quant_block_size=16)
+  lcfg = models.LoRAConfig(rank=2, alpha=4.0)
+  graphdef, base, lora = tiny_model(cfg, lcfg)
+
+  def build_scanned():
+    m = models.CausalLM(cfg.replace(scan_layers="on"), rngs=nnx.Rngs(params=0))
+    models.add_lora(m, lcfg, rngs=nnx.Rngs(lora=1))
+    return m
+
+  graphdef_scan = models.split_lora(nnx.eval_shape(build_scanned))[0]
+  sharding = F.ClientSharding(F.make_mesh(*MESH_SHAPE))
+  tr = F.LocalTraining(local_steps=K, optimizer="sgd", learning_rate=1e-2)
+  alg = F.make_algorithm("fedavg")
+  runs = {"float_single": (graphdef, models.dequantize_tree(base), lora, None),
+          "quant_single": (graphdef, base, lora, None),
+          "quant_sharded": (graphdef, base, lora, sharding),
+          "quant_scan_sharded": (graphdef_scan, models.stack_layers(base),
+                                 models.stack_layers(lora), sharding)}
+  results: dict[str, np.ndarray] = {}
+  report: dict = {"mesh": dict(sharding.mesh.shape)}
+  for mode, (gd, b, l, sh) in runs.items():
+    fr = F.FederatedRound(gd, alg, tr, num_clients=n, sharding=sh)
+    state, base_m = fr.place(F.init_state(alg, l, n, seed=0), b)
+    for rnd in range(2):
+      args = (state, base_m, *fed_round_inputs(n, rnd))
+      if rnd == 1 and sh is not None:
+        from fedlora_jax.benchmarks.abstract import AbstractRound  # pylint: disable=import-outside-toplevel
+        report[f"{mode}/argument_bytes"] = int(
+            fr.lower(*args).compile().memory_analysis().argument_size_in_bytes)
+        report[f"{mode}/counted_argument_bytes"] = AbstractRound(
+            fr, state, base_m, args[2], n).argument_bytes_per_device()
+      state, base_m, m = fr(*args)
+      results.update(flat_leaves(f"{mode}/metrics{rnd}", m))
+    results.update(flat_leaves(f"{mode}/global_lora", models.unstack_layers(state["global_lora"])))
+    if sh is not None:
+      layers = base_m["model"]["layers"]
+      q = (layers if mode == "quant_scan_sharded" else layers[0])["self_attn"]["o_proj"]["weight"]
+      report[f"{mode}/o_proj"] = {"codes": _describe(q.codes), "scale": _describe(q.scale)}
+  np.savez(os.path.join(out_dir, "quant.npz"), **results)
+  with open(os.path.join(out_dir, "quant.json"), "w") as f:
+    json.dump(report, f)
+
+
 def mp_round(F, graphdef, base, lora, sharding):
   """One FedAvg round of MP_CLIENTS clients (shared by the processes and the reference)."""
   alg = F.make_algorithm("fedavg")
@@ -325,6 +384,8 @@ def main(argv: list[str]) -> None:
     run_sharded(argv[2])
   elif argv[1] == "mesh2d":
     run_mesh2d(argv[2])
+  elif argv[1] == "quant":
+    run_quant(argv[2])
   elif argv[1] == "process":
     run_process(argv[2], int(argv[3]), int(argv[4]), argv[5])
   else:

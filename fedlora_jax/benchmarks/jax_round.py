@@ -51,7 +51,8 @@ def build(cfg: models.ModelConfig, rank: int, *, alpha: float | None = None,
 
 def with_model_config(setup: Setup, cfg: models.ModelConfig) -> Setup:
   """The same weights and adapter under another config of the same architecture (e.g. another
-  attention implementation, or the layer scan: then the params are stacked or unstacked)."""
+  attention implementation, or the layer scan: then the params are stacked or unstacked; or a
+  quantized base: then the float projections are quantized)."""
   def build():
     m = models.CausalLM(cfg, rngs=nnx.Rngs(params=0))
     models.add_lora(m, setup.lora_config, rngs=nnx.Rngs(lora=1))
@@ -62,6 +63,12 @@ def with_model_config(setup: Setup, cfg: models.ModelConfig) -> Setup:
   if models.is_stacked(base) != models.is_stacked(old_base):  # the layer scan on or off
     convert = models.stack_layers if models.is_stacked(base) else models.unstack_layers
     old_base, old_lora = convert(old_base), convert(old_lora)
+  if cfg.quant_format != setup.cfg.quant_format:
+    if setup.cfg.quant_format is not None:
+      raise ValueError("a quantized base is derived from the float one, not re-quantized")
+    is_q = lambda x: isinstance(x, models.QuantizedWeight)
+    old_base = jax.tree.map(lambda n, o: cfg.quant_format.quantize(o) if is_q(n) else o,
+                            base, old_base, is_leaf=is_q)
   for new, old in ((base, old_base), (lora, old_lora)):
     if jax.tree.map(lambda x: (x.shape, x.dtype), new) != jax.tree.map(
         lambda x: (x.shape, x.dtype), old):

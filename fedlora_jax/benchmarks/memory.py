@@ -10,6 +10,10 @@ this module in a subprocess with 8 forced CPU devices:
 Compiling all layers of an 8B model many times is slow on a small CPU, so each point is compiled
 with `layers` = (L1, L2) decoder layers and extrapolated linearly to the preset's depth (every
 layer adds the same parameters and, with remat, the same saved activations).
+
+A quantized base (`model.quantize`): `quantization` gives the exact per-device argument bytes of
+full-depth rounds for each preset and format from shapes and shardings alone (no compile), and
+compiles the preset's rounds over the NF4 base like the bf16 ones, for the clients that fit.
 """
 
 from __future__ import annotations
@@ -37,20 +41,42 @@ class MemoryOptions:
   rank: int = 16
   logits_chunk: int = 128
   layers: tuple[int, int] = (1, 2)  # compiled depths; the preset's depth is extrapolated
-  capacities_gb: tuple[float, ...] = (16, 80, 141)
+  capacities_gb: tuple[float, ...] = (16, 24, 80, 141)
   devices: int = 8
+  quantize: str = "none"  # the base format of the compiled points
+  quant_block_size: int = 64
+  # Exact argument bytes (no compile) of these presets with each of these base formats.
+  argument_presets: tuple[str, ...] = ("qwen3-8b", "llama-3.1-8b")
+  argument_formats: tuple[str, ...] = ("none", "int8", "int4", "nf4")
 
 
-def compile_point(opt: MemoryOptions, num_layers: int, clients: int, model: int) -> dict:
-  """Per-device bytes of one compiled round (FedAvg, bf16, remat)."""
+def _abstract_round(opt: MemoryOptions, preset: str, quantize: str, clients: int, model: int,
+                    num_layers: int | None = None):
+  """The round of `num_layers` layers (compiled with this backend's layer layout), or of the
+  preset's depth with stacked layers (same arrays and bytes; traced in seconds, not minutes)."""
   from fedlora_jax import federated, models  # pylint: disable=import-outside-toplevel
   from fedlora_jax.benchmarks import abstract  # pylint: disable=import-outside-toplevel
 
-  cfg = models.preset(opt.preset, param_dtype="bfloat16", dtype="bfloat16", remat_policy="full",
-                      num_hidden_layers=num_layers)
+  depth = {"scan_layers": "on"} if num_layers is None else {"num_hidden_layers": num_layers}
+  cfg = models.preset(preset, param_dtype="bfloat16", dtype="bfloat16", remat_policy="full",
+                      quantize=quantize, quant_block_size=opt.quant_block_size, **depth)
   sharding = federated.ClientSharding(federated.make_mesh(opt.devices // model, model))
-  ar = abstract.abstract_round(cfg, opt.rank, clients, (opt.local_steps, opt.batch, opt.seq),
-                               logits_chunk=opt.logits_chunk, sharding=sharding)
+  return abstract.abstract_round(cfg, opt.rank, clients, (opt.local_steps, opt.batch, opt.seq),
+                                 logits_chunk=opt.logits_chunk, sharding=sharding)
+
+
+def argument_point(opt: MemoryOptions, preset: str, quantize: str, clients: int,
+                   model: int) -> dict:
+  """Exact per-device argument bytes of a full-depth round (shapes and shardings, no compile)."""
+  ar = _abstract_round(opt, preset, quantize, clients, model)
+  return {"preset": preset, "quantize": quantize, "clients": clients, "model": model,
+          "argument_bytes": ar.argument_bytes_per_device(), "base_bytes": int(ar.base_bytes)}
+
+
+def compile_point(opt: MemoryOptions, num_layers: int, clients: int, model: int) -> dict:
+  """Per-device bytes of one compiled round (FedAvg, bf16 activations, remat; the base in
+  `opt.quantize`), and the arguments counted from shapes (`argument_point`'s way)."""
+  ar = _abstract_round(opt, opt.preset, opt.quantize, clients, model, num_layers)
   t = time.perf_counter()
   compiled = ar.lower().compile()
   m = compiled.memory_analysis()
@@ -59,6 +85,7 @@ def compile_point(opt: MemoryOptions, num_layers: int, clients: int, model: int)
           "argument_bytes": int(m.argument_size_in_bytes),
           "temp_bytes": int(m.temp_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
           "alias_bytes": int(m.alias_size_in_bytes), "base_bytes": int(ar.base_bytes),
+          "counted_argument_bytes": ar.argument_bytes_per_device(),
           "compile_s": time.perf_counter() - t}
 
 
@@ -91,11 +118,21 @@ def fits(rows: list[dict], capacities_gb: tuple[float, ...]) -> list[dict]:
   return out
 
 
+def arguments(opt: MemoryOptions) -> list[dict]:
+  """`argument_point` for every preset of `opt.argument_presets`, base format, model size and
+  client count."""
+  return [argument_point(opt, p, q, c, m) for p in opt.argument_presets
+          for q in opt.argument_formats for m in opt.model_sizes for c in opt.clients]
+
+
 def run(opt: MemoryOptions, log: Callable[[str], None] = print,
         save: Callable[[dict], None] | None = None) -> dict[str, Any]:
   """Every (model, clients) point; `save` gets the figures so far after each one."""
   from fedlora_jax import models  # pylint: disable=import-outside-toplevel
   depth = models.preset(opt.preset).num_hidden_layers
+  args = arguments(opt)
+  log(f"  exact arguments of {len(args)} full-depth rounds ({opt.argument_presets} x "
+      f"{opt.argument_formats})")
   compiled, rows = [], []
   for model in opt.model_sizes:
     for clients in opt.clients:
@@ -105,12 +142,12 @@ def run(opt: MemoryOptions, log: Callable[[str], None] = print,
       rows.append(row)
       if save is not None:
         save({"options": dataclasses.asdict(opt), "depth": depth, "compiled": compiled,
-              "rows": rows, "partial": True})
+              "rows": rows, "arguments": args, "partial": True})
       log(f"  memory model={model} clients={clients}: args {row['argument_bytes'] / GB:6.2f} GB, "
           f"temp {row['temp_bytes'] / GB:6.2f} GB per device ({depth} layers, extrapolated "
           f"from {opt.layers}; compile {sum(p['compile_s'] for p in pts):.0f} s)")
   return {"options": dataclasses.asdict(opt), "depth": depth, "compiled": compiled,
-          "rows": rows, "fits": fits(rows, opt.capacities_gb)}
+          "rows": rows, "fits": fits(rows, opt.capacities_gb), "arguments": args}
 
 
 def run_in_subprocess(opt: MemoryOptions, out_json: str, log: Callable[[str], None] = print,

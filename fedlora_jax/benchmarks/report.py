@@ -121,6 +121,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines.append("")
   if res.get("ablation"):
     lines += ablation_lines(res["ablation"])
+  if res.get("quantize"):
+    lines += quantize_lines(res["quantize"])
   if res.get("compile"):
     lines += compile_lines(res["compile"])
   if res.get("profile"):
@@ -200,31 +202,121 @@ def memory_lines(mem: dict[str, Any]) -> list[str]:
   for f in mem["fits"]:
     lines.append(f"| {f['model']} | {f['fixed_bytes'] / gb:.2f} | {f['per_client_bytes'] / gb:.3f}"
                  f" | " + " | ".join(str(f["max_clients_per_shard"][c]) for c in caps) + " |")
-  return lines + [""]
+  return lines + [""] + quantized_memory_lines(mem)
+
+
+def quantized_memory_lines(mem: dict[str, Any]) -> list[str]:
+  """A quantized base: exact per-device arguments per preset and format, and the compiled
+  rounds over a quantized base next to the bf16 ones (clients that fit)."""
+  gb, lines = 1e9, []
+  args = mem.get("arguments") or []
+  if args:
+    c0 = min(a["clients"] for a in args)
+    sizes = sorted({a["model"] for a in args})
+    by = {(a["preset"], a["quantize"], a["model"]): a for a in args if a["clients"] == c0}
+    lines += ["### A quantized base (`model.quantize`): arguments per device", "",
+              f"Exact bytes of the round's arguments on one device for C={c0} clients, the "
+              "preset's full depth (base, LoRA state and batches), counted from the shapes and "
+              "the round's input shardings without compiling "
+              "(`AbstractRound.argument_bytes_per_device`, equal to XLA's "
+              "`argument_size_in_bytes` wherever both were measured). Only the seven "
+              "projections are quantized (blocks of 64 input columns, float32 scales: 8.5 or "
+              "4.5 bits a weight); embeddings, LM head and norms stay bf16.", "",
+              "| preset | base | " + " | ".join(f"model={m} GB" for m in sizes)
+              + " | base GB (whole) | base vs bf16 |", "|---|---|" + "---|" * (len(sizes) + 2)]
+    for preset in dict.fromkeys(a["preset"] for a in args):
+      ref = by[(preset, "none", sizes[0])]["base_bytes"]
+      for q in dict.fromkeys(a["quantize"] for a in args):
+        row = [by[(preset, q, m)] for m in sizes]
+        lines.append(f"| {preset} | {'bf16' if q == 'none' else q} | "
+                     + " | ".join(f"{r['argument_bytes'] / gb:.2f}" for r in row)
+                     + f" | {row[0]['base_bytes'] / gb:.2f} | {row[0]['base_bytes'] / ref:.2f} |")
+    lines.append("")
+  for q, sub in (mem.get("quantized") or {}).items():
+    caps = list(sub["fits"][0]["max_clients_per_shard"])
+    bf16 = {f["model"]: f for f in mem["fits"]}
+    lines += [f"### Compiled rounds over the {q} base", "",
+              f"As the table above (same shapes, XLA:CPU, {sub['options']['layers'][0]} and "
+              f"{sub['options']['layers'][1]} layers extrapolated to {sub['depth']}), with the "
+              f"`{sub['options']['preset']}` base in {q}. Measured {sub.get('date', '?')} "
+              f"(load average {', '.join(f'{x:.1f}' for x in sub.get('load_average_at_end', []))}"
+              " at the end):", "",
+              "| model | C | clients per shard | arguments GB | temporaries GB | output GB | "
+              "total GB |", "|---|---|---|---|---|---|---|"]
+    for r in sub["rows"]:
+      lines.append(f"| {r['model']} | {r['clients']} | {r['clients_per_shard']} | "
+                   f"{r['argument_bytes'] / gb:.2f} | {r['temp_bytes'] / gb:.2f} | "
+                   f"{r['output_bytes'] / gb:.3f} | {r['total_bytes'] / gb:.2f} |")
+    same = {(p["layers"], p["clients"], p["model"]): p["temp_bytes"] for p in mem["compiled"]}
+    diffs = [p["temp_bytes"] - same[k] for p in sub["compiled"]
+             if (k := (p["layers"], p["clients"], p["model"])) in same]
+    if diffs and not any(diffs):
+      lines += ["", f"The temporaries equal the bf16 rounds' to the byte at all {len(diffs)} "
+                "compiled points: on XLA:CPU the base's storage changes the arguments only (and "
+                "these temporaries, f32 copies of the weights and a generous schedule, are the "
+                "CPU caveat above: the GPU figure is `scripts/gpu_check.sh`'s)."]
+    elif diffs:
+      lines += ["", f"Temporaries minus the bf16 rounds' at the compiled points (GB): "
+                + ", ".join(f"{d / gb:+.3f}" for d in diffs) + "."]
+    lines += ["", "Largest clients per device (per shard) that fit, bf16 base vs " + q + ":", "",
+              "| model | base | fixed GB | per client GB | "
+              + " | ".join(f"fits {c} GB" for c in caps) + " |",
+              "|---|---|---|---|" + "---|" * len(caps)]
+    for f in sub["fits"]:
+      for name, g in (("bf16", bf16.get(f["model"])), (q, f)):
+        if g is not None:
+          lines.append(f"| {f['model']} | {name} | {g['fixed_bytes'] / gb:.2f} | "
+                       f"{g['per_client_bytes'] / gb:.3f} | " + " | ".join(
+                           str(g["max_clients_per_shard"].get(c, "-")) for c in caps) + " |")
+    lines.append("")
+  return lines
 
 
 ABLATION_HEADING = "## Ablation: the speed options (CPU)"
 
 
+def _variants_lines(a: dict[str, Any], heading: str, intro: str, overrides: bool) -> list[str]:
+  """A section of engine timings of variants against the first (`suite.ablation_section`)."""
+  first = next(iter(a["variants"]))
+  lines = [heading, "",
+           intro + (f" Measured {a['date']}: `{a['command']}`, load average "
+                    f"{', '.join(f'{x:.1f}' for x in a['load_average_at_end'])} at the end."
+                    if a.get("date") else ""), "",
+           f"| variant |{' overrides |' if overrides else ''} s/round (median) | tokens/s | "
+           f"vs {first} | compile s |", "|---|" + "---|" * (5 if overrides else 4)]
+  for name, d in a["variants"].items():
+    cells = [name] + ([", ".join(f"{k}={v}" for k, v in d["overrides"].items())] if overrides
+                      else [])
+    cells += [f"{d['median_s']:.3f}", f"{d['tokens_per_s']:.0f}",
+              f"{d[f'tokens_per_s_over_{first}']:.2f}x", f"{d['compile_s']:.1f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines + [""]
+
+
+def _shape_text(a: dict[str, Any]) -> str:
+  sh = a["shape"]
+  return (f"`{a['preset']}`, C={sh['clients']} x K={sh['local_steps']} x B={sh['batch']} x "
+          f"S={sh['seq']}, r={sh['rank']}")
+
+
 def ablation_lines(a: dict[str, Any]) -> list[str]:
   """The ablation section: engine tokens/s of each speed option against the baseline."""
-  sh = a["shape"]
-  first = next(iter(a["variants"]))
-  lines = [ABLATION_HEADING, "",
-           f"Each speed option on vs off in one process, rounds of all variants timed in turns "
-           f"(`{a['preset']}`, C={sh['clients']} x K={sh['local_steps']} x B={sh['batch']} x "
-           f"S={sh['seq']}, r={sh['rank']}); the variants train identically (asserted by "
-           f"`tests/test_benchmarks.py`)."
-           + (f" Measured {a['date']}: `{a['command']}`, load average "
-              f"{', '.join(f'{x:.1f}' for x in a['load_average_at_end'])} at the end."
-              if a.get("date") else ""), "",
-           f"| variant | overrides | s/round (median) | tokens/s | vs {first} | compile s |",
-           "|---|---|---|---|---|---|"]
-  for name, d in a["variants"].items():
-    overrides = ", ".join(f"{k}={v}" for k, v in d["overrides"].items())
-    lines.append(f"| {name} | {overrides} | {d['median_s']:.3f} | {d['tokens_per_s']:.0f} | "
-                 f"{d[f'tokens_per_s_over_{first}']:.2f}x | {d['compile_s']:.1f} |")
-  return lines + [""]
+  return _variants_lines(a, ABLATION_HEADING, (
+      f"Each speed option on vs off in one process, rounds of all variants timed in turns "
+      f"({_shape_text(a)}); the variants train identically (asserted by "
+      f"`tests/test_benchmarks.py`)."), overrides=True)
+
+
+QUANTIZE_HEADING = "## A quantized base: round speed (CPU)"
+
+
+def quantize_lines(a: dict[str, Any]) -> list[str]:
+  """The quantize section: engine tokens/s over the base stored in each format (`QUANTIZED`)."""
+  return _variants_lines(a, QUANTIZE_HEADING, (
+      f"The same random float weights stored as each format (`model.quantize`, blocks of 64) "
+      f"and dequantized inside each matmul, rounds of all variants timed in turns in one "
+      f"process ({_shape_text(a)}). On CPU the dequantization is extra work; what "
+      f"quantization buys is memory (above)."), overrides=False)
 
 
 COMPILE_HEADING = "## Compile time: one round from abstract shapes"
@@ -305,6 +397,7 @@ def decode_lines(d: dict[str, Any]) -> list[str]:
 
 # Sections a run of their own writes into the existing files: key -> (heading, lines).
 SECTION_WRITERS = {"ablation": (ABLATION_HEADING, ablation_lines),
+                   "quantize": (QUANTIZE_HEADING, quantize_lines),
                    "dp": (DP_HEADING, dp_lines),
                    "compile": (COMPILE_HEADING, compile_lines),
                    "profile": (PROFILE_HEADING, profile_lines),

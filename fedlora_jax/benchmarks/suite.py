@@ -99,6 +99,13 @@ ABLATIONS = {  # name -> ModelConfig overrides, each against "baseline"
 }
 
 
+QUANTIZED = {  # name -> ModelConfig overrides: the same float weights, stored as each format
+    "float": _OFF,
+    "int8": {**_OFF, "quantize": "int8"},
+    "nf4": {**_OFF, "quantize": "nf4"},
+}
+
+
 def ablation_section(preset: str, shape: RoundShape, repeats: int, logits_chunk: int,
                      variants: dict[str, dict] | None = None, log: Log = print) -> dict[str, Any]:
   """Engine tokens/s with each speed option on and off, the same weights and batches, rounds of
@@ -243,6 +250,7 @@ class GpuOptions:
   run_torch: bool = True
   run_sequential: bool = True
   peak_matmul_size: int = 8192
+  quantize: str = "none"  # the frozen base's storage (`model.quantize`)
 
 
 def _timing_row(preset: str, variant: str, timing: jax_round.RoundTiming, fpt: float,
@@ -272,11 +280,13 @@ def gpu_section(opt: GpuOptions, log: Log = print) -> dict[str, Any]:
   log(f"  bf16 {size}^3 matmul: {peak / 1e12:.1f} TFLOP/s ({dev.device_kind})")
   out: dict[str, Any] = {"shape": dataclasses.asdict(opt.shape), "device_kind": dev.device_kind,
                          "matmul_peak": measured, "table_peak_flops": flops.chip_peak(
-                             dev.device_kind), "dry_run": opt.dry_run, "rows": []}
+                             dev.device_kind), "dry_run": opt.dry_run, "quantize": opt.quantize,
+                         "rows": []}
   shape = opt.shape
   tr = jax_round.local_training(shape, logits_chunk=opt.logits_chunk)
   for name in opt.presets:
-    kw = dict(param_dtype="bfloat16", dtype="bfloat16", remat_policy="full", scan_layers="on")
+    kw = dict(param_dtype="bfloat16", dtype="bfloat16", remat_policy="full", scan_layers="on",
+              quantize=opt.quantize)
     cfg = (models.preset("qwen3-tiny", num_hidden_layers=2, vocab_size=1024, **kw)
            if opt.dry_run else models.preset(name, **kw))
     t = time.perf_counter()

@@ -254,7 +254,8 @@ class FederatedRound:
       state_sh = self.state_shardings()
       metrics_sh = {"loss": by_c, "valid": by_c, "finite": by_c, "weights": by_c,
                     "aggregated": rep}
-      out_sh = (state_sh, base_sh, metrics_sh)
+      out_sh = ((state_sh, base_sh, metrics_sh) if self.algorithm.updates_base
+                else (state_sh, metrics_sh))
       kw = {
           "round": dict(in_shardings=(state_sh, base_sh, by_c, rep, rep, by_c, rep),
                         out_shardings=out_sh),
@@ -263,6 +264,10 @@ class FederatedRound:
                             out_shardings=out_sh),
       }[kind]
     fn = {"round": self._round, "train": self._train, "aggregate": self._aggregate}[kind]
+    if kind != "train" and not self.algorithm.updates_base:
+      # An unchanged base is not an output: a program returning its input may copy it (XLA:CPU
+      # did for a quantized base), and the caller holds the base anyway.
+      fn = _drop_base(fn)
     donate = () if kind == "train" else ((0, 1) if self.algorithm.updates_base else (0,))
     jitted = jax.jit(fn, donate_argnums=donate, **kw)
     self._jitted[key] = jitted
@@ -369,9 +374,10 @@ class FederatedRound:
     batches, client_ids, num_samples = pad_round(batches, client_ids, num_samples,
                                                  self.num_slots(c))
     batches, client_ids = self._check(batches, client_ids, num_samples)
-    state, base, metrics = self._compiled("round", len(client_ids))(
+    state, base, metrics = self._with_base(self._compiled("round", len(client_ids))(
         state, base, batches, client_ids, np.asarray(num_samples, np.float32),
-        self._noise_keys(noise_keys, len(client_ids)), self._server_noise_key(server_noise_key))
+        self._noise_keys(noise_keys, len(client_ids)), self._server_noise_key(server_noise_key)),
+        base)
     if len(client_ids) != c:
       metrics = {k: v if k == "aggregated" else v[:c] for k, v in metrics.items()}
     return state, base, metrics
@@ -399,9 +405,13 @@ class FederatedRound:
     if accept.shape != client_ids.shape or np.shape(num_samples) != client_ids.shape:
       raise ValueError(f"accept {accept.shape} and num_samples {np.shape(num_samples)} must "
                        f"match client_ids {client_ids.shape}")
-    return self._compiled("aggregate", len(client_ids))(
+    return self._with_base(self._compiled("aggregate", len(client_ids))(
         state, base, trained, client_ids, np.asarray(num_samples, np.float32), accept,
-        self._server_noise_key(server_noise_key))
+        self._server_noise_key(server_noise_key)), base)
+
+  def _with_base(self, out: tuple, base: PyTree) -> tuple:
+    """(state, base, metrics) from a compiled round's outputs (see `_drop_base`)."""
+    return out if self.algorithm.updates_base else (out[0], base, out[1])
 
   def lower(self, state, base, batches, client_ids, num_samples):
     """The lowered fused round (for memory analysis and benchmarks; zero noise keys)."""
@@ -410,6 +420,14 @@ class FederatedRound:
         state, base, batches, np.asarray(client_ids, np.int32),
         np.asarray(num_samples, np.float32), np.zeros((len(client_ids), 2), np.uint32),
         np.zeros((2,), np.uint32))
+
+
+def _drop_base(fn):
+  """`fn` returning (state, metrics) instead of (state, base, metrics)."""
+  def without_base(*args):
+    state, _, metrics = fn(*args)
+    return state, metrics
+  return without_base
 
 
 def pad_round(batches: dict[str, Any], client_ids, num_samples, num_slots: int):

@@ -81,6 +81,7 @@ class AxisRules:
   mlp: str | None = MODEL
   head_dim: str | None = None
   layers: str | None = None  # the layer axis of a scanned model's stacked params
+  per_channel: str | None = None  # the size-1 input axis of a per-channel quantization scale
 
   def spec(self, axes: tuple[str, ...]) -> P:
     """PartitionSpec of a parameter with these logical axes."""

@@ -4,7 +4,9 @@
    "robust": {"rule", "f", "norm_bound", "gm_nu", "gm_iters"},   # as federated/robust.py applies it
    "privacy": null | {"unit": "example" | "client", "delta", "noise_multiplier"},
    "clients_per_round": m,                                        # the sample size of a round
-   "cosign": "participants" | "none"}   # who co-signs each round block (sites mode: none, for now)
+   "cosign": "participants" | "none",   # who co-signs each round block (sites mode: none, for now)
+   "base_digest": null | hex}   # the frozen base every round trains over, as stored (quantized
+                                # or not): `tree_digest` of its HF-named tensors (run.gates)
 
 The weights a block records are the ones the aggregation applies under these rules
 (`applied_weights`): client-level DP-FedAvg gives every accepted client 1/m of its clipped update,
@@ -19,7 +21,8 @@ from typing import Any, Mapping, Sequence
 
 from fedlora_jax.ledger.block import PRIVACY_UNITS, WEIGHTINGS, weights_of
 
-RULE_KEYS = {"algorithm", "weighting", "robust", "privacy", "clients_per_round", "cosign"}
+RULE_KEYS = {"algorithm", "weighting", "robust", "privacy", "clients_per_round", "cosign",
+             "base_digest"}
 ROBUST_KEYS = {"rule", "f", "norm_bound", "gm_nu", "gm_iters"}
 ROBUST_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median")
 PRIVACY_RULE_KEYS = {"unit", "delta", "noise_multiplier"}
@@ -30,7 +33,7 @@ def make_rules(*, algorithm: str, weighting: str = "num_samples", robust_rule: s
                robust_f: int = 1, norm_bound: float = 0.0, gm_nu: float = 0.1,
                gm_iters: int = 3, privacy_unit: str | None = None, delta: float = 0.0,
                noise_multiplier: float = 0.0, clients_per_round: int,
-               cosign: str = "participants") -> dict[str, Any]:
+               cosign: str = "participants", base_digest: str | None = None) -> dict[str, Any]:
   """A checked rules dict (raises ValueError naming the bad field)."""
   rules = {
       "algorithm": algorithm, "weighting": weighting,
@@ -40,6 +43,7 @@ def make_rules(*, algorithm: str, weighting: str = "num_samples", robust_rule: s
           "unit": privacy_unit, "delta": float(delta),
           "noise_multiplier": float(noise_multiplier)},
       "clients_per_round": int(clients_per_round), "cosign": cosign,
+      "base_digest": base_digest,
   }
   problem = rules_problem(rules)
   if problem is not None:
@@ -85,6 +89,10 @@ def rules_problem(rules: Any) -> str | None:
     return "clients_per_round must be a positive integer"
   if rules["cosign"] not in COSIGNERS:
     return f"unknown co-signing rule {rules['cosign']!r}"
+  base = rules["base_digest"]
+  if base is not None and not (isinstance(base, str) and len(base) == 64
+                               and all(c in "0123456789abcdef" for c in base)):
+    return "malformed base digest (64 lowercase hex characters or null)"
   return None
 
 

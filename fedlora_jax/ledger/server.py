@@ -82,11 +82,13 @@ class LedgerServer:
   def genesis_hash(self) -> str:
     return self.ledger.genesis_hash
 
-  def info(self) -> dict[str, str]:
-    """The trust anchors a hospital pins (hex), for summary.json, report.md and the log."""
+  def info(self) -> dict[str, str | None]:
+    """The trust anchors a hospital pins (hex), for summary.json, report.md and the log, and the
+    frozen base's digest the genesis rules bind (None when unbound)."""
     return {"ledger_id": self.ledger.ledger_id,
             "server_public_key": self.server_public_key.hex(),
-            "genesis_hash": self.genesis_hash}
+            "genesis_hash": self.genesis_hash,
+            "base_digest": self.ledger.rules["base_digest"]}
 
   def round_context(self, round: int) -> RoundContext:
     return self.ledger.round_context(round)

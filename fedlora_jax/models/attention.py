@@ -22,7 +22,8 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d, h = cfg.hidden_size, cfg.head_dim
     n, k = cfg.num_attention_heads, cfg.num_key_value_heads
-    kw = dict(param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype, rngs=rngs)
+    kw = dict(param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype, rngs=rngs,
+              quant=cfg.quant_format)
     bias = cfg.attention_bias
     self.q_proj = Linear(d, n * h, axes=("heads", "embed"), use_bias=bias, **kw)
     self.k_proj = Linear(d, k * h, axes=("kv_heads", "embed"), use_bias=bias, **kw)

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fedlora_jax.models import quant
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # "none": no remat; "full": recompute the whole layer; "save_base_matmuls": keep the frozen
 # projections' outputs, recompute the rest; "save_named": keep q/k/v after RoPE, the attention
@@ -64,6 +66,12 @@ class ModelConfig:
   remat_policy: str = "auto"  # gradient checkpointing per layer: one of REMAT_POLICIES | "auto"
   fuse_lora: str = "auto"  # "on": one LoRA-A matmul for q/k/v and one for gate/up | "off" | "auto"
   scan_layers: str = "auto"  # "on": layers stacked [L, ...], one lax.scan | "off" | "auto"
+  # Storage of the frozen projections (q/k/v/o, gate/up/down; `models.quant`): "none" | "int8" |
+  # "int4" | "nf4", blocks of `quant_block_size` input columns (0: per output channel), scales in
+  # `quant_scale_dtype`. LoRA, norms and embeddings are never quantized.
+  quantize: str = "none"
+  quant_block_size: int = 64
+  quant_scale_dtype: str = "float32"
 
   def __post_init__(self):
     if self.model_type not in ("qwen3", "llama"):
@@ -79,6 +87,10 @@ class ModelConfig:
       if getattr(self, name) not in allowed + ("auto",):
         raise ConfigError(f"{name} must be one of {allowed + ('auto',)}, "
                           f"got {getattr(self, name)!r}")
+    try:
+      quant.check_format(self.quantize, self.quant_block_size, self.quant_scale_dtype)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
   def resolved(self, backend: str | None = None) -> "ModelConfig":
     """This config with every "auto" replaced by the choice for `backend` (default: JAX's).
@@ -103,6 +115,13 @@ class ModelConfig:
   def qk_norm(self) -> bool:
     """Qwen3 normalises each head of q and k with an RMSNorm before RoPE."""
     return self.model_type == "qwen3"
+
+  @property
+  def quant_format(self) -> quant.QuantFormat | None:
+    """How the frozen projections are stored (None: in `param_dtype`, unquantized)."""
+    if self.quantize == "none":
+      return None
+    return quant.QuantFormat(self.quantize, self.quant_block_size, self.quant_scale_dtype)
 
   @property
   def jnp_param_dtype(self):

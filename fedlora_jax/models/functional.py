@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx, traverse_util
 from jax.custom_derivatives import SymbolicZero
 
+from fedlora_jax.models import quant
 from fedlora_jax.models.lora import LoRAParam
 from fedlora_jax.models.transformer import CausalLM
 
@@ -32,12 +33,17 @@ def split_lora(model: CausalLM) -> tuple[nnx.GraphDef, Params, Params]:
 
 def base_logical_axes(graphdef: nnx.GraphDef) -> Params:
   """The base params' logical axis names (see `models.partitioning`): a nested dict shaped like
-  the base from `split_lora`, each leaf a tuple of names, one per axis (() when undeclared)."""
+  the base from `split_lora`, each leaf a tuple of names, one per axis (() when undeclared); a
+  quantized weight's entry is a `QuantizedWeight` of such tuples (`quant.logical_axes`)."""
   skeleton = nnx.merge(graphdef, [None] * graphdef.num_leaves)  # metadata only, no arrays
+
+  def axes(var) -> Any:
+    names = tuple(var.get_metadata().get("out_sharding") or ())
+    quantized = var.get_metadata().get("quantized")
+    return names if quantized is None else quant.logical_axes(*quantized, names)
+
   _, _, base = nnx.split(skeleton, LoRAParam, ...)
-  return traverse_util.unflatten_dict(
-      {path: tuple(var.get_metadata().get("out_sharding") or ())
-       for path, var in nnx.to_flat_state(base)})
+  return traverse_util.unflatten_dict({path: axes(var) for path, var in nnx.to_flat_state(base)})
 
 
 def merge(graphdef: nnx.GraphDef, base: Params, lora: Params) -> CausalLM:

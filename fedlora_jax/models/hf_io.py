@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 
 from fedlora_jax.models.config import ModelConfig
 from fedlora_jax.models.layer_stack import LAYERS, is_stacked, stack_layers, unstack_layers
+from fedlora_jax.models.quant import QuantizedWeight, is_quantized
 from fedlora_jax.models.lora import LoRAConfig, LoRAParam, iter_linears, layer_paths, lora_pairs
 from fedlora_jax.models.transformer import CausalLM
 
@@ -57,7 +58,8 @@ def load_hf_checkpoint(model_dir: str | os.PathLike, **config_overrides: Any) ->
   """Builds a `CausalLM` from a local HF directory (config.json + safetensors).
 
   `config_overrides` replace `ModelConfig` fields (e.g. param_dtype="float32",
-  remat_policy="full").
+  remat_policy="full", quantize="nf4": each projection is quantized as it is read, so host memory
+  holds the quantized base plus one float tensor).
   Raises `CheckpointError` naming any missing, unexpected or mis-shaped tensor.
   """
   model_dir = os.fspath(model_dir)
@@ -100,21 +102,27 @@ def load_hf_checkpoint(model_dir: str | os.PathLike, **config_overrides: Any) ->
           raise CheckpointError(f"{model_dir}: tensor {name} has shape {shape}, "
                                 f"the config expects {want}")
         value = jnp.asarray(f.get_tensor(name), dtype=spec.dtype)
+        if isinstance(spec, QuantizedWeight):  # quantized as read: one float tensor at a time
+          value = jax.block_until_ready(cfg.quant_format.quantize(value))
         if layer is None:
           values[path] = value
         else:
           layers.setdefault(path, {})[layer] = value
   for path in list(layers):  # one leaf at a time: the extra memory is one stacked leaf
     per_layer = layers.pop(path)
-    values[path] = jnp.stack([per_layer[i] for i in range(len(per_layer))])
+    values[path] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                *[per_layer[i] for i in range(len(per_layer))])
   return nnx.merge(graphdef, traverse_util.unflatten_dict(values))
 
 
 def save_hf_checkpoint(model: CausalLM, model_dir: str | os.PathLike) -> None:
   """Writes config.json + model.safetensors for the base weights (LoRA merged first if wanted)."""
   model_dir = os.fspath(model_dir)
-  os.makedirs(model_dir, exist_ok=True)
   _, _, base = nnx.split(model, LoRAParam, ...)
+  if is_quantized(base.to_pure_dict()):
+    raise ValueError(f"{model_dir}: a quantized base (model.quantize={model.cfg.quantize!r}) is "
+                     "not written as an HF checkpoint; save the float base it was loaded from")
+  os.makedirs(model_dir, exist_ok=True)
   tensors = {hf_name(p): np.asarray(v)
              for p, v in traverse_util.flatten_dict(unstack_layers(base.to_pure_dict())).items()}
   save_file(tensors, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})

@@ -30,6 +30,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from fedlora_jax.models.partitioning import LogicalAxes, param
+from fedlora_jax.models.quant import QuantFormat, QuantizedWeight, dequantize
 
 BASE_MATMUL = "base_matmul"  # checkpoint name of every frozen projection's output
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -79,12 +80,15 @@ class LoRAConfig:
 
 class Linear(nnx.Module):
   """y = x W^T (+ b) with an optional LoRA branch. W: [out, in] as in HF; `axes` names its two
-  logical axes (out, in), e.g. ("heads", "embed")."""
+  logical axes (out, in), e.g. ("heads", "embed"). With `quant`, W is stored as a
+  `QuantizedWeight` (codes and scales, `models.quant`) and dequantized inside the matmul."""
 
   def __init__(self, in_features: int, out_features: int, *, axes: LogicalAxes, use_bias: bool,
-               param_dtype, dtype, rngs: nnx.Rngs):
+               param_dtype, dtype, rngs: nnx.Rngs, quant: QuantFormat | None = None):
     init = nnx.initializers.normal(0.02)
-    self.weight = param(init(rngs.params(), (out_features, in_features), param_dtype), axes)
+    w = init(rngs.params(), (out_features, in_features), param_dtype)
+    self.weight = param(w, axes) if quant is None else param(
+        quant.quantize(w), axes, quantized=(quant, jnp.dtype(param_dtype).name))
     self.bias = nnx.data(param(jnp.zeros((out_features,), param_dtype), axes[:1])
                          if use_bias else None)
     self.lora_A = nnx.data(None)
@@ -107,10 +111,15 @@ class Linear(nnx.Module):
 
   def base(self, x: jax.Array) -> jax.Array:
     """The frozen projection x W^T (+ b), [..., in] -> [..., out], named BASE_MATMUL for remat."""
-    y = jnp.einsum("...i,oi->...o", x.astype(self.dtype), self.weight[...].astype(self.dtype))
+    y = jnp.einsum("...i,oi->...o", x.astype(self.dtype), self.weight_value())
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return checkpoint_name(y, BASE_MATMUL)
+
+  def weight_value(self) -> jax.Array:
+    """W [..., out, in] in the compute dtype (dequantized when stored quantized)."""
+    w = self.weight.get_value()
+    return dequantize(w, self.dtype) if isinstance(w, QuantizedWeight) else w.astype(self.dtype)
 
   def lora_up(self, xa: jax.Array) -> jax.Array:
     """scaling * (x A^T) B^T from x A^T [..., r] -> [..., out]."""
@@ -197,8 +206,11 @@ def add_lora(model: nnx.Module, config: LoRAConfig, *, rngs: nnx.Rngs) -> list[s
 
 def merge_lora(model: nnx.Module) -> None:
   """Folds scaling * B A into each adapted base weight and removes the adapters, in place."""
-  for _, lin in iter_linears(model):
+  for path, lin in iter_linears(model):
     if lin.lora_A is not None:
+      if isinstance(lin.weight.get_value(), QuantizedWeight):
+        raise ValueError(f"{path}: cannot fold LoRA into a quantized base weight "
+                         "(model.quantize); merge over the float base instead")
       w = lin.weight[...]
       lin.weight[...] = (w.astype(jnp.float32) + lin.delta_weight()).astype(w.dtype)
       lin.lora_A = None

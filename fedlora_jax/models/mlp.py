@@ -14,7 +14,8 @@ class MLP(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d, f = cfg.hidden_size, cfg.intermediate_size
-    kw = dict(use_bias=False, param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype, rngs=rngs)
+    kw = dict(use_bias=False, param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype, rngs=rngs,
+              quant=cfg.quant_format)
     self.gate_proj = Linear(d, f, axes=("mlp", "embed"), **kw)
     self.up_proj = Linear(d, f, axes=("mlp", "embed"), **kw)
     self.down_proj = Linear(f, d, axes=("embed", "mlp"), **kw)

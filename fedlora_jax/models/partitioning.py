@@ -11,18 +11,20 @@ Names: "vocab" (V), "embed" (D, the residual stream), "heads" (N * H, query head
 
 from __future__ import annotations
 
-import jax
+from typing import Any
+
 from flax import nnx
 
 LogicalAxes = tuple[str, ...]
 
 
-def param(value: jax.Array, axes: LogicalAxes) -> nnx.Param:
-  """A frozen parameter with one logical name per axis.
+def param(value: Any, axes: LogicalAxes, **metadata: Any) -> nnx.Param:
+  """A frozen parameter with one logical name per axis (value: an array or a
+  `quant.QuantizedWeight`, whose codes and scales take the same names).
 
   `eager_sharding=False`: the names are only metadata here; the federated round places the arrays
   (Flax would otherwise shard at creation and require a mesh to build any model).
   """
-  if len(axes) != value.ndim:
+  if len(axes) != len(value.shape):
     raise ValueError(f"logical axes {axes} do not match a parameter of shape {value.shape}")
-  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False, **metadata)

@@ -27,7 +27,8 @@ from fedlora_jax.generation import text
 from fedlora_jax.run import generative_eval, multihost, report
 from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import Evaluator
-from fedlora_jax.run.gates import Gate, LedgerGate, OpenGate, base_tensors, ledger_rules
+from fedlora_jax.run.gates import (Gate, LedgerGate, OpenGate, base_digest, base_tensors,
+                                   ledger_rules)
 from fedlora_jax.privacy.plan import LEVEL_NAMES, PrivacyResumeError, privacy_plan
 from fedlora_jax.privacy.secret import NO_GUARANTEE
 from fedlora_jax.privacy.spent import PrivacyMeter
@@ -83,6 +84,7 @@ def _load_data(cfg, tokenizer, placement: ClientPlacement, test_placement: Clien
 
 def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   """Runs (or resumes) the federated job described by `cfg`; returns the final summary."""
+  algorithm = _algorithm(cfg)  # refuses a bad combination before anything is written
   workdir = expand(cfg.workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   has_ckpt = _has_checkpoint(ckpt_dir)
@@ -101,7 +103,6 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   if multihost.is_writer():
     write_config(workdir, cfg)  # only now: a start that fails on bad input leaves no trace
   graphdef, base, lora = models.split_lora(model)
-  algorithm = _algorithm(cfg)
   num_clients = len(data.train_names)
   per_round = F.clients_per_round(num_clients, count=cfg.fed.clients_per_round or None)
   resuming = has_ckpt and cfg.resume
@@ -126,6 +127,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   # FedEx-LoRA changes the base: its ledger blocks bind the change since this original.
   original = (base_tensors(base) if cfg.ledger.enabled and algorithm.updates_base
               and multihost.is_writer() else None)
+  # The genesis binds the base as loaded (quantized when it is), before any resumed change.
+  genesis_base = base_digest(base) if cfg.ledger.enabled and multihost.is_writer() else None
   start = 0
   if has_ckpt and cfg.resume:
     latest = ckpt.latest_round()
@@ -141,7 +144,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   gate: Gate
   if cfg.ledger.enabled:
     gate = LedgerGate(workdir, cfg.ledger, label=_ledger_label(cfg),
-                      rules=ledger_rules(cfg, plan.noise_multiplier, per_round),
+                      rules=ledger_rules(cfg, plan.noise_multiplier, per_round, genesis_base),
                       train_names=data.train_names, train_sizes=data.train_sizes,
                       local_clients=placement.hospitals_of(jax.process_index()),
                       original_base=original)
@@ -251,6 +254,11 @@ def _finish(cfg, workdir: str, graphdef, job: Job, data: ClientData, matrix, cor
     }
     if privacy is not None:
       summary["privacy"] = privacy
+    if cfg.model.quantize != "none":
+      summary["base_quantization"] = {
+          "kind": cfg.model.quantize, "bits": models.quant.BITS[cfg.model.quantize],
+          "block_size": cfg.model.quant_block_size,
+          "scale_dtype": cfg.model.quant_scale_dtype}
     if generative is not None:
       summary["generate"] = generative
     np.savez_compressed(os.path.join(workdir, "correct.npz"), **dict(zip(data.test_names, correct)))

@@ -69,16 +69,19 @@ class OpenGate:
     pass
 
 
-def ledger_rules(cfg, noise_multiplier: float, clients_per_round: int) -> dict[str, Any]:
+def ledger_rules(cfg, noise_multiplier: float, clients_per_round: int,
+                 base_digest: str | None = None) -> dict[str, Any]:
   """The job's rules the genesis block fixes (`ledger.rules`), from the run's config: algorithm,
-  weighting, robust rule and its parameters, DP unit / delta / noise multiplier, round size."""
+  weighting, robust rule and its parameters, DP unit / delta / noise multiplier, round size, and
+  the frozen base's digest (`base_digest`, on the process that writes the ledger)."""
   f, dp = cfg.fed, cfg.privacy
   return L.make_rules(
       algorithm=f.algorithm, weighting="uniform" if f.uniform_weights else "num_samples",
       robust_rule=f.robust_rule, robust_f=f.robust_f, norm_bound=f.robust_norm_bound,
       gm_nu=f.robust_gm_nu, gm_iters=f.robust_gm_iters,
       privacy_unit=None if dp.level == "none" else dp.level, delta=dp.delta,
-      noise_multiplier=noise_multiplier, clients_per_round=clients_per_round)
+      noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
+      base_digest=base_digest)
 
 
 def update_tensors(tree: Any) -> dict[str, np.ndarray]:
@@ -97,9 +100,23 @@ def local_updates(local_c: Any, slot_ids: np.ndarray) -> dict[int, Any]:
 
 def base_tensors(base: Any) -> dict[str, np.ndarray]:
   """{HF tensor name: array} of the base params (what `save_hf_checkpoint` writes), from this
-  process's own shards."""
-  flat = traverse_util.flatten_dict(models.unstack_layers(base))
-  return {".".join(str(k) for k in path): multihost.host_value(v) for path, v in flat.items()}
+  process's own shards; a quantized weight as its codes and scales, "<name>.<kind>_codes" and
+  "<name>.<kind>_scale"."""
+  out = {}
+  for path, v in traverse_util.flatten_dict(models.unstack_layers(base)).items():
+    name = ".".join(str(k) for k in path)
+    if isinstance(v, models.QuantizedWeight):
+      out[f"{name}.{v.kind}_codes"] = multihost.host_value(v.codes)
+      out[f"{name}.{v.kind}_scale"] = multihost.host_value(v.scale)
+    else:
+      out[name] = multihost.host_value(v)
+  return out
+
+
+def base_digest(base: Any) -> str:
+  """Hex `tree_digest` of `base_tensors`: the frozen base exactly as the rounds use it (quantized
+  when it is), which the ledger's genesis binds."""
+  return L.tree_digest(base_tensors(base)).hex()
 
 
 def _registrations(ledger_cfg, keystores: str, local: dict[str, int],

@@ -197,7 +197,16 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
               "--genesis_hash=...`):", "",
               f"- server public key: `{lg['server_public_key']}`",
               f"- genesis hash: `{lg['genesis_hash']}`", ""]
+    if lg.get("base_digest"):
+      lines += [f"The genesis binds the frozen base the rounds trained over (as stored, "
+                f"quantized or not): digest `{lg['base_digest']}`.", ""]
   lines += [f"Adapter (PEFT format): `{os.path.relpath(summary['adapter'], workdir)}`", ""]
+  q = summary.get("base_quantization")
+  if q:
+    lines += [f"The adapter was trained against a {q['bits']}-bit base ({q['kind']}, blocks of "
+              f"{q['block_size'] or 'one row'}, {q['scale_dtype']} scales); it loads in HF PEFT "
+              "over the float base, whose outputs differ from the quantized one's by the "
+              "quantization error.", ""]
   path = os.path.join(workdir, "report.md")
   with open(path, "w") as fh:
     fh.write("\n".join(lines))

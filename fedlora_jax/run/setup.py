@@ -81,8 +81,24 @@ def data_seed(cfg) -> int:
   return cfg.seed if cfg.data.seed < 0 else cfg.data.seed
 
 
+def check_quantization(cfg: ml_collections.ConfigDict) -> None:
+  """Refuses a bad `model.quantize` format, and FedEx-LoRA over a quantized base (its server
+  step folds a residual into the base weights, which would then need re-quantizing)."""
+  try:
+    models.quant.check_format(cfg.model.quantize, cfg.model.quant_block_size,
+                              cfg.model.quant_scale_dtype)
+  except ValueError as e:
+    raise SetupError(str(e)) from None
+  if cfg.model.quantize != "none" and cfg.fed.algorithm == "fedex_lora":
+    raise SetupError(f"fed.algorithm='fedex_lora' cannot run over model.quantize="
+                     f"{cfg.model.quantize!r}: its residual folds into the frozen base, which is "
+                     "stored quantized; use model.quantize='none' or another algorithm")
+
+
 def algorithm(cfg: ml_collections.ConfigDict) -> F.Algorithm:
-  """The federated algorithm `fed.algorithm` with its hyper-parameters from the config."""
+  """The federated algorithm `fed.algorithm` with its hyper-parameters from the config (refused
+  where `check_quantization` refuses the config)."""
+  check_quantization(cfg)
   f = cfg.fed
   return F.make_algorithm(f.algorithm, server_lr=f.server_lr, server_momentum=f.server_momentum,
                           server_b1=f.server_b1, server_b2=f.server_b2, server_eps=f.server_eps,
@@ -155,7 +171,10 @@ def load_model(cfg) -> tuple[models.CausalLM, Tokenizer, str]:
                                     dtype=cfg.model.dtype, remat_policy=cfg.model.remat_policy,
                                     attention_impl=cfg.model.attention_impl,
                                     fuse_lora=cfg.model.fuse_lora,
-                                    scan_layers=cfg.model.scan_layers)
+                                    scan_layers=cfg.model.scan_layers,
+                                    quantize=cfg.model.quantize,
+                                    quant_block_size=cfg.model.quant_block_size,
+                                    quant_scale_dtype=cfg.model.quant_scale_dtype)
   models.add_lora(model, lora_config(cfg), rngs=nnx.Rngs(lora=cfg.seed))
   return model, D.load_hf_tokenizer(base_dir), base_dir
 

@@ -28,7 +28,7 @@ from fedlora_jax.eval import fairness_summary
 from fedlora_jax.privacy.plan import privacy_plan
 from fedlora_jax.run import report
 from fedlora_jax.run.checkpoint import Checkpointer
-from fedlora_jax.run.gates import base_tensors
+from fedlora_jax.run.gates import base_digest, base_tensors
 from fedlora_jax.run.hooks import PERSONALISED
 from fedlora_jax.run.setup import expand, load_model, lora_config
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, write_config
@@ -83,6 +83,7 @@ class Coordinator:
     # changed weights, and bound by the ledger's residual digest
     self.original = ({k: np.array(v) for k, v in base_tensors(self.base).items()}  # a copy:
                      if self.algorithm.updates_base else None)  # aggregate donates the base
+    genesis_base = base_digest(self.base)  # the base as loaded, before any resumed change
     self.start = 0
     if has_ckpt and cfg.resume:
       restored, meta = self.ckpt.restore(self.ckpt.latest_round(), self._trees())
@@ -94,7 +95,8 @@ class Coordinator:
         algorithm=self.algorithm.name,
         weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
         clients_per_round=F.clients_per_round(len(self.names),
-                                              count=cfg.fed.clients_per_round or None))
+                                              count=cfg.fed.clients_per_round or None),
+        base_digest=genesis_base)
     self.ledger = L.LedgerServer.open_or_create(
         os.path.join(self.workdir, "ledger.jsonl"), expand(cfg.sites.server_keystore),
         self.registry, label="fedlora-jax-sites",  # the genesis adds a fresh random nonce
