@@ -49,8 +49,9 @@ class InProcessTransport:
     self.hospitals = {h: Hospital(node, self.cfg) for h, node in self.nodes.items()}
     for h, keystore in self.impostors.items():
       node = self.nodes[h]
-      self.hospitals[h].signer = L.HospitalSigner(h, keystore, Hospital.receipts_dir(node),
-                                                  node.server_public_key, self.cfg.ledger.backend)
+      self.hospitals[h].signer = L.HospitalSigner(
+          h, keystore, Hospital.receipts_dir(node, self.cfg), node.server_public_key,
+          self.cfg.ledger.backend)
 
   def handle(self, h: str, kind: str, payload) -> dict[str, Any]:
     return self.hospitals[h].handle(kind, payload)
@@ -131,3 +132,12 @@ def check_folded_base(sim_dir, sites_dir, base_dir):
   blocks = [x for x in L.Ledger.open(os.path.join(sites_dir, "ledger.jsonl")).blocks
             if x["kind"] == "round"]
   assert all(x["residual_digest"] is not None for x in blocks)
+
+
+def job_receipts(state_dir: str) -> str:
+  """The receipts directory of the one job a node's state directory has served (a path that
+  does not exist when the node never signed anything)."""
+  root = os.path.join(state_dir, "receipts")
+  jobs = sorted(os.listdir(root)) if os.path.isdir(root) else []
+  assert len(jobs) <= 1, jobs
+  return os.path.join(root, jobs[0] if jobs else "no-job")

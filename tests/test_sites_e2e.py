@@ -21,7 +21,7 @@ from fedlora_jax.sites.deploy import deploy  # noqa: E402
 from fedlora_jax.sites.local import group_alive  # noqa: E402
 from tests.run_fixtures import DEFAULT, ROOT, TINY_OVERRIDES, cli_flags  # noqa: E402
 from tests.sites_fixtures import (SUBPROCESS_ENV, check_folded_base,  # noqa: E402
-                                  client_state_files, sites_config)
+                                  client_state_files, job_receipts, sites_config)
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]
 HOSPITALS = ("cardiology", "oncology", "trauma")
@@ -78,8 +78,9 @@ def test_flower_run_directory_ledger_and_receipts(fedavg_runs):
   assert not os.path.exists(os.path.join(site_dir, "keys"))  # no hospital key at the server
   ledger_path = os.path.join(site_dir, "ledger.jsonl")
   server = L.Identity.load(os.path.join(site_dir, "deploy", "operator", "keys"), "server")
-  replicas = [os.path.join(site_dir, "deploy", "hospitals", h, "state", "receipts",
-                           "ledger.jsonl") for h in HOSPITALS]  # co-signed over Flower
+  replicas = [os.path.join(job_receipts(os.path.join(site_dir, "deploy", "hospitals", h,
+                                                    "state")), "ledger.jsonl")
+              for h in HOSPITALS]  # co-signed over Flower
   assert L.verify_ledger(ledger_path, server_public_key=server.pk, replicas=replicas).ok
   assert all(L.verify_ledger(r, server_public_key=server.pk).closed for r in replicas)
   ledger = L.Ledger.open(ledger_path)
@@ -89,11 +90,11 @@ def test_flower_run_directory_ledger_and_receipts(fedavg_runs):
   assert prov is not None and prov.round == 2 and len(prov.contributors) == 3
   for h in HOSPITALS:
     state = os.path.join(site_dir, "deploy", "hospitals", h, "state")
-    receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{state}/receipts/*.json"))]
+    receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{job_receipts(state)}/*.json"))]
     assert [r["round"] for r in receipts] == [1, 2] and all(
         r["verdict"] == "accepted" for r in receipts)
     check = L.verify_ledger(ledger_path, server_public_key=server.pk,
-                            receipts=f"{state}/receipts")
+                            receipts=job_receipts(state))
     assert check.ok and check.receipts == 2, check
     forged_dir = os.path.join(site_dir, "forged", h)
     os.makedirs(forged_dir)
@@ -198,7 +199,7 @@ def test_killed_worker_is_missing_and_the_run_finishes(tmp_path, cache_dir):
   for h in HOSPITALS:
     state = os.path.join(str(tmp_path), "deploy", "hospitals", h, "state")
     check = L.verify_ledger(ledger_path, server_public_key=server_pk,
-                            receipts=os.path.join(state, "receipts"))
+                            receipts=job_receipts(state))
     assert check.ok and check.receipts == (0 if h == "trauma" else 2), (h, check)  # its round-1
     # receipt rode on the round-2 message its worker never got
 

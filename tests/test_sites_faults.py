@@ -12,7 +12,7 @@ import pytest
 from fedlora_jax import ledger as L
 from fedlora_jax.sites import codec
 from fedlora_jax.sites.node_config import NodeConfig, NodeConfigError
-from tests.sites_fixtures import client_state_files, run_in_process, sites_config
+from tests.sites_fixtures import client_state_files, job_receipts, run_in_process, sites_config
 
 HOSPITALS = ("cardiology", "oncology", "trauma", "maternity")
 
@@ -58,8 +58,9 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
                                                  impostors={"trauma": impostor})
   ledger_path = os.path.join(cfg.workdir, "ledger.jsonl")
   server_pk = L.Ledger.open(ledger_path).server.pk
-  replicas = [os.path.join(enrolment.nodes[h].state_dir, "receipts", "ledger.jsonl")
-              for h in HOSPITALS if h != "maternity"]  # maternity missed the closing block
+  # maternity missed the closing block; trauma's node was refused: it holds no replica
+  replicas = [os.path.join(job_receipts(enrolment.nodes[h].state_dir), "ledger.jsonl")
+              for h in HOSPITALS if h not in ("maternity", "trauma")]
   assert L.verify_ledger(ledger_path, server_public_key=server_pk, replicas=replicas).ok
   for replica in replicas:  # each hospital's copy verifies on its own: the same, closed ledger
     assert open(replica).read() == open(ledger_path).read()
@@ -87,10 +88,10 @@ def test_faults_are_rejected_recorded_and_never_aggregated(tmp_path, cache_dir):
   # Receipts: every submission's verdict, signed by the server and matching the ledger.
   for h in HOSPITALS:
     state = enrolment.nodes[h].state_dir
-    receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{state}/receipts/*.json"))]
+    receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{job_receipts(state)}/*.json"))]
     if h != "trauma":  # the refused node was never sent a message: it attested nothing
       check = L.verify_ledger(ledger_path, server_public_key=server_pk,
-                              receipts=f"{state}/receipts")
+                              receipts=job_receipts(state))
       assert check.ok and check.receipts == len(receipts), (h, check)
     verdicts = [r["verdict"] for r in receipts]
     expected = {"cardiology": ["bad_signature", "accepted"], "oncology": ["digest_mismatch"],
@@ -177,10 +178,10 @@ def test_receipts_reach_the_nodes_after_a_server_crash(tmp_path, cache_dir, chec
   assert [b["round"] for b in ledger.blocks if b["kind"] == "round"] == [1, 2]
   for h in HOSPITALS[:2]:
     state = enrolment.nodes[h].state_dir
-    receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{state}/receipts/*.json"))]
+    receipts = [json.load(open(p)) for p in sorted(glob.glob(f"{job_receipts(state)}/*.json"))]
     assert [(r["round"], r["verdict"]) for r in receipts] == [(1, "accepted"), (2, "accepted")]
     check = L.verify_ledger(ledger_path, server_public_key=ledger.server.pk,
-                            receipts=f"{state}/receipts")
+                            receipts=job_receipts(state))
     assert check.ok and check.receipts == 2, (h, check)
     committed = [n for n in client_state_files(state) if n.startswith("committed")]
     assert committed == ["committed_000001.npz", "committed_000002.npz"], h

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 
 from fedlora_jax import ledger as L
 from fedlora_jax.sites import channel
+from fedlora_jax.sites.hospital import Hospital
 from tests.run_fixtures import ROOT
 from tests.sites_fixtures import SUBPROCESS_ENV, WorkerTransport, run_in_process, sites_config
 
@@ -97,13 +98,14 @@ def test_one_worker_serves_two_jobs_and_a_restarted_worker_resumes(tmp_path):
   assert sorted(a) == sorted(b)
   for name in a:
     np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
-  for workdir, rounds in ((fedavg.workdir, 1), (second.workdir, 2)):
+  for job_cfg, rounds in ((fedavg, 1), (second, 2)):
+    workdir = job_cfg.workdir
     ledger_path = os.path.join(workdir, "ledger.jsonl")
     ledger = L.Ledger.open(ledger_path)
     blocks = [b for b in ledger.blocks if b["kind"] == "round"]
     assert [len(b["participants"]) for b in blocks] == [2] * rounds
     for h in HOSPITALS:
-      receipts = os.path.join(enrolment.nodes[h].state_dir, "receipts")
+      receipts = Hospital.receipts_dir(enrolment.nodes[h], job_cfg)
       check = L.verify_ledger(ledger_path, server_public_key=ledger.server.pk, receipts=receipts)
       assert check.ok and check.receipts == rounds, (workdir, h, check)
   for h in HOSPITALS:

@@ -60,7 +60,7 @@ class Hospital:
     self.train_data = D.tokenize_mcq(tokenizer, self.train_records, cfg.data.max_len)
     self.test_data = test
     self.algorithm = job.algorithm(cfg)
-    self.signer = L.HospitalSigner(node.hospital, node.keystore, self.receipts_dir(node),
+    self.signer = L.HospitalSigner(node.hospital, node.keystore, self.receipts_dir(node, cfg),
                                    node.server_public_key, cfg.ledger.backend)
     self.evaluator = Evaluator(self.graphdef, {0: test}, ClientPlacement.create(1, None), None,
                                batch_size=cfg.eval.batch_size, group_size=cfg.eval.group_size)
@@ -70,9 +70,10 @@ class Hospital:
     os.makedirs(self.state_dir, exist_ok=True)
 
   @staticmethod
-  def receipts_dir(node: NodeConfig) -> str:
-    """Where the node keeps the server's receipts (and the attestations it issued)."""
-    return os.path.join(node.state_dir, "receipts")
+  def receipts_dir(node: NodeConfig, cfg) -> str:
+    """Where the node keeps this job's receipts, the attestations it issued and its replica of
+    the job's ledger (one directory per job: a worker serves jobs one after another)."""
+    return os.path.join(node.state_dir, "receipts", job.job_id(cfg))
 
   def describe(self) -> dict[str, Any]:
     """What the server learns at the start: name, key, set sizes, longest answer span."""
