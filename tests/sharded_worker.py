@@ -239,16 +239,16 @@ def run_mesh2d(out_dir: str) -> None:
     json.dump(report, f)
 
 
-def _scan_on_mesh(F, sharding, tr, results: dict, report: dict) -> None:
-  """Two FedAvg rounds of a 2-layer model: the layer loop on one device vs the layer scan on the
-  mesh (stacked base [L, ...], its layer axis replicated, the rest split over `model`)."""
+def _two_layer_loop_and_scan(**cfg_overrides):
+  """A 2-layer tiny model with the layer loop: (graphdef, base, lora), and the graphdef of the
+  same model with the layer scan (its params are `models.stack_layers` of the loop's)."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   from fedlora_jax import models  # pylint: disable=import-outside-toplevel
   from tests.fed_fixtures import TINY, tiny_model  # pylint: disable=import-outside-toplevel
   cfg = TINY.replace(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                     scan_layers="off")
+                     scan_layers="off", **cfg_overrides)
   lcfg = models.LoRAConfig(rank=2, alpha=4.0)
   graphdef, base, lora = tiny_model(cfg, lcfg)
 
@@ -257,7 +257,14 @@ def _scan_on_mesh(F, sharding, tr, results: dict, report: dict) -> None:
     models.add_lora(m, lcfg, rngs=nnx.Rngs(lora=1))
     return m
 
-  graphdef_scan = models.split_lora(nnx.eval_shape(build_scanned))[0]
+  return graphdef, base, lora, models.split_lora(nnx.eval_shape(build_scanned))[0]
+
+
+def _scan_on_mesh(F, sharding, tr, results: dict, report: dict) -> None:
+  """Two FedAvg rounds of a 2-layer model: the layer loop on one device vs the layer scan on the
+  mesh (stacked base [L, ...], its layer axis replicated, the rest split over `model`)."""
+  from fedlora_jax import models  # pylint: disable=import-outside-toplevel
+  graphdef, base, lora, graphdef_scan = _two_layer_loop_and_scan()
   alg = F.make_algorithm("fedavg")
   runs = {"loop_single": (graphdef, base, lora, None),
           "scan_sharded": (graphdef_scan, models.stack_layers(base), models.stack_layers(lora),
@@ -276,25 +283,12 @@ def _scan_on_mesh(F, sharding, tr, results: dict, report: dict) -> None:
 
 def run_quant(out_dir: str) -> None:
   jax = _configure_jax()
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
   from fedlora_jax import federated as F  # pylint: disable=import-outside-toplevel
   from fedlora_jax import models  # pylint: disable=import-outside-toplevel
-  from tests.fed_fixtures import TINY, tiny_model  # pylint: disable=import-outside-toplevel
 
   n = MESH_CLIENTS
-  cfg = TINY.replace(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                     scan_layers="off", quantize="nf4", quant_block_size=16)
-  lcfg = models.LoRAConfig(rank=2, alpha=4.0)
-  graphdef, base, lora = tiny_model(cfg, lcfg)
-
-  def build_scanned():
-    m = models.CausalLM(cfg.replace(scan_layers="on"), rngs=nnx.Rngs(params=0))
-    models.add_lora(m, lcfg, rngs=nnx.Rngs(lora=1))
-    return m
-
-  graphdef_scan = models.split_lora(nnx.eval_shape(build_scanned))[0]
+  graphdef, base, lora, graphdef_scan = _two_layer_loop_and_scan(quantize="nf4",
+                                                                 quant_block_size=16)
   sharding = F.ClientSharding(F.make_mesh(*MESH_SHAPE))
   tr = F.LocalTraining(local_steps=K, optimizer="sgd", learning_rate=1e-2)
   alg = F.make_algorithm("fedavg")

@@ -97,6 +97,9 @@ class ExampleAccountant:
   delta: float
   target_epsilon: float = 0.0
   rounds_taken: list[int] = dataclasses.field(default_factory=list)
+  # (dataset size, rounds) -> epsilon: the budget check before a round, the hook's look-ahead and
+  # the round's record ask for the same values; each PLD composition runs once.
+  _cache: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict, repr=False)
 
   kind = "pld"  # the accountant behind the reported epsilon
 
@@ -109,13 +112,12 @@ class ExampleAccountant:
                               self.max_batch_size, self.noise_multiplier)
 
   def epsilons(self, rounds_taken: Sequence[int]) -> dict[str, float]:
-    cache: dict[tuple[int, int], float] = {}  # hospitals of equal size share a value
     out = {}
-    for h, name in enumerate(self.names):
+    for h, name in enumerate(self.names):  # hospitals of equal size share a value
       k = (self.dataset_sizes[h], rounds_taken[h])
-      if k not in cache:
-        cache[k] = epsilon(self._event(h), rounds_taken[h] * self.local_steps, self.delta)
-      out[name] = cache[k]
+      if k not in self._cache:
+        self._cache[k] = epsilon(self._event(h), rounds_taken[h] * self.local_steps, self.delta)
+      out[name] = self._cache[k]
     return out
 
   def count(self, client_ids: Sequence[int]) -> None:
