@@ -109,12 +109,14 @@ def verify_ledger(path: str | os.PathLike[str], backend: Backend | str | None = 
 
 
 def _open_head_problem(state: ChainState) -> tuple[int, str] | None:
-  """The head is a round block awaiting its participants' co-signature (no closing block)."""
-  head = state.blocks[-1]
-  if (state.rules["cosign"] == "participants" and head["kind"] == "round"
-      and head["participants"]):
-    return head["index"], (f"the head block (round {head['round']}) is not co-signed by its "
-                           "participants: no closing block (a run in progress: allow_open)")
+  """A co-signed ledger without its closing block: the run is in progress, was interrupted, or
+  the ledger was cut back (a head round without participants has nothing to co-sign, so only
+  the closing block shows the ledger is whole)."""
+  if state.rules["cosign"] == "participants" and not state.closed:
+    head = state.blocks[-1]
+    what = f"round {head['round']}" if head["kind"] == "round" else head["kind"]
+    return head["index"], (f"no closing block after the head block ({what}): a run in progress, "
+                           "interrupted or cut back (allow_open accepts a run in progress)")
   return None
 
 
