@@ -5,9 +5,10 @@ intervals for the gaps).
     python scripts/compare.py --config=configs/default.py --root=runs/compare --seeds=0,1,2 \
         [--variants=local,fedavg,fedprox,fedsa_lora,ffa_lora,fedex_lora,scaffold,centralized] \
         [--config.fed.rounds=15 ...]
-    python scripts/compare.py --table=attack --root=runs/compare   # robust rules under attack
-        [--rules=mean,median --attacks=none,gaussian]                # a part of the grid
-    python scripts/compare.py --table=privacy --root=runs/compare  # DP-SGD at epsilon 1, 3, 8
+    python scripts/compare.py --table=attack --root=runs/safeguards --seeds=0,1,2 \
+        [--rules=mean,median --attacks=none,gaussian]      # robust rules under attack (a part)
+    python scripts/compare.py --table=privacy --root=runs/safeguards --seeds=0,1,2 \
+        [--methods=fedavg,ffa_lora --epsilons=1,2,4,8]     # LoRA vs FFA-LoRA under DP-SGD
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ _TABLE = flags.DEFINE_enum("table", "methods", ["methods", "attack", "privacy"],
 _RULES = flags.DEFINE_list("rules", None, "--table=attack: the aggregation rules (default: all).")
 _ATTACKS = flags.DEFINE_list("attacks", None, "--table=attack: the attacks, 'none' for clean "
                              "(default: all).")
+_METHODS = flags.DEFINE_list("methods", None, "--table=privacy: the methods (default: fedavg, "
+                             "ffa_lora).")
+_EPSILONS = flags.DEFINE_list("epsilons", None, "--table=privacy: the target epsilons besides "
+                              "no DP (default: 1, 2, 4, 8).")
 
 
 def main(argv: list[str]) -> int:
@@ -36,18 +41,20 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from fedlora_jax.run.cli import run_cli
   from fedlora_jax.run.compare import VARIANTS, compare
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+    epsilons = [float(e) for e in _EPSILONS.value or ()]
+  except ValueError as e:
+    raise app.UsageError(f"--seeds must be integers and --epsilons numbers: {e}") from e
   if _TABLE.value != "methods":
-    from fedlora_jax.run.safeguard_tables import ATTACKS, RULES, safeguard_table
-    grid = {"rules": _RULES.value or RULES, "attacks": _ATTACKS.value or ATTACKS}
-    return run_cli(lambda: print(safeguard_table(_CONFIG.value, _TABLE.value, _ROOT.value,
-                                                 **grid)))
+    from fedlora_jax.run import safeguard_tables as T
+    grid = {"rules": _RULES.value or T.RULES, "attacks": _ATTACKS.value or T.ATTACKS,
+            "methods": _METHODS.value or T.PRIVACY_METHODS, "epsilons": epsilons or T.EPSILONS}
+    return run_cli(lambda: print(T.safeguard_table(_CONFIG.value, _TABLE.value, _ROOT.value,
+                                                   seeds, draws=_DRAWS.value, **grid)))
   unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
-  try:
-    seeds = [int(s) for s in _SEEDS.value]
-  except ValueError as e:
-    raise app.UsageError(f"--seeds must be integers: {_SEEDS.value}") from e
   return run_cli(lambda: print(compare(_CONFIG.value, _VARIANTS.value, _ROOT.value, seeds,
                                        draws=_DRAWS.value)))
 

@@ -1,50 +1,99 @@
-"""The attack and privacy-utility tables: the grids' configs and the markdown built from
-summaries (hand-made numbers)."""
+"""The attack and privacy-utility tables over seeds: the grids' configs, and the figures and
+markdown built from hand-made summaries and per-question correctness."""
 
+import numpy as np
 import pytest
 
 from fedlora_jax.federated.robust import RULES
 from fedlora_jax.run.configs import load_config_file
-from fedlora_jax.run.safeguard_tables import (ATTACKS, attack_configs, attack_table,
-                                              privacy_configs, privacy_table, safeguard_table)
+from fedlora_jax.run.safeguard_tables import (ATTACKS, attack_configs, attack_data,
+                                              attack_markdown, privacy_configs, privacy_data,
+                                              privacy_markdown, safeguard_table)
 from tests.run_fixtures import DEFAULT
 
-
-def _summary(mean, worst, hmean):
-  return {"fairness": {"mean": mean, "min": worst, "harmonic_mean": hmean}}
+NAMES = ("a", "b")
 
 
-def test_grids():
+def _summary(mean, worst, hmean, acc=(0.5, 0.5)):
+  return {"fairness": {"mean": mean, "min": worst, "harmonic_mean": hmean},
+          "accuracy": dict(zip(NAMES, acc))}
+
+
+def test_attack_grid_strengths_and_seeds():
   base = load_config_file(DEFAULT)
-  att = attack_configs(base, "/r")
+  att = attack_configs(base, "/r", seed=2)
   assert len(att) == len(RULES) * len(ATTACKS)
-  cfg = att[("krum", "scale")]
-  assert (cfg.fed.robust_rule, cfg.attack.kind, cfg.attack.clients) == ("krum", "scale", "1")
-  assert att[("median", "none")].attack.clients == ""
-  assert cfg.workdir == "/r/attack/krum-scale" and base.fed.robust_rule == "mean"
-  priv = privacy_configs(base, "/r")
-  assert list(priv) == ["no DP", "eps 1", "eps 3", "eps 8"]
-  assert (priv["eps 3"].privacy.level, priv["eps 3"].privacy.target_epsilon) == ("example", 3.0)
+  flip, gauss = att["krum/sign_flip"], att["median/gaussian"]
+  assert (flip.fed.robust_rule, flip.attack.kind, flip.attack.clients, flip.attack.scale) == (
+      "krum", "sign_flip", "1", 4.0)
+  assert (gauss.attack.clients, att["mean/alie"].attack.clients) == ("2", "2")
+  assert (att["median/none"].attack.clients, att["median/none"].attack.kind) == ("", "none")
+  # the seed varies training; the benchmark split and the tiny base stay the base config's
+  assert (flip.seed, flip.data.seed) == (2, base.seed)
+  assert flip.workdir == "/r/attack/seed2/krum-sign_flip" and base.fed.robust_rule == "mean"
+  part = attack_configs(base, "/r", 0, rules=("mean", "krum"), attacks=("none", "gaussian"))
+  assert list(part) == ["mean/none", "mean/gaussian", "krum/none", "krum/gaussian"]
+  with pytest.raises(ValueError, match=r"unknown rules or attacks \['bulyan', 'flood'\]"):
+    attack_configs(base, "/r", 0, rules=("mean", "bulyan"), attacks=("flood",))
 
 
-def test_tables_from_summaries():
-  table = attack_table({("mean", "sign_flip"): _summary(0.2, 0.05, 0.1),
-                        ("median", "sign_flip"): _summary(0.61, 0.4, 0.55)})
-  assert "| mean | sign_flip | 20.0 | 5.0 | 10.0 |" in table
-  assert "| median | sign_flip | 61.0 | 40.0 | 55.0 |" in table
-  table = privacy_table({"no DP": (_summary(0.7, 0.5, 0.6), None),
-                         "eps 1": (_summary(0.3, 0.2, 0.25), {
-                             "noise_multiplier": 2.5, "epsilon": {"a": 0.7, "b": 0.98}})})
-  assert "| no DP | - | - | 70.0 | 50.0 | 60.0 |" in table
-  assert "| eps 1 | 2.500 | 0.98 | 30.0 | 20.0 | 25.0 |" in table
+def test_privacy_grid_lora_and_ffa_lora():
+  base = load_config_file(DEFAULT)
+  priv = privacy_configs(base, "/r", seed=1, epsilons=(1.0, 8.0))
+  assert list(priv) == ["fedavg/no DP", "fedavg/eps 1", "fedavg/eps 8", "ffa_lora/no DP",
+                        "ffa_lora/eps 1", "ffa_lora/eps 8"]
+  cell = priv["ffa_lora/eps 8"]
+  assert (cell.fed.algorithm, cell.privacy.level, cell.privacy.target_epsilon) == (
+      "ffa_lora", "example", 8.0)
+  assert cell.workdir == "/r/privacy/seed1/ffa_lora-eps8"
+  assert priv["fedavg/no DP"].privacy.level == "none"
+  with pytest.raises(ValueError, match="target epsilon 0 must be > 0"):
+    privacy_configs(base, "/r", 0, epsilons=(0.0,))
+
+
+def test_attack_figures_over_seeds():
+  seeds = [{"mean/none": _summary(0.7, 0.5, 0.6, (0.8, 0.6)),
+            "mean/scale": _summary(0.2, 0.1, 0.15, (0.2, 0.5))},
+           {"mean/none": _summary(0.6, 0.4, 0.5, (0.7, 0.5)),
+            "mean/scale": _summary(0.3, 0.2, 0.25, (0.3, 0.5))}]
+  data = attack_data(seeds)
+  row = data["rows"]["mean/scale"]
+  assert row["mean"] == pytest.approx(0.25) and row["std"]["mean"] == pytest.approx(0.0707107)
+  assert row["gap_pp"]["min"] == pytest.approx(-30.0)
+  assert row["largest_drop"] == {"hospital": "a", "pp": pytest.approx(50.0)}
+  assert "gap_pp" not in data["rows"]["mean/none"]
+  md = attack_markdown(data)
+  assert "| mean | scale | 25.0 ± 7.1 | 15.0 ± 7.1 | 20.0 ± 7.1 | -40.0 | -30.0 | -35.0 | a -50.0 |" \
+      in md
+  assert "| mean | none | 65.0 ± 7.1 | 45.0 ± 7.1 | 55.0 ± 7.1 | - | - | - | - |" in md
+
+
+def test_attack_bootstrap_interval_against_clean_fedavg():
+  """Paired over questions: a cell that answers exactly as clean FedAvg has the interval [0, 0];
+  one that gets every question of test set b wrong has a worst-client gap equal to minus b's
+  clean accuracy in every draw, below 0."""
+  rng = np.random.default_rng(0)
+  clean = {t: rng.random((1, 40)) < 0.7 for t in NAMES}
+  broken = {"a": clean["a"], "b": np.zeros((1, 40), bool)}
+  summaries = [{"mean/none": _summary(0.7, 0.6, 0.65), "median/none": _summary(0.7, 0.6, 0.65),
+                "mean/sign_flip": _summary(0.3, 0.0, 0.0)}]
+  correct = [{"mean/none": clean, "median/none": dict(clean), "mean/sign_flip": broken}]
+  rows = attack_data(summaries, correct, draws=200)["rows"]
+  assert rows["median/none"]["ci95_pp"] == {k: [0.0, 0.0] for k in ("mean", "min",
+                                                                     "harmonic_mean")}
+  lo, hi = rows["mean/sign_flip"]["ci95_pp"]["min"]
+  assert -100 <= lo < hi < 0
+  assert rows["mean/sign_flip"]["ci95_pp"]["harmonic_mean"][1] < 0  # a zero accuracy: hmean 0
+
+
+def test_privacy_figures_over_seeds():
+  priv = {"noise_multiplier": 2.5, "epsilon": {"a": 0.7, "b": 0.98}}
+  seeds = [{"fedavg/no DP": (_summary(0.7, 0.5, 0.6), None),
+            "fedavg/eps 1": (_summary(0.3, 0.2, 0.25), priv)},
+           {"fedavg/no DP": (_summary(0.7, 0.5, 0.6), None),
+            "fedavg/eps 1": (_summary(0.4, 0.3, 0.35), {**priv, "noise_multiplier": 3.5})}]
+  md = privacy_markdown(privacy_data(seeds))
+  assert "| fedavg | no DP | - | - | 70.0 ± 0.0 | 50.0 ± 0.0 | 60.0 ± 0.0 |" in md
+  assert "| fedavg | eps 1 | 3.000 | 0.98 | 35.0 ± 7.1 | 25.0 ± 7.1 | 30.0 ± 7.1 |" in md
   with pytest.raises(ValueError, match="unknown table"):
     safeguard_table(load_config_file(DEFAULT), "speed", "/tmp/x")
-
-
-def test_a_part_of_the_attack_grid():
-  base = load_config_file(DEFAULT)
-  att = attack_configs(base, "/r", rules=("mean", "krum"), attacks=("none", "gaussian"))
-  assert list(att) == [("mean", "none"), ("mean", "gaussian"), ("krum", "none"),
-                       ("krum", "gaussian")]
-  with pytest.raises(ValueError, match=r"unknown rules or attacks \['bulyan', 'flood'\]"):
-    attack_configs(base, "/r", rules=("mean", "bulyan"), attacks=("flood",))

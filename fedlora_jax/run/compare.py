@@ -126,8 +126,10 @@ def _mean_std(dicts: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str
 
 
 def bootstrap_gaps(correct_by_seed: Sequence[dict[str, dict[str, np.ndarray]]], protocol: str, *,
-                   draws: int = 2000, seed: int = 0) -> dict[str, dict[str, list[float]]]:
-  """Paired bootstrap 95% interval (pp) of each method's seed-averaged gap vs single-client LoRA.
+                   draws: int = 2000, seed: int = 0,
+                   baseline: str = LOCAL) -> dict[str, dict[str, list[float]]]:
+  """Paired bootstrap 95% interval (pp) of each method's seed-averaged gap vs `baseline`
+  (single-client LoRA unless given).
 
   correct_by_seed: per seed, method -> test-set name -> [M, N_t] bool. Each draw resamples every
   test set's questions with replacement (the same questions for every method of a seed: paired),
@@ -136,11 +138,12 @@ def bootstrap_gaps(correct_by_seed: Sequence[dict[str, dict[str, np.ndarray]]], 
   rng = np.random.default_rng(seed)
   gaps: dict[str, dict[str, np.ndarray]] = {}
   for runs in correct_by_seed:
-    if LOCAL not in runs:
-      raise ValueError("a bootstrap of gaps needs the single-client ('local') runs")
-    names = list(runs[LOCAL])
-    weights = {t: rng.multinomial(runs[LOCAL][t].shape[1],
-                                  np.full(runs[LOCAL][t].shape[1], 1.0 / runs[LOCAL][t].shape[1]),
+    if baseline not in runs:
+      raise ValueError(f"a bootstrap of gaps needs the baseline ({baseline!r}) runs")
+    names = list(runs[baseline])
+    weights = {t: rng.multinomial(runs[baseline][t].shape[1],
+                                  np.full(runs[baseline][t].shape[1],
+                                          1.0 / runs[baseline][t].shape[1]),
                                   size=draws) for t in names}  # [B, N_t] resampling counts
 
     def scores(correct):  # method -> {metric: [B]}
@@ -148,9 +151,9 @@ def bootstrap_gaps(correct_by_seed: Sequence[dict[str, dict[str, np.ndarray]]], 
                         for t in names], axis=-1).transpose(1, 0, 2)
       return score(m_bmt, protocol)
 
-    base = scores(runs[LOCAL])
+    base = scores(runs[baseline])
     for method, correct in runs.items():
-      if method == LOCAL:
+      if method == baseline:
         continue
       s = scores(correct)
       for k in METRICS:
@@ -175,7 +178,7 @@ def compare(base: ml_collections.ConfigDict, variants: Sequence[str], root: str,
       cfg = variant_config(base, v, seed_root, s)
       summaries[v] = finished_summary(cfg) or run(cfg)
     per_seed.append(compare_table(summaries)[1])
-    correct_by_seed.append({v: _load_correct(os.path.join(seed_root, v)) for v in variants})
+    correct_by_seed.append({v: load_correct(os.path.join(seed_root, v)) for v in variants})
   data = aggregate_seeds(per_seed)
   if LOCAL in variants:
     for p in PROTOCOLS:
@@ -205,7 +208,7 @@ def finished_summary(cfg) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def _load_correct(workdir: str) -> dict[str, np.ndarray]:
+def load_correct(workdir: str) -> dict[str, np.ndarray]:
   path = os.path.join(workdir, "correct.npz")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} is missing: the run predates per-question correctness; "

@@ -1,80 +1,153 @@
-"""Robustness and privacy tables (issue 14), apart from the paper's comparison in compare.py.
+"""Robustness and privacy tables over seeds, apart from the paper's comparison in compare.py.
 
-  attack    clean vs one attacking hospital, for FedAvg ("mean") and each robust rule:
-            mean / worst / harmonic-mean accuracy per (rule, attack)
-  privacy   example-level DP-SGD at target epsilon 1, 3, 8 (delta 1e-5) vs no DP, with the noise
-            multiplier calibrated for each and the largest epsilon a hospital reached
+Every run goes to `root/<table>/seed<s>/<cell>` (the seed varies LoRA init, batch order and
+sampling; the benchmark split and tiny base stay the base config's, as in compare.py); a finished
+run of the same config is read back, never run again. Writes `root/<table>/table.{md,json}`.
+
+  attack   FedAvg ("mean") and each robust rule, clean and under each attack at a strength where
+           FedAvg breaks (ATTACK_SPECS): mean ± std over seeds of mean / worst / harmonic-mean
+           accuracy, the gap against clean FedAvg with its paired bootstrap 95% interval, and the
+           hospital whose own accuracy drops most against clean FedAvg.
+  privacy  LoRA (FedAvg) and FFA-LoRA without DP and with example-level DP-SGD at each target
+           epsilon (delta 1e-5): accuracy, the calibrated noise multiplier and the largest epsilon
+           a hospital reached, mean ± std over seeds.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+import numpy as np
 
+from fedlora_jax.eval.protocols import METRICS
 from fedlora_jax.federated.robust import RULES
-from fedlora_jax.run.compare import finished_summary
-from fedlora_jax.run.experiment import run
+from fedlora_jax.run.compare import bootstrap_gaps, finished_summary, load_correct, variant_config
 
-ATTACKS = ("none", "sign_flip", "scale", "gaussian", "alie")
-EPSILONS = (1.0, 3.0, 8.0)
+# kind -> (attack.clients, attack.scale); a scale of 0 is the kind's default (federated/attacks.py)
+ATTACK_SPECS: dict[str, tuple[str, float]] = {
+    "none": ("", 0.0),
+    "sign_flip": ("1", 4.0),   # one attacker, u' = -4 u
+    "scale": ("1", 0.0),       # one attacker, model replacement (s = the number of clients)
+    "gaussian": ("2", 0.0),    # two attackers, u' ~ N(0, I)
+    "alie": ("2", 0.0),        # two attackers, Baruch et al.'s z_max
+}
+ATTACKS = tuple(ATTACK_SPECS)
+EPSILONS = (1.0, 2.0, 4.0, 8.0)
+PRIVACY_METHODS = ("fedavg", "ffa_lora")
+NO_DP = "no DP"
+CLEAN = "mean/none"  # the attack table's baseline cell: FedAvg without attack
 TABLES = ("attack", "privacy")
 
 
-def _variant(base: ml_collections.ConfigDict, workdir: str, **fields) -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict(base.to_dict())
+def _cell_config(base: ml_collections.ConfigDict, method: str, root: str, seed: int, cell: str,
+                 fields: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  cfg = variant_config(base, method, os.path.join(root, f"seed{seed}"), seed)
   for key, value in fields.items():
-    section, leaf = key.split("__")
+    section, leaf = key.split(".")
     cfg[section][leaf] = value
-  cfg.workdir = workdir
+  cfg.workdir = os.path.join(root, f"seed{seed}", cell)
   return cfg
 
 
-def attack_configs(base, root: str, attackers: str = "1", rules: Sequence[str] = RULES,
-                   attacks: Sequence[str] = ATTACKS) -> dict[tuple[str, str], Any]:
-  """(rule, attack) -> config; `attackers` is `attack.clients` (default: the first hospital)."""
+def attack_configs(base, root: str, seed: int, rules: Sequence[str] = RULES,
+                   attacks: Sequence[str] = ATTACKS) -> dict[str, ml_collections.ConfigDict]:
+  """"rule/attack" -> the config of that cell for `seed`, in root/attack/seed<s>/rule-attack."""
   unknown = sorted(set(rules) - set(RULES)) + sorted(set(attacks) - set(ATTACKS))
   if unknown:
     raise ValueError(f"unknown rules or attacks {unknown}; rules: {', '.join(RULES)}; attacks: "
                      f"{', '.join(ATTACKS)}")
-  return {(rule, kind): _variant(base, os.path.join(root, "attack", f"{rule}-{kind}"),
-                                 fed__robust_rule=rule, attack__kind=kind,
-                                 attack__clients=attackers if kind != "none" else "")
-          for rule in rules for kind in attacks}
+  out = {}
+  for rule in rules:
+    for kind in attacks:
+      clients, scale = ATTACK_SPECS[kind]
+      out[f"{rule}/{kind}"] = _cell_config(
+          base, "fedavg", os.path.join(root, "attack"), seed, f"{rule}-{kind}",
+          {"fed.robust_rule": rule, "attack.kind": kind, "attack.clients": clients,
+           "attack.scale": scale})
+  return out
 
 
-def privacy_configs(base, root: str) -> dict[str, Any]:
-  cfgs = {"no DP": _variant(base, os.path.join(root, "privacy", "none"), privacy__level="none")}
-  for eps in EPSILONS:
-    cfgs[f"eps {eps:g}"] = _variant(base, os.path.join(root, "privacy", f"eps{eps:g}"),
-                                    privacy__level="example", privacy__target_epsilon=eps,
-                                    privacy__noise_multiplier=0.0, privacy__delta=1e-5)
-  return cfgs
+def privacy_configs(base, root: str, seed: int, methods: Sequence[str] = PRIVACY_METHODS,
+                    epsilons: Sequence[float] = EPSILONS) -> dict[str, ml_collections.ConfigDict]:
+  """"method/no DP" and "method/eps e" -> the config of that cell for `seed`."""
+  out = {}
+  for method in methods:
+    out[f"{method}/{NO_DP}"] = _cell_config(base, method, os.path.join(root, "privacy"), seed,
+                                            f"{method}-none", {"privacy.level": "none"})
+    for eps in epsilons:
+      if not eps > 0:
+        raise ValueError(f"target epsilon {eps:g} must be > 0")
+      out[f"{method}/eps {eps:g}"] = _cell_config(
+          base, method, os.path.join(root, "privacy"), seed, f"{method}-eps{eps:g}",
+          {"privacy.level": "example", "privacy.target_epsilon": float(eps),
+           "privacy.noise_multiplier": 0.0, "privacy.delta": 1e-5})
+  return out
 
 
-def _cells(summary: dict[str, Any]) -> str:
-  f = summary["fairness"]
-  return f"{100 * f['mean']:.1f} | {100 * f['min']:.1f} | {100 * f['harmonic_mean']:.1f}"
+# --------------------------------------------------------------------------- from the runs
 
 
-def attack_table(summaries: dict[tuple[str, str], dict[str, Any]]) -> str:
-  """Markdown: one row per (rule, attack) with mean / worst / harmonic-mean accuracy (%)."""
-  lines = ["| rule | attack | mean | worst | harmonic mean |", "|---|---|---|---|---|"]
-  lines += [f"| {rule} | {kind} | {_cells(s)} |" for (rule, kind), s in summaries.items()]
-  return "\n".join(lines) + "\n"
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+  x = np.asarray(xs, np.float64)
+  return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
 
 
-def privacy_table(results: dict[str, tuple[dict[str, Any], dict[str, Any] | None]]) -> str:
-  """Markdown from label -> (summary, last metrics record's "privacy" entry or None)."""
-  lines = ["| privacy | noise multiplier | max epsilon reached | mean | worst | harmonic mean |",
-           "|---|---|---|---|---|---|"]
-  for label, (summary, priv) in results.items():
-    z = f"{priv['noise_multiplier']:.3f}" if priv else "-"
-    eps = f"{max(priv['epsilon'].values()):.2f}" if priv else "-"
-    lines.append(f"| {label} | {z} | {eps} | {_cells(summary)} |")
+def attack_data(summaries: Sequence[Mapping[str, dict[str, Any]]],
+                correct: Sequence[Mapping[str, dict[str, np.ndarray]]] | None = None, *,
+                draws: int = 2000) -> dict[str, Any]:
+  """Per cell ("rule/attack"): each metric's mean and std over seeds and, when the grid holds
+  clean FedAvg, the gap (pp) against it, its paired bootstrap 95% interval (from `correct`,
+  per seed: cell -> test set -> [1, N_t] bool) and the hospital whose own accuracy drops most.
+
+  summaries: per seed, cell -> summary.json.
+  """
+  cells = list(summaries[0])
+  rows: dict[str, Any] = {}
+  for cell in cells:
+    fair = [s[cell]["fairness"] for s in summaries]
+    row: dict[str, Any] = {}
+    for k in METRICS:
+      row[k], row.setdefault("std", {})[k] = _mean_std([f[k] for f in fair])
+    if CLEAN in cells and cell != CLEAN:
+      row["gap_pp"] = {k: 100.0 * float(np.mean([s[cell]["fairness"][k] - s[CLEAN]["fairness"][k]
+                                                  for s in summaries])) for k in METRICS}
+      names = list(summaries[0][CLEAN]["accuracy"])
+      drops = {h: 100.0 * float(np.mean([s[CLEAN]["accuracy"][h] - s[cell]["accuracy"][h]
+                                         for s in summaries])) for h in names}
+      worst = max(drops, key=drops.get)
+      row["largest_drop"] = {"hospital": worst, "pp": drops[worst]}
+    rows[cell] = row
+  if correct is not None and CLEAN in cells:
+    ci = bootstrap_gaps(correct, "own_test", draws=draws, baseline=CLEAN)
+    for cell, interval in ci.items():
+      rows[cell]["ci95_pp"] = interval
+  return {"seeds": len(summaries), "rows": rows}
+
+
+def attack_markdown(data: dict[str, Any]) -> str:
+  """One row per cell: accuracy (%) mean ± std, gaps vs clean FedAvg [95% interval], and the
+  hospital that pays most."""
+  sd = data["seeds"] > 1
+  lines = ["| rule | attack | mean | worst | harmonic mean | Δ mean | Δ worst | Δ harmonic mean "
+           "| largest drop |", "|---|---|---|---|---|---|---|---|---|"]
+  for cell, r in data["rows"].items():
+    rule, kind = cell.split("/")
+    cells = [f"{100 * r[k]:.1f}" + (f" ± {100 * r['std'][k]:.1f}" if sd else "") for k in METRICS]
+    for k in METRICS:
+      if "gap_pp" not in r:
+        cells.append("-")
+        continue
+      text = f"{r['gap_pp'][k]:+.1f}"
+      if "ci95_pp" in r:
+        text += f" [{r['ci95_pp'][k][0]:+.1f}, {r['ci95_pp'][k][1]:+.1f}]"
+      cells.append(text)
+    drop = r.get("largest_drop")
+    cells.append(f"{drop['hospital']} {-drop['pp']:+.1f}" if drop else "-")
+    lines.append(f"| {rule} | {kind} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -84,25 +157,68 @@ def _last_privacy_record(workdir: str) -> dict[str, Any] | None:
   return next((r["privacy"] for r in reversed(records) if "privacy" in r), None)
 
 
+def privacy_data(results: Sequence[Mapping[str, tuple[dict[str, Any], dict[str, Any] | None]]]
+                 ) -> dict[str, Any]:
+  """Per cell ("method/no DP" | "method/eps e"): each metric, the noise multiplier and the
+  largest epsilon a hospital reached, mean and std over seeds.
+
+  results: per seed, cell -> (summary.json, the last metrics record's "privacy" entry or None).
+  """
+  rows: dict[str, Any] = {}
+  for cell in results[0]:
+    seeds = [r[cell] for r in results]
+    row: dict[str, Any] = {"std": {}}
+    for k in METRICS:
+      row[k], row["std"][k] = _mean_std([s["fairness"][k] for s, _ in seeds])
+    privs = [p for _, p in seeds if p]
+    if privs:
+      row["noise_multiplier"], _ = _mean_std([p["noise_multiplier"] for p in privs])
+      row["epsilon_reached"], _ = _mean_std([max(p["epsilon"].values()) for p in privs])
+    rows[cell] = row
+  return {"seeds": len(results), "rows": rows}
+
+
+def privacy_markdown(data: dict[str, Any]) -> str:
+  sd = data["seeds"] > 1
+  lines = ["| method | privacy | noise multiplier | max epsilon reached | mean | worst | "
+           "harmonic mean |", "|---|---|---|---|---|---|---|"]
+  for cell, r in data["rows"].items():
+    method, label = cell.split("/")
+    z = f"{r['noise_multiplier']:.3f}" if "noise_multiplier" in r else "-"
+    eps = f"{r['epsilon_reached']:.2f}" if "epsilon_reached" in r else "-"
+    cells = [f"{100 * r[k]:.1f}" + (f" ± {100 * r['std'][k]:.1f}" if sd else "") for k in METRICS]
+    lines.append(f"| {method} | {label} | {z} | {eps} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def safeguard_table(base: ml_collections.ConfigDict, which: str, root: str,
-                    rules: Sequence[str] = RULES, attacks: Sequence[str] = ATTACKS) -> str:
-  """Runs the `which` ("attack" | "privacy") grid into root/<which>/ and writes its table there;
-  a finished run of the same config is read back, not run again. The attack grid is `rules` x
-  `attacks`."""
-  if which == "attack":
-    summaries = {k: finished_summary(cfg) or run(cfg)
-                 for k, cfg in attack_configs(base, root, rules=rules, attacks=attacks).items()}
-    table = attack_table(summaries)
-    title = "Clean vs one attacking hospital: FedAvg and robust rules (accuracy %)"
-  elif which == "privacy":
-    results = {}
-    for label, cfg in privacy_configs(base, root).items():
-      results[label] = (finished_summary(cfg) or run(cfg), _last_privacy_record(cfg.workdir))
-    table = privacy_table(results)
-    title = "Example-level DP-SGD: privacy vs utility (delta 1e-5, accuracy %)"
-  else:
+                    seeds: Sequence[int] = (), *, rules: Sequence[str] = RULES,
+                    attacks: Sequence[str] = ATTACKS, methods: Sequence[str] = PRIVACY_METHODS,
+                    epsilons: Sequence[float] = EPSILONS, draws: int = 2000) -> str:
+  """Runs the `which` ("attack" | "privacy") grid for every seed (default: the config's) and
+  writes its table; returns the markdown."""
+  if which not in TABLES:
     raise ValueError(f"unknown table {which!r}; known: {', '.join(TABLES)}")
-  os.makedirs(os.path.join(root, which), exist_ok=True)
-  with open(os.path.join(root, which, "table.md"), "w") as f:
-    f.write(f"# {title} ({base.fed.rounds} rounds, seed {base.seed})\n\n{table}")
-  return table
+  from fedlora_jax.run.experiment import run  # heavy imports, only when running
+  seeds = [int(s) for s in seeds] or [int(base.seed)]
+  out = os.path.join(root, which)
+  if which == "attack":
+    grids = [attack_configs(base, root, s, rules, attacks) for s in seeds]  # refuse before runs
+    summaries = [{c: finished_summary(cfg) or run(cfg) for c, cfg in g.items()} for g in grids]
+    correct = [{c: load_correct(cfg.workdir) for c, cfg in g.items()} for g in grids]
+    data = attack_data(summaries, correct, draws=draws)
+    md = attack_markdown(data)
+    title = "FedAvg and robust rules, clean and under attack (accuracy %)"
+  else:
+    grids = [privacy_configs(base, root, s, methods, epsilons) for s in seeds]
+    data = privacy_data([{c: (finished_summary(cfg) or run(cfg), _last_privacy_record(cfg.workdir))
+                          for c, cfg in g.items()} for g in grids])
+    md = privacy_markdown(data)
+    title = "LoRA vs FFA-LoRA under example-level DP-SGD (delta 1e-5, accuracy %)"
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "table.json"), "w") as f:
+    json.dump({"rounds": base.fed.rounds, "seeds": seeds, **data}, f, indent=1)
+  md = f"# {title}: {base.fed.rounds} rounds, seeds {', '.join(map(str, seeds))}\n\n{md}"
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write(md)
+  return md
