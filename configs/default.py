@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.num_clients = 4  # files with dirichlet / iid / quantity partitions
   c.data.dirichlet_alpha = 0.3
   c.data.test_fraction = 0.2  # files: held-out share of each client's data
+  # icd10: k times every hospital's training records, same case mixes, same val and test sets;
+  # the tiny base leaves out the codes of the benchmark at this scale (so it changes with k)
+  c.data.scale = 1
   c.data.hospitals = ()  # only these hospitals (names); empty: all of them
   c.data.extra_train = ""  # JSON lines of questions (+ "hospital") added to training (audits)
 

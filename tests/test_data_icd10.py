@@ -137,3 +137,27 @@ def test_custom_hospitals_and_errors():
     build_icd10_benchmark(hospitals=(HospitalSpec("x", 10, 5, 5, dominant="22"),), seed=0)
   with pytest.raises(ValueError, match="level"):
     build_icd10_benchmark(level="code", seed=0)
+
+
+def test_training_scale_keeps_mixes_and_evaluation_sets(bench):
+  """data.scale: k times the training records with the same case mix; val and test unchanged;
+  still no code in two splits; the largest scale the code set allows is refused beyond."""
+  big = build_icd10_benchmark(seed=0, train_scale=3)
+  for spec in DEFAULT_HOSPITALS:
+    assert len(big.clients[spec.name].train) == 3 * spec.n_train
+    assert big.clients[spec.name].val == bench.clients[spec.name].val
+    assert big.clients[spec.name].test == bench.clients[spec.name].test
+  for spec in DEFAULT_HOSPITALS:  # every chapter's share of the training set, at most 1/n apart
+    small = collections.Counter(r.label for r in bench.clients[spec.name].train)
+    large = collections.Counter(r.label for r in big.clients[spec.name].train)
+    for chapter in set(small) | set(large):
+      assert large[chapter] / (3 * spec.n_train) == pytest.approx(
+          small[chapter] / spec.n_train, abs=1 / spec.n_train)
+  codes = {s: {r.id for r in _all(big, s)} for s in ("train", "val", "test")}
+  assert not codes["train"] & (codes["val"] | codes["test"])
+  assert len(codes["train"]) == 3 * sum(h.n_train for h in DEFAULT_HOSPITALS)
+  with pytest.raises(ValueError, match="chapter 9 has only 999 train codes"):
+    build_icd10_benchmark(seed=0, train_scale=4)
+  for bad in (0, 1.5, True):
+    with pytest.raises(ValueError, match="training scale must be an integer >= 1"):
+      build_icd10_benchmark(seed=0, train_scale=bad)

@@ -363,19 +363,20 @@ def _chapter_blocks() -> dict[str, tuple[str, ...]]:
   return {ch: tuple(sorted(b)) for ch, b in out.items()}
 
 
-def _build(level: str, hospitals: Sequence[HospitalSpec], seed: int,
-           chapter_style: str) -> dict[str, ClientSplits]:
+def _build(level: str, hospitals: Sequence[HospitalSpec], seed: int, chapter_style: str,
+           train_scale: int = 1) -> dict[str, ClientSplits]:
   table = _code_table()
   pools = _split_codes(table, seed)
   taken = {s: {ch: 0 for ch in CLINICAL_CHAPTERS} for s in SPLITS}
   rng = np.random.default_rng([seed, 2])
   clients = {}
-  for spec in hospitals:
+  for h, spec in enumerate(hospitals):
     mix = spec.case_mix()
     per_split = {}
     for split in SPLITS:
       chosen = []
-      for chapter, count in _mix_counts(mix, spec.size(split)).items():
+      scale = train_scale if split == "train" else 1
+      for chapter, count in _mix_counts(mix, scale * spec.size(split)).items():
         start = taken[split][chapter]
         pool = pools[split][chapter]
         if start + count > len(pool):
@@ -384,7 +385,12 @@ def _build(level: str, hospitals: Sequence[HospitalSpec], seed: int,
               f"({len(pool) - start} left); lower the {split} sizes or the chapter's share")
         chosen.extend(pool[start:start + count].tolist())
         taken[split][chapter] = start + count
-      chosen = [chosen[j] for j in rng.permutation(len(chosen))]
+      # the shared stream draws the scale-1 permutation, so validation and test sets (and the
+      # default benchmark) are the same at every scale; a scaled training set has its own stream
+      order = rng.permutation(len(chosen) // scale)
+      if scale > 1:
+        order = np.random.default_rng([seed, 2, scale, h]).permutation(len(chosen))
+      chosen = [chosen[j] for j in order]
       per_split[split] = [_make_record(table, i, level, seed, chapter_style) for i in chosen]
     clients[spec.name] = ClientSplits(**per_split)
   return clients
@@ -393,10 +399,12 @@ def _build(level: str, hospitals: Sequence[HospitalSpec], seed: int,
 # ------------------------------------------------------------------------------------- caching
 
 
-def _cache_key(level: str, hospitals: Sequence[HospitalSpec], seed: int, chapter_style: str) -> str:
+def _cache_key(level: str, hospitals: Sequence[HospitalSpec], seed: int, chapter_style: str,
+               train_scale: int) -> str:
   payload = {"version": _CACHE_VERSION, "package": importlib.metadata.version("simple-icd-10-cm"),
              "level": level, "seed": seed, "splits": SPLIT_FRACTIONS, "chapter_style": chapter_style,
-             "hospitals": [dataclasses.asdict(h) for h in hospitals]}
+             "hospitals": [dataclasses.asdict(h) for h in hospitals],
+             **({"train_scale": train_scale} if train_scale != 1 else {})}
   return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -415,11 +423,15 @@ def _from_json(data: Mapping) -> dict[str, ClientSplits]:
 def build_icd10_benchmark(*, level: str = "chapter",
                           hospitals: Sequence[HospitalSpec] = DEFAULT_HOSPITALS,
                           seed: int = 0, cache_dir: str | None = None,
-                          chapter_style: str = "title") -> ICD10Benchmark:
+                          chapter_style: str = "title", train_scale: int = 1) -> ICD10Benchmark:
   """Builds (or loads from `cache_dir`) the per-hospital ICD-10-CM MCQ benchmark; chapter options
-  are named as `chapter_options(chapter_style)`."""
+  are named as `chapter_options(chapter_style)`. `train_scale` k gives every hospital k times its
+  training records with the same case mix; validation and test sets do not change (each split
+  draws from its own code pool)."""
   if level not in LEVELS:
     raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+  if isinstance(train_scale, bool) or not isinstance(train_scale, int) or train_scale < 1:
+    raise ValueError(f"the training scale must be an integer >= 1, got {train_scale!r}")
   chapter_options(chapter_style)  # validates the style
   if level == "block" and chapter_style == "label":
     raise ValueError("chapter_style='label' names chapters; level='block' asks for blocks "
@@ -430,12 +442,12 @@ def build_icd10_benchmark(*, level: str = "chapter",
     raise ValueError(f"hospital names must be unique: {names}")
   path = None
   if cache_dir is not None:
-    key = _cache_key(level, hospitals, seed, chapter_style)
+    key = _cache_key(level, hospitals, seed, chapter_style, train_scale)
     path = os.path.join(cache_dir, f"icd10_{level}_s{seed}_{key}.json")
     if os.path.exists(path):
       with open(path) as f:
         return ICD10Benchmark(level, seed, hospitals, _from_json(json.load(f)))
-  clients = _build(level, hospitals, seed, chapter_style)
+  clients = _build(level, hospitals, seed, chapter_style, train_scale)
   if path is not None:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"

@@ -118,9 +118,13 @@ def local_training(cfg: ml_collections.ConfigDict, max_target_tokens: int,
 
 
 def _icd_benchmark(cfg) -> D.ICD10Benchmark:
-  return D.build_icd10_benchmark(level=cfg.data.level, seed=data_seed(cfg),
-                                 cache_dir=expand(cfg.cache_dir),
-                                 chapter_style=cfg.data.chapter_style)
+  try:
+    return D.build_icd10_benchmark(level=cfg.data.level, seed=data_seed(cfg),
+                                   cache_dir=expand(cfg.cache_dir),
+                                   chapter_style=cfg.data.chapter_style,
+                                   train_scale=cfg.data.get("scale", 1))
+  except ValueError as e:
+    raise SetupError(f"data (icd10, data.scale={cfg.data.get('scale', 1)!r}): {e}") from e
 
 
 def _benchmark_codes(bench: D.ICD10Benchmark) -> set[str]:
@@ -283,6 +287,9 @@ def _source_records(cfg, wanted: set[int]):
             {i: bench.clients[names[i]].test for i in wanted},
             {i: shares[names[i]] for i in wanted})
   if cfg.data.source == "files":
+    if cfg.data.get("scale", 1) != 1:
+      raise SetupError(f"data.scale={cfg.data.scale!r} draws more icd10 records; data.source="
+                       "'files' has the records its files hold (data.scale must be 1)")
     names, recs = _partition_files(cfg, wanted)
     pairs = {i: _split_train_test(r, cfg.data.test_fraction, cfg.seed, names[i])
              for i, r in recs.items()}
