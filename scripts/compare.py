@@ -9,6 +9,7 @@ intervals for the gaps).
         [--rules=mean,median --attacks=none,gaussian]      # robust rules under attack (a part)
     python scripts/compare.py --table=privacy --root=runs/safeguards --seeds=0,1,2 \
         [--methods=fedavg,ffa_lora --epsilons=1,2,4,8]     # LoRA vs FFA-LoRA under DP-SGD
+        [--audit_canaries=100 --audit_hospital=clinic]    # + a one-run audit of each cell
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ _METHODS = flags.DEFINE_list("methods", None, "--table=privacy: the methods (def
                              "ffa_lora).")
 _EPSILONS = flags.DEFINE_list("epsilons", None, "--table=privacy: the target epsilons besides "
                               "no DP (default: 1, 2, 4, 8).")
+_AUDIT_CANARIES = flags.DEFINE_integer("audit_canaries", 0, "--table=privacy: audit every cell "
+                                       "of the first seed with this many canaries (0: no audit).")
+_AUDIT_HOSPITAL = flags.DEFINE_string("audit_hospital", "", "--table=privacy: the hospital "
+                                      "holding the canaries (default: the run's first).")
 
 
 def main(argv: list[str]) -> int:
@@ -50,8 +55,9 @@ def main(argv: list[str]) -> int:
     from fedlora_jax.run import safeguard_tables as T
     grid = {"rules": _RULES.value or T.RULES, "attacks": _ATTACKS.value or T.ATTACKS,
             "methods": _METHODS.value or T.PRIVACY_METHODS, "epsilons": epsilons or T.EPSILONS}
-    return run_cli(lambda: print(T.safeguard_table(_CONFIG.value, _TABLE.value, _ROOT.value,
-                                                   seeds, draws=_DRAWS.value, **grid)))
+    return run_cli(lambda: print(T.safeguard_table(
+        _CONFIG.value, _TABLE.value, _ROOT.value, seeds, draws=_DRAWS.value,
+        audit_canaries=_AUDIT_CANARIES.value, audit_hospital=_AUDIT_HOSPITAL.value, **grid)))
   unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")

@@ -97,3 +97,20 @@ def test_privacy_figures_over_seeds():
   assert "| fedavg | eps 1 | 3.000 | 0.98 | 35.0 ± 7.1 | 25.0 ± 7.1 | 30.0 ± 7.1 |" in md
   with pytest.raises(ValueError, match="unknown table"):
     safeguard_table(load_config_file(DEFAULT), "speed", "/tmp/x")
+
+
+def test_audited_cells_show_claim_and_lower_bound(tmp_path):
+  from fedlora_jax.run.report import plot_privacy_curve
+  priv = {"noise_multiplier": 1.2, "epsilon": {"a": 7.9, "b": 8.0}}
+  seeds = [{"ffa_lora/no DP": (_summary(0.7, 0.5, 0.6), None),
+            "ffa_lora/eps 8": (_summary(0.5, 0.3, 0.4), priv)}]
+  audits = {"ffa_lora/no DP": {"hospital": "b", "claimed_epsilon": None,
+                               "epsilon_lower_bound": 2.3, "canaries": 100},
+            "ffa_lora/eps 8": {"hospital": "b", "claimed_epsilon": 8.0,
+                               "epsilon_lower_bound": 0.0, "canaries": 100}}
+  data = privacy_data(seeds, audits)
+  md = privacy_markdown(data)
+  assert "| ffa_lora | no DP | - | - | 70.0 | 50.0 | 60.0 | b: none / 2.30 |" in md
+  assert "| ffa_lora | eps 8 | 1.200 | 8.00 | 50.0 | 30.0 | 40.0 | b: 8.00 / 0.00 |" in md
+  plot_privacy_curve(data, str(tmp_path / "curve.png"))
+  assert (tmp_path / "curve.png").stat().st_size > 0

@@ -130,6 +130,34 @@ def plot_compare(data: dict[str, Any], path: str) -> None:
   plt.close(fig)
 
 
+def plot_privacy_curve(data: dict[str, Any], path: str) -> None:
+  """Mean and worst-client accuracy (mean ± std over seeds) against the target epsilon, one line
+  per method, the no-DP figure at the right end; from safeguard_tables.privacy_data."""
+  rows = data["rows"]
+  methods = list(dict.fromkeys(cell.split("/")[0] for cell in rows))
+  epsilons = sorted({float(cell.split("eps ")[1]) for cell in rows if "/eps " in cell})
+  x_none = 2 * max(epsilons) if epsilons else 1.0
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+  for ax, key, label in zip(axes[0], ("mean", "min"), ("mean accuracy", "worst-client accuracy")):
+    for method in methods:
+      cells = [(e, rows.get(f"{method}/eps {e:g}")) for e in epsilons]
+      cells.append((x_none, rows.get(f"{method}/no DP")))
+      cells = [(e, r) for e, r in cells if r is not None]
+      ax.errorbar([e for e, _ in cells], [r[key] for _, r in cells],
+                  yerr=[r["std"][key] for _, r in cells], marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ticks = epsilons + [x_none]
+    ax.set_xticks(ticks, [f"{e:g}" for e in epsilons] + ["no DP"])
+    ax.minorticks_off()
+    ax.set(xlabel="target epsilon (delta 1e-5)", ylabel=label, ylim=(0, 1))
+    ax.axhline(0.25, color="gray", lw=0.8, ls=":")  # chance with 4 options
+    ax.legend(fontsize=8)
+  fig.suptitle(f"privacy vs utility, mean ± std over {data['seeds']} seed(s)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def _protocol_lines(summary: dict[str, Any]) -> list[str]:
   """The final matrix scored by the paper's cross-client protocol and the own-test protocol."""
   m = np.asarray(summary["matrix"], np.float64)

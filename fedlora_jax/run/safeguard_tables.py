@@ -10,7 +10,8 @@ run of the same config is read back, never run again. Writes `root/<table>/table
            hospital whose own accuracy drops most against clean FedAvg.
   privacy  LoRA (FedAvg) and FFA-LoRA without DP and with example-level DP-SGD at each target
            epsilon (delta 1e-5): accuracy, the calibrated noise multiplier and the largest epsilon
-           a hospital reached, mean ± std over seeds.
+           a hospital reached, mean ± std over seeds (and curve.png); optionally each cell of the
+           first seed audited (privacy/audit.py: claimed epsilon next to the one-run lower bound).
 """
 
 from __future__ import annotations
@@ -157,10 +158,12 @@ def _last_privacy_record(workdir: str) -> dict[str, Any] | None:
   return next((r["privacy"] for r in reversed(records) if "privacy" in r), None)
 
 
-def privacy_data(results: Sequence[Mapping[str, tuple[dict[str, Any], dict[str, Any] | None]]]
-                 ) -> dict[str, Any]:
+def privacy_data(results: Sequence[Mapping[str, tuple[dict[str, Any], dict[str, Any] | None]]],
+                 audits: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
   """Per cell ("method/no DP" | "method/eps e"): each metric, the noise multiplier and the
-  largest epsilon a hospital reached, mean and std over seeds.
+  largest epsilon a hospital reached, mean and std over seeds; with `audits` (cell ->
+  audit.json of a separate run of the cell's first seed with canaries) the audited hospital's
+  claimed epsilon and the one-run lower bound.
 
   results: per seed, cell -> (summary.json, the last metrics record's "privacy" entry or None).
   """
@@ -174,32 +177,63 @@ def privacy_data(results: Sequence[Mapping[str, tuple[dict[str, Any], dict[str, 
     if privs:
       row["noise_multiplier"], _ = _mean_std([p["noise_multiplier"] for p in privs])
       row["epsilon_reached"], _ = _mean_std([max(p["epsilon"].values()) for p in privs])
+    if audits and cell in audits:
+      row["audit"] = {k: audits[cell][k] for k in ("hospital", "claimed_epsilon",
+                                                   "epsilon_lower_bound", "canaries")}
     rows[cell] = row
   return {"seeds": len(results), "rows": rows}
 
 
 def privacy_markdown(data: dict[str, Any]) -> str:
   sd = data["seeds"] > 1
+  audited = any("audit" in r for r in data["rows"].values())
   lines = ["| method | privacy | noise multiplier | max epsilon reached | mean | worst | "
-           "harmonic mean |", "|---|---|---|---|---|---|---|"]
+           "harmonic mean |" + (" audit: claimed / lower bound |" if audited else ""),
+           "|---|---|---|---|---|---|---|" + ("---|" if audited else "")]
   for cell, r in data["rows"].items():
     method, label = cell.split("/")
     z = f"{r['noise_multiplier']:.3f}" if "noise_multiplier" in r else "-"
     eps = f"{r['epsilon_reached']:.2f}" if "epsilon_reached" in r else "-"
     cells = [f"{100 * r[k]:.1f}" + (f" ± {100 * r['std'][k]:.1f}" if sd else "") for k in METRICS]
+    if audited:
+      a = r.get("audit")
+      claim = "none" if a and a["claimed_epsilon"] is None else (
+          f"{a['claimed_epsilon']:.2f}" if a else "")
+      cells.append(f"{a['hospital']}: {claim} / {a['epsilon_lower_bound']:.2f}" if a else "-")
     lines.append(f"| {method} | {label} | {z} | {eps} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _audits(grid: Mapping[str, ml_collections.ConfigDict], canaries: int,
+            hospital: str) -> dict[str, dict[str, Any]]:
+  """cell -> audit.json of `grid`'s cell trained again with `canaries` in `hospital` (in
+  <cell>-audit; a finished audit is read back)."""
+  from fedlora_jax.run.audit import audit
+  out = {}
+  for cell, cfg in grid.items():
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.workdir = cfg.workdir + "-audit"
+    path = os.path.join(cfg.workdir, "audit.json")
+    if not os.path.exists(path):
+      audit(cfg, canaries=canaries, hospital=hospital)
+    with open(path) as f:
+      out[cell] = json.load(f)
+  return out
 
 
 def safeguard_table(base: ml_collections.ConfigDict, which: str, root: str,
                     seeds: Sequence[int] = (), *, rules: Sequence[str] = RULES,
                     attacks: Sequence[str] = ATTACKS, methods: Sequence[str] = PRIVACY_METHODS,
-                    epsilons: Sequence[float] = EPSILONS, draws: int = 2000) -> str:
+                    epsilons: Sequence[float] = EPSILONS, draws: int = 2000,
+                    audit_canaries: int = 0, audit_hospital: str = "") -> str:
   """Runs the `which` ("attack" | "privacy") grid for every seed (default: the config's) and
-  writes its table; returns the markdown."""
+  writes its table; returns the markdown. With `audit_canaries`, every privacy cell of the first
+  seed is also audited (a separate run with canaries in `audit_hospital`, default the run's
+  first hospital)."""
   if which not in TABLES:
     raise ValueError(f"unknown table {which!r}; known: {', '.join(TABLES)}")
   from fedlora_jax.run.experiment import run  # heavy imports, only when running
+  from fedlora_jax.run.report import plot_privacy_curve
   seeds = [int(s) for s in seeds] or [int(base.seed)]
   out = os.path.join(root, which)
   if which == "attack":
@@ -211,10 +245,14 @@ def safeguard_table(base: ml_collections.ConfigDict, which: str, root: str,
     title = "FedAvg and robust rules, clean and under attack (accuracy %)"
   else:
     grids = [privacy_configs(base, root, s, methods, epsilons) for s in seeds]
-    data = privacy_data([{c: (finished_summary(cfg) or run(cfg), _last_privacy_record(cfg.workdir))
-                          for c, cfg in g.items()} for g in grids])
+    results = [{c: (finished_summary(cfg) or run(cfg), _last_privacy_record(cfg.workdir))
+                for c, cfg in g.items()} for g in grids]
+    audits = _audits(grids[0], audit_canaries, audit_hospital) if audit_canaries else None
+    data = privacy_data(results, audits)
     md = privacy_markdown(data)
     title = "LoRA vs FFA-LoRA under example-level DP-SGD (delta 1e-5, accuracy %)"
+    os.makedirs(out, exist_ok=True)
+    plot_privacy_curve(data, os.path.join(out, "curve.png"))
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "table.json"), "w") as f:
     json.dump({"rounds": base.fed.rounds, "seeds": seeds, **data}, f, indent=1)
