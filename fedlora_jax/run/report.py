@@ -121,10 +121,18 @@ def plot_compare(data: dict[str, Any], path: str) -> None:
       std = [d.get("std", {}).get("rows", {}).get(r, {}).get(key, 0.0) for r in rows]
       ax.bar(x + off, mean, 0.4, yerr=std, capsize=3, label=label)
     ax.set_xticks(x, rows, rotation=30, ha="right", fontsize=8)
-    ax.set(title=p.replace("_", "-") + " protocol", ylabel="accuracy", ylim=(0, 1))
-    ax.axhline(0.25, color="gray", lw=0.8, ls=":")  # chance with 4 options
-    ax.legend(fontsize=8)
-  fig.suptitle(f"mean ± std over seeds {data.get('seeds', '')}", fontsize=9)
+    _accuracy_axes(ax, title=p.replace("_", "-") + " protocol", ylabel="accuracy")
+  _save(fig, f"mean ± std over seeds {data.get('seeds', '')}", path)
+
+
+def _accuracy_axes(ax, **labels) -> None:
+  ax.set(ylim=(0, 1), **labels)
+  ax.axhline(0.25, color="gray", lw=0.8, ls=":")  # chance with 4 options
+  ax.legend(fontsize=8)
+
+
+def _save(fig, title: str, path: str) -> None:
+  fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -149,13 +157,8 @@ def plot_privacy_curve(data: dict[str, Any], path: str) -> None:
     ticks = epsilons + [x_none]
     ax.set_xticks(ticks, [f"{e:g}" for e in epsilons] + ["no DP"])
     ax.minorticks_off()
-    ax.set(xlabel="target epsilon (delta 1e-5)", ylabel=label, ylim=(0, 1))
-    ax.axhline(0.25, color="gray", lw=0.8, ls=":")  # chance with 4 options
-    ax.legend(fontsize=8)
-  fig.suptitle(f"privacy vs utility, mean ± std over {data['seeds']} seed(s)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    _accuracy_axes(ax, xlabel="target epsilon (delta 1e-5)", ylabel=label)
+  _save(fig, f"privacy vs utility, mean ± std over {data['seeds']} seed(s)", path)
 
 
 def _protocol_lines(summary: dict[str, Any]) -> list[str]:
