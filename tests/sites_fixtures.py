@@ -100,13 +100,17 @@ class WorkerTransport(InProcessTransport):
 
 def run_in_process(cfg, tamper=None, after_round: Callable[[InProcessTransport, str], None]
                    | None = None, impostors=None, root: str | None = None,
-                   transport_type: type[InProcessTransport] = InProcessTransport
+                   transport_type: type[InProcessTransport] = InProcessTransport,
+                   prepare: Callable[[Coordinator, InProcessTransport], None] | None = None
                    ) -> tuple[dict, Any, InProcessTransport]:
-  """Enrols the hospitals of `cfg` under `root` (`<workdir>/deploy`) and runs the coordinator."""
+  """Enrols the hospitals of `cfg` under `root` (`<workdir>/deploy`) and runs the coordinator;
+  `prepare(coordinator, transport)` runs before it starts (e.g. to inject seeded DP secrets)."""
   enrolment = enrol_local(cfg, root or os.path.join(cfg.workdir, "deploy"))
   run_cfg = job.config_from_json(open(enrolment.job_config).read())
   transport = transport_type(run_cfg, enrolment.nodes, tamper, impostors)
   coordinator = Coordinator(run_cfg)
+  if prepare is not None:
+    prepare(coordinator, transport)
   progress = (lambda line: after_round(transport, line)) if after_round else (lambda line: None)
   return coordinator.run(transport, progress=progress), enrolment, transport
 

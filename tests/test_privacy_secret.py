@@ -1,7 +1,7 @@
 """DP secrets: from the OS, private (0600 in a 0700 dir), stable across loads (exact resume),
 different per party, and per run through the run nonce even with a shared keystore; never printed
 or pickled; a resume without its secret is refused; the seeded research mode is the only one a
-config can reproduce; sites mode refuses DP settings it cannot run."""
+config can reproduce; sites mode refuses DP settings the simulation refuses and seeded noise."""
 
 import os
 import pickle
@@ -52,18 +52,27 @@ def test_seeded_secrets_are_reproducible_and_labelled():
   assert not np.array_equal(a.jax_key("n", 1), DpSecret.reproducible(1, "clinic").jax_key("n", 1))
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("privacy.level", "example", "privacy.level='example' is not run by sites mode yet"),
-    ("privacy.reproducible_noise", True, "sites mode refuses it"),
-    ("attack.kind", "sign_flip", "attack.kind='sign_flip' is a simulation experiment"),
+@pytest.mark.parametrize("overrides,message", [
+    ({"privacy.level": "example", "privacy.reproducible_noise": True}, "sites mode refuses it"),
+    ({"attack.kind": "sign_flip"}, "attack.kind='sign_flip' is a simulation experiment"),
+    ({"privacy.level": "client", "privacy.noise_multiplier": 1.0, "fed.algorithm": "scaffold"},
+     "'scaffold' with privacy.level='client' is refused: its per-client control variates"),
+    ({"privacy.level": "example", "privacy.noise_multiplier": 0.0,
+      "privacy.target_epsilon": 0.0}, "needs privacy.noise_multiplier > 0"),
+    ({"privacy.adaptive_clipping": True, "privacy.level": "example",
+      "privacy.noise_multiplier": 1.0}, "adaptive_clipping applies to privacy.level='client'"),
 ])
-def test_sites_mode_refuses_safeguards_it_cannot_run(field, value, message):
+def test_sites_mode_refuses_safeguards_it_cannot_run(overrides, message):
+  """Sites mode refuses in one line what the simulation refuses, and the seeded noise and
+  attacks it has no place for; it runs both DP levels (configs/dp_sgd.py, dp_fedavg.py)."""
   cfg = load_config_file(DEFAULT)
-  section, leaf = field.split(".")
-  cfg[section][leaf] = value
+  for field, value in overrides.items():
+    section, leaf = field.split(".")
+    cfg[section][leaf] = value
   with pytest.raises(ValueError, match=message):
     job.check_job(cfg)
-  job.check_job(load_config_file(DEFAULT))  # the default runs
+  for name in ("default.py", "dp_sgd.py", "dp_fedavg.py"):
+    job.check_job(load_config_file(os.path.join(os.path.dirname(DEFAULT), name)))
 
 
 def test_runs_sharing_a_keystore_get_other_keys_and_a_resume_needs_its_secret(tmp_path):

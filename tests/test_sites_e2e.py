@@ -278,3 +278,38 @@ def test_ctrl_c_stops_every_process_and_keeps_the_run_directory(tmp_path, cache_
   assert not L.verify_ledger(ledger_path, server_public_key=server.pk).ok
   check = L.verify_ledger(ledger_path, server_public_key=server.pk, allow_open=True)
   assert check.ok and not check.torn_tail and check.num_blocks >= 2, check
+
+
+def test_flower_dp_sgd_reports_epsilon_per_hospital(tmp_path, cache_dir):
+  """`scripts/deploy_local.py --config=configs/dp_sgd.py` (z calibrated for epsilon 8): DP-SGD
+  in each hospital's worker with its own secret; summary.json holds each hospital's epsilon,
+  every ledger round block the largest so far, and `verify_ledger` prints the last one."""
+  workdir = str(tmp_path / "run")
+  flags = cli_flags({**TINY_OVERRIDES, "eval.every": 2,
+                     "data.hospitals": "('cardiology','oncology')"})
+  env = {**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": ROOT}
+  run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "deploy_local.py"),
+                        f"--config={os.path.join(ROOT, 'configs', 'dp_sgd.py')}",
+                        f"--config.workdir={workdir}", f"--config.cache_dir={cache_dir}",
+                        *flags], env=env, capture_output=True, text=True, timeout=1500)
+  assert run.returncode == 0, run.stderr[-3000:]
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  eps = summary["privacy"]["epsilon"]
+  assert sorted(eps) == ["cardiology", "oncology"] and 0 < max(eps.values()) <= 8.0
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))][1:]
+  assert [r["round"] for r in records] == [1, 2] and records[-1]["privacy"]["epsilon"] == eps
+  ledger_path = os.path.join(workdir, "ledger.jsonl")
+  blocks = L.Ledger.open(ledger_path).blocks
+  z = summary["privacy"]["noise_multiplier"]
+  assert blocks[0]["rules"]["privacy"] == {"unit": "example", "delta": 1e-5,
+                                           "noise_multiplier": z}
+  assert [b["privacy"]["epsilon"] for b in blocks if b["kind"] == "round"] == [
+      max(r["privacy"]["epsilon"].values()) for r in records]
+  check = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "verify_ledger.py"),
+                          f"--ledger={ledger_path}"], env=env, capture_output=True, text=True)
+  assert check.returncode == 0, check.stdout + check.stderr
+  assert f"privacy spent: epsilon {max(eps.values()):.4g} at delta 1e-05 per example" in (
+      check.stdout)
+  for h in ("cardiology", "oncology"):  # each hospital's secret stays in its keystore
+    assert os.path.exists(os.path.join(workdir, "deploy", "hospitals", h, "keys", "dp_secret"))
+  assert not os.path.exists(os.path.join(workdir, "keys"))  # the server holds no DP secret

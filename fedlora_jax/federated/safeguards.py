@@ -88,6 +88,13 @@ class Safeguards:
       return server_state
     return {**server_state, "privacy": self.client_dp.init_state()}
 
+  def algorithm_server_state(self, server_state: PyTree) -> PyTree:
+    """The algorithm's own server state, without what `init_server_state` added: what a client
+    receives (sites mode; DP-FedAvg's clip norm stays at the server)."""
+    if self.client_dp is None:
+      return server_state
+    return {k: v for k, v in server_state.items() if k != "privacy"}
+
   def local_grads(self, objective: Callable, params: PyTree, batch: dict, noise_key: jax.Array,
                   trainable: PyTree) -> tuple[PyTree, jax.Array]:
     """(gradient, loss) of one local step; objective(params, batch) -> (value, loss);

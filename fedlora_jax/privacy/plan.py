@@ -81,19 +81,43 @@ def attackers(spec: str, names: Sequence[str]) -> tuple[int, ...]:
 
 
 def _noise(p, calibrate, recorded: dict | None) -> float:
-  if p.noise_multiplier < 0 or p.target_epsilon < 0:
-    raise ValueError("privacy.noise_multiplier and privacy.target_epsilon must be >= 0")
+  """z in use: the configured one, the recorded one (resume), or calibrated for the target."""
   if p.noise_multiplier > 0:
     return float(p.noise_multiplier)
-  if p.target_epsilon <= 0:
-    raise ValueError(f"privacy.level={p.level!r} needs privacy.noise_multiplier > 0 or "
-                     "privacy.target_epsilon > 0")
   if recorded is not None:  # a resume keeps the z its finished rounds were accounted at
     return float(recorded["noise_multiplier"])
   z = calibrate()
   logging.info("privacy: noise multiplier %.4f calibrated for epsilon %.3g at delta %.3g", z,
                p.target_epsilon, p.delta)
   return z
+
+
+def check_privacy_config(cfg) -> None:
+  """Refuses an inconsistent `privacy.*` (with `fed.*`), naming the fields: what every setting
+  (simulation, pod, sites) checks before anything runs."""
+  p, f = cfg.privacy, cfg.fed
+  if p.level not in LEVELS:
+    raise ValueError(f"unknown privacy.level {p.level!r}; known: {', '.join(LEVELS)}")
+  if not isinstance(p.reproducible_noise, bool):
+    raise ValueError(f"privacy.reproducible_noise must be True or False, got "
+                     f"{p.reproducible_noise!r}")
+  if p.level != "none" and not 0 < p.delta < 1:
+    raise ValueError(f"privacy.delta={p.delta} must be in (0, 1)")
+  if p.adaptive_clipping and p.level != "client":
+    raise ValueError("privacy.adaptive_clipping applies to privacy.level='client' only")
+  if p.level == "client" and f.algorithm in CLIENT_DP_REFUSED:
+    raise ValueError(f"fed.algorithm={f.algorithm!r} with privacy.level='client' is refused: "
+                     f"{CLIENT_DP_REFUSED[f.algorithm]}")
+  if p.level == "client" and f.centralized:
+    raise ValueError("privacy.level='client' with fed.centralized=True is refused: one pooled "
+                     "client has no client-level guarantee")
+  if p.level == "none":
+    return
+  if p.noise_multiplier < 0 or p.target_epsilon < 0:
+    raise ValueError("privacy.noise_multiplier and privacy.target_epsilon must be >= 0")
+  if p.noise_multiplier <= 0 and p.target_epsilon <= 0:
+    raise ValueError(f"privacy.level={p.level!r} needs privacy.noise_multiplier > 0 or "
+                     "privacy.target_epsilon > 0")
 
 
 def check_resume(plan: PrivacyPlan, recorded: dict | None) -> None:
@@ -113,21 +137,7 @@ def privacy_plan(cfg, names: Sequence[str], dataset_sizes: Sequence[int],
   """The plan for a run over clients `names` with `dataset_sizes` training records each;
   `recorded`: the privacy.json of the run being resumed (None for a fresh run)."""
   p, f = cfg.privacy, cfg.fed
-  if p.level not in LEVELS:
-    raise ValueError(f"unknown privacy.level {p.level!r}; known: {', '.join(LEVELS)}")
-  if not isinstance(p.reproducible_noise, bool):
-    raise ValueError(f"privacy.reproducible_noise must be True or False, got "
-                     f"{p.reproducible_noise!r}")
-  if p.level != "none" and not 0 < p.delta < 1:
-    raise ValueError(f"privacy.delta={p.delta} must be in (0, 1)")
-  if p.adaptive_clipping and p.level != "client":
-    raise ValueError("privacy.adaptive_clipping applies to privacy.level='client' only")
-  if p.level == "client" and f.algorithm in CLIENT_DP_REFUSED:
-    raise ValueError(f"fed.algorithm={f.algorithm!r} with privacy.level='client' is refused: "
-                     f"{CLIENT_DP_REFUSED[f.algorithm]}")
-  if p.level == "client" and f.centralized:
-    raise ValueError("privacy.level='client' with fed.centralized=True is refused: one pooled "
-                     "client has no client-level guarantee")
+  check_privacy_config(cfg)
   robust = RobustRule(f.robust_rule, f=f.robust_f, norm_bound=f.robust_norm_bound,
                       gm_nu=f.robust_gm_nu, gm_iters=f.robust_gm_iters)
   robust.check_clients(clients_per_round)

@@ -29,13 +29,11 @@ from fedlora_jax.run.checkpoint import Checkpointer
 from fedlora_jax.run.evaluation import Evaluator
 from fedlora_jax.run.gates import (Gate, LedgerGate, OpenGate, base_digest, base_tensors,
                                    ledger_rules)
-from fedlora_jax.privacy.plan import LEVEL_NAMES, PrivacyResumeError, privacy_plan
-from fedlora_jax.privacy.secret import NO_GUARANTEE
-from fedlora_jax.privacy.spent import PrivacyMeter
-from fedlora_jax.run.dp_keys import DpKeys, new_run_nonce
+from fedlora_jax.run.dp_keys import DpKeys
 from fedlora_jax.run.hooks import (PERSONALISED, CheckpointHook, EvaluationHook, Job, MetricsHook,
                                    PrivacyHook, eval_loras, per_client, progress)
 from fedlora_jax.run.loop import RoundRunner, run_rounds
+from fedlora_jax.run.privacy_setup import open_privacy, privacy_meter, privacy_summary
 from fedlora_jax.run.setup import (ClientData, base_model_dir, client_records, expand,
                                    hospital_names, load_client_data, load_model, local_steps, lora_config)
 from fedlora_jax.run.workdir import check_workdir, flat_config, write_config, write_json
@@ -48,17 +46,6 @@ def _sharding(cfg) -> F.ClientSharding | None:
   if jax.device_count() == 1 and cfg.mesh.clients in (0, 1) and cfg.mesh.model in (0, 1):
     return None
   return F.ClientSharding(distributed.global_mesh(cfg.mesh.clients, cfg.mesh.model))
-
-
-PRIVACY_FILE = "privacy.json"  # the run's privacy accounting (no secret): a resume keeps it
-
-
-def _recorded_privacy(workdir: str) -> dict[str, Any] | None:
-  path = os.path.join(workdir, PRIVACY_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def _has_checkpoint(directory: str) -> bool:
@@ -106,17 +93,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   num_clients = len(data.train_names)
   per_round = F.clients_per_round(num_clients, count=cfg.fed.clients_per_round or None)
   resuming = has_ckpt and cfg.resume
-  recorded = multihost.broadcast_json(_recorded_privacy(workdir) if resuming else None)
-  if resuming and cfg.privacy.level != "none" and recorded is None:
-    raise PrivacyResumeError(f"{workdir} has checkpoints but no {PRIVACY_FILE}: its privacy "
-                             "accounting is unknown; start a new --config.workdir")
-  run_nonce = (recorded or {}).pop("run_nonce", None) or multihost.broadcast_json(
-      new_run_nonce() if multihost.is_writer() else None)
-  plan = privacy_plan(cfg, data.train_names, data.train_sizes, per_round, recorded)
-  if plan.accountant is not None and multihost.is_writer() and recorded is None:
-    write_json(os.path.join(workdir, PRIVACY_FILE), {**plan.record(), "run_nonce": run_nonce})
-  if plan.reproducible_noise and plan.accountant is not None:
-    logging.warning("privacy.reproducible_noise=True: %s", NO_GUARANTEE)
+  plan, run_nonce = open_privacy(cfg, workdir, data.train_names, data.train_sizes, per_round,
+                                 resuming=resuming)
   steps = local_steps(cfg, data)  # the centralized client takes one round's hospitals' steps
   engine = F.FederatedRound(graphdef, algorithm, _training(cfg, data.max_target_tokens, steps),
                             num_clients, sharding, client_group_size=cfg.fed.client_group_size,
@@ -160,11 +138,9 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                         clients_per_round=per_round)
   hooks = [evaluation, metrics,
            CheckpointHook(ckpt, lambda: getattr(gate, "head_hash", None))]
-  meter = None
-  if plan.accountant is not None:  # the budget stop comes before the checkpoint it forces
-    meter = PrivacyMeter(plan.accountant, cfg.privacy.level, cfg.privacy.delta,
-                         plan.noise_multiplier, cfg.privacy.clip_norm, list(data.train_names),
-                         plan.reproducible_noise)
+  # the privacy cost of the rounds already run is counted (resume)
+  meter = privacy_meter(cfg, plan, data.train_names, start, lambda r: F.sample_clients(
+      num_clients, per_round, seed=cfg.seed, round_idx=r))
   if multihost.is_writer():
     logging.info("clients: %s", data.summary)
   if start == 0:
@@ -179,9 +155,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                        local_steps=steps, batch_size=cfg.fed.batch_size,
                        seed=cfg.seed, max_batch_size=plan.max_batch_size, privacy=meter,
                        dp_keys=dp_keys)
-  for r in range(start if plan.accountant else 0):  # the privacy cost of the rounds already run
-    plan.accountant.count(runner.participants(r))
-  if meter is not None:
+  if meter is not None:  # the budget stop comes before the checkpoint it forces
     hooks.insert(1, PrivacyHook(runner.would_exceed_budget,
                                 target_epsilon=cfg.privacy.target_epsilon))
   run_rounds(job, runner, gate, hooks, start)
@@ -194,14 +168,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   generative = None
   if cfg.eval.mode == "generate":
     generative = _generative_scores(cfg, graphdef, job, data, tokenizer, base_dir)
-  privacy = None
-  if plan.accountant is not None:
-    privacy = {"level": cfg.privacy.level, "unit": LEVEL_NAMES[cfg.privacy.level],
-               "delta": cfg.privacy.delta, "noise_multiplier": plan.noise_multiplier,
-               "epsilon": plan.accountant.spent(),
-               **({"guarantee": NO_GUARANTEE} if plan.reproducible_noise else {})}
   return _finish(cfg, workdir, graphdef, job, data, matrix, evaluation.correct, base_dir, gate,
-                 privacy, generative)
+                 privacy_summary(cfg, plan), generative)
 
 
 def _generative_scores(cfg, graphdef, job: Job, data: ClientData, tokenizer, base_dir: str

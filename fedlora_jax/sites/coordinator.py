@@ -7,6 +7,15 @@ payloads and gets back replies, or an error line for a hospital that failed or d
 server step (with the config's robust rule and norm bound, `Safeguards.server_update`), over
 the round's clients stacked in sampling order: a hospital that is missing or rejected gets
 weight 0 and keeps its old state, exactly as a quarantined client in simulation.
+
+Differential privacy follows the simulation's plan (`privacy_plan` over the hospitals' declared
+training-set sizes, privacy.json, the same accountant and budget check), each mechanism at the
+party that adds its noise. Example level: every train message carries the plan's z, Poisson
+batch size and the run's public nonce, with the ledger blocks the node lacks (its genesis records
+z); the hospital checks z against the genesis rules and clips and noises in its own worker with
+its own secret (`Hospital.train`). Client level: clipping and noise run here, in
+`FederatedRound.aggregate`, with the server's secret (`<workdir>/keys/server/dp_secret`).
+Epsilon goes into every metrics record, ledger round block, summary.json and report.md.
 """
 
 from __future__ import annotations
@@ -25,11 +34,13 @@ from fedlora_jax import federated as F
 from fedlora_jax import ledger as L
 from fedlora_jax import models
 from fedlora_jax.eval import fairness_summary
-from fedlora_jax.privacy.plan import privacy_plan
+from fedlora_jax.privacy.spent import ledger_field
 from fedlora_jax.run import report
 from fedlora_jax.run.checkpoint import Checkpointer
-from fedlora_jax.run.gates import base_digest, base_tensors
+from fedlora_jax.run.dp_keys import DpKeys
+from fedlora_jax.run.gates import base_digest, base_tensors, ledger_rules
 from fedlora_jax.run.hooks import PERSONALISED
+from fedlora_jax.run.privacy_setup import open_privacy, privacy_meter, privacy_summary
 from fedlora_jax.run.setup import expand, load_model, lora_config
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, write_config
 from fedlora_jax.sites import codec, job
@@ -77,7 +88,15 @@ class Coordinator:
     write_config(self.workdir, cfg)
     self.graphdef, self.base, lora = models.split_lora(self.model)
     self.algorithm = job.algorithm(cfg)
-    self.state = F.init_state(self.algorithm, lora, len(self.names), cfg.seed)
+    self.per_round = F.clients_per_round(len(self.names), count=cfg.fed.clients_per_round or None)
+    resuming = has_ckpt and cfg.resume
+    # the simulation's plan over the sizes the hospitals declared at enrolment (the genesis
+    # records them): safeguards, z, the Poisson batch shape, the accountant; privacy.json
+    self.plan, self.run_nonce = open_privacy(
+        cfg, self.workdir, self.names, [r.num_samples for r in self.registry], self.per_round,
+        resuming=resuming)
+    self.state = F.init_state(self.algorithm, lora, len(self.names), cfg.seed,
+                              self.plan.safeguards)
     self.ckpt = Checkpointer(self.ckpt_dir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
     # FedEx-LoRA folds residuals into the base: it is checkpointed, sent to the nodes as the
     # changed weights, and bound by the ledger's residual digest
@@ -90,13 +109,12 @@ class Coordinator:
       self.state, self.start = restored["state"], int(meta["round"])
       self.base = restored.get("base", self.base)
       logging.info("resumed %s at round %d", self.workdir, self.start)
-    # the sites engine applies no robust rule and no DP: the rules say so
-    rules = L.make_rules(
-        algorithm=self.algorithm.name,
-        weighting="uniform" if cfg.fed.uniform_weights else "num_samples",
-        clients_per_round=F.clients_per_round(len(self.names),
-                                              count=cfg.fed.clients_per_round or None),
-        base_digest=genesis_base)
+    self.meter = privacy_meter(cfg, self.plan, self.names, self.start, self._participants)
+    # the server's own DP secret (client level); it holds no hospital's
+    self.dp_keys = DpKeys.open(cfg, self.workdir, self.names, [], run_nonce=self.run_nonce,
+                               resuming=resuming)
+    # the rules of the simulation: robust rule, DP unit / delta / z, round size, base
+    rules = ledger_rules(cfg, self.plan.noise_multiplier, self.per_round, genesis_base)
     self.ledger = L.LedgerServer.open_or_create(
         os.path.join(self.workdir, "ledger.jsonl"), expand(cfg.sites.server_keystore),
         self.registry, label="fedlora-jax-sites",  # the genesis adds a fresh random nonce
@@ -105,6 +123,15 @@ class Coordinator:
     self.replica_sizes: dict[str, int] = {}  # blocks each node's replica holds, as it said
     self.metrics = MetricsLog(os.path.join(self.workdir, "metrics.jsonl"),
                               keep_until_round=self.start if self.start else -1)
+
+  def _participants(self, r: int) -> np.ndarray:
+    """[m] sorted client ids of round `r` (0-based), as the simulation samples them."""
+    return F.sample_clients(len(self.names), self.per_round, seed=self.cfg.seed, round_idx=r)
+
+  def _would_exceed_budget(self, r: int) -> bool:
+    """Whether round `r` (0-based) would take a party past `privacy.target_epsilon`."""
+    return self.meter is not None and self.meter.would_exceed(
+        [self.names[c] for c in self._participants(r)])
 
   def _global_arrays(self) -> dict[str, np.ndarray]:
     return codec.lora_arrays(self.state["global_lora"])
@@ -134,11 +161,9 @@ class Coordinator:
       raise RuntimeError("no registered hospital's node answered")
     max_targets = max(d["max_target_tokens"] for d in self.info.values())
     training = job.local_training(cfg, max_targets, cfg.fed.local_steps)
-    per_round = F.clients_per_round(n, count=cfg.fed.clients_per_round or None)
-    # the robust rule and norm bound run here, in the simulation's own server step
-    sizes = [self.info[h]["train"] if h in self.info else 0 for h in self.names]
-    safeguards = privacy_plan(cfg, self.names, sizes, per_round).safeguards
-    engine = F.FederatedRound(self.graphdef, self.algorithm, training, n, safeguards=safeguards)
+    # the robust rule, norm bound and DP-FedAvg run here, in the simulation's own server step
+    engine = F.FederatedRound(self.graphdef, self.algorithm, training, n,
+                              safeguards=self.plan.safeguards)
     # receipts per hospital, delivered with its next message; after a crash the receipts of the
     # checkpointed round are sent again (they may not have reached the nodes)
     self.receipts: dict[str, list[Reply]] = {}
@@ -151,10 +176,15 @@ class Coordinator:
       progress(progress_line(record))
     last_accuracy = None
     for r in range(self.start, cfg.fed.rounds):
-      record = self._round(transport, engine, r, per_round, max_targets)
+      if self._would_exceed_budget(r):  # as the simulation's loop: never started
+        logging.warning("privacy budget would be exceeded by round %d: not starting it", r + 1)
+        break
+      # the last round the budget allows is evaluated and checkpointed as the last one
+      last = r + 1 == cfg.fed.rounds or self._would_exceed_budget(r + 1)
+      record = self._round(transport, engine, r, max_targets, last)
       last_accuracy = record.get("accuracy", last_accuracy)
       self.ckpt.save(r + 1, self._trees(), {"round": r + 1,
-                     "ledger_head": self.ledger.head_hash}, force=r + 1 == cfg.fed.rounds)
+                     "ledger_head": self.ledger.head_hash}, force=last)
       self.metrics.append(record)
       progress(progress_line(record))
     self.ckpt.close()
@@ -163,21 +193,23 @@ class Coordinator:
       last_accuracy = self._evaluate(transport, cfg.fed.rounds)["accuracy"]
     return self._finish(last_accuracy)
 
-  def _round(self, transport: Transport, engine: F.FederatedRound, r: int, per_round: int,
-             max_targets: int) -> dict[str, Any]:
+  def _round(self, transport: Transport, engine: F.FederatedRound, r: int, max_targets: int,
+             last: bool) -> dict[str, Any]:
     cfg, round_no = self.cfg, r + 1
     t0 = time.time()
-    ids = F.sample_clients(len(self.names), per_round, seed=cfg.seed, round_idx=r)
+    ids = self._participants(r)
     joined = transport.rejoin({"task": {"evaluate": False}}, min(cfg.sites.round_timeout, 60.0),
                               self.admit)
     self.info.update({h: info for h, info in joined.items() if h in self.names})
     context = self.ledger.round_context(round_no).to_dict()
     global_arrays, base_arrays = self._global_arrays(), self._base_arrays()
-    server_arrays = codec.tree_arrays(self.state["server_state"])
+    server_arrays = codec.tree_arrays(
+        self.plan.safeguards.algorithm_server_state(self.state["server_state"]))
     payloads = {self.names[c]: {
         "global": global_arrays, "server_state": server_arrays, "base": base_arrays,
         "task": {"round": round_no, "client_id": int(c), "max_target_tokens": max_targets,
-                 "context": context}} for c in ids if self.names[c] in self.info}
+                 "context": context, **self._example_dp_task(self.names[c])}}
+        for c in ids if self.names[c] in self.info}
     replies = self._send(transport, "train", payloads)
     t_train = time.time() - t0
     answered = {h: rep for h, rep in replies.items() if isinstance(rep, dict)}
@@ -209,27 +241,31 @@ class Coordinator:
     accept = np.asarray([self.names[c] in signed for c in ids])
     counts = np.asarray([signed.get(self.names[c], 0) for c in ids], np.float32)  # signed counts
     trained = self._stack(ids, answered, updates)
+    clip = self.meter and self.meter.clip_in_use(self.state["server_state"])
     self.state, self.base, m = engine.aggregate(self.state, self.base, trained, ids, counts,
-                                                accept)
+                                                accept, self.dp_keys.server_noise_key(r))
+    # every sampled hospital is counted, as in the simulation (one that did not answer too)
+    privacy = self.meter and self.meter.after_round([self.names[c] for c in ids], clip)
     global_digest, residual = L.tree_digest(self._global_arrays()), self._residual_digest()
     if recorded is None:
       block = self.ledger.record(round_no, verdict, global_digest, self.algorithm.name, residual,
                                  missing=[(self.ids[h], missing_reason(e))
-                                          for h, e in missing.items()])
+                                          for h, e in missing.items()],
+                                 privacy=ledger_field(privacy))
       for (h, _, _), receipt in zip(submissions, verdict.receipts):
         self.receipts.setdefault(h, []).append(receipt.to_dict())
     elif (recorded["global_digest"] != global_digest.hex()
-          or recorded["residual_digest"] != (residual and residual.hex())):
-      raise L.LedgerError(f"round {round_no}: recomputed global adapter or base residual "
-                          "differs from the ledger's record")
+          or recorded["residual_digest"] != (residual and residual.hex())
+          or recorded["privacy"] != ledger_field(privacy)):
+      raise L.LedgerError(f"round {round_no}: recomputed global adapter, base residual or "
+                          "privacy spent differs from the ledger's record")
     else:
       block = recorded
       self._queue_receipts(round_no)
     refused = self._cosign(transport) if self.ledger.ledger.cosignature_due else {}
     record: dict[str, Any] = {
         "round": round_no, "clients": [self.names[c] for c in ids],
-        "loss": [float(np.mean(answered[self.names[c]]["loss"])) if self.names[c] in answered
-                 else None for c in ids],
+        "loss": self._losses(ids, answered),
         "valid": np.asarray(m["valid"]).tolist(), "weights": np.asarray(m["weights"]).tolist(),
         "ledger": {"accepted": len(block["participants"]),
                    "rejected": [x["reason"] for x in block["rejected"]],
@@ -237,8 +273,9 @@ class Coordinator:
                    "refused": refused},
         # array bytes per hospital: received = the round's message to it, sent = its reply
         "bytes": {h: {"received": int(rep["bytes_received"]), "sent": int(rep["reply_bytes"])}
-                  for h, rep in answered.items()}, **self._refused()}
-    if round_no == cfg.fed.rounds or round_no % cfg.eval.every == 0:
+                  for h, rep in answered.items()}, **self._refused(),
+        **({"privacy": privacy} if privacy else {})}
+    if last or round_no % cfg.eval.every == 0:
       record.update(self._evaluate(transport, round_no))
     record["timing"] = {"train_s": round(t_train, 3), "round_s": round(time.time() - t0, 3),
                         # each hospital's own time on its train message (its worker's, when the
@@ -247,6 +284,29 @@ class Coordinator:
                                      if "worker_s" in rep}}
     record["seconds"] = record["timing"]["round_s"]
     return record
+
+  def _example_dp_task(self, h: str) -> dict[str, Any]:
+    """What a train message adds for DP-SGD ({} otherwise): the plan the hospital runs (z, the
+    Poisson batches' fixed rows, the run's public nonce its secret keys bind) and the ledger
+    blocks its replica lacks (the genesis records z: the hospital refuses another one)."""
+    if self.cfg.privacy.level != "example":
+      return {}
+    return {"blocks": self._blocks_for(h),
+            "example_dp": {"noise_multiplier": self.plan.noise_multiplier,
+                           "max_batch_size": self.plan.max_batch_size,
+                           "run_nonce": self.run_nonce}}
+
+  def _losses(self, ids, answered: Mapping[str, Reply]) -> list[float | None]:
+    """The record's losses: each hospital's mean (None: no reply), or with DP on only their
+    mean, as the simulation writes (a hospital under DP-SGD reports none: its raw losses are no
+    DP release)."""
+    losses = [float(np.mean(answered[self.names[c]]["loss"]))
+              if self.names[c] in answered and answered[self.names[c]]["loss"] else None
+              for c in ids]
+    if self.meter is None:
+      return losses
+    known = [x for x in losses if x is not None]
+    return [round(float(np.mean(known)), 5)] if known else []
 
   def _stack(self, ids, answered: Mapping[str, Reply], updates: Mapping[str, Any]):
     """(local_c, new client states, losses [C, K]) of the round in sampling order; a hospital
@@ -262,7 +322,8 @@ class Coordinator:
         old = codec.tree_from_arrays(rep["client_state_old"], like, f"{h} client state")
         locals_.append(updates[h])
         news.append(codec.tree_from_arrays(rep["client_state_new"], like, f"{h} client state"))
-        losses.append(np.asarray(rep["loss"], np.float32).reshape(k))
+        # DP-SGD: the hospital reports no loss (zeros: only finiteness is used here)
+        losses.append(np.asarray(rep["loss"] or np.zeros(k), np.float32).reshape(k))
       else:
         locals_.append(g)
         news.append(old)
@@ -378,6 +439,7 @@ class Coordinator:
                                               base_model_name_or_path=self.base_dir)
     if self.original is not None:  # FedEx-LoRA folded residuals into the base: ship it too
       models.save_hf_checkpoint(adapted, os.path.join(workdir, "base_with_residuals"))
+    privacy = privacy_summary(cfg, self.plan)
     names = [h for h in self.names if h in accuracy]
     own = np.asarray([accuracy[h] for h in names])
     answered = ~np.isnan(own)
@@ -398,7 +460,7 @@ class Coordinator:
         # own results; personal models are only tested at their own hospital
         "accuracy_all_tests": {h: (float("nan") if personal else overall) for h in names},
         "matrix": matrix.tolist(), "matrix_rows": names if personal else ["global"],
-        "adapter": adapter_file,
+        "adapter": adapter_file, **({"privacy": privacy} if privacy else {}),
     }
     digest = L.adapter_file_digest(adapter_file)
     anchors = {k: self.ledger.info()[k] for k in ("server_public_key", "genesis_hash")}

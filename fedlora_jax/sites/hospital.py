@@ -9,6 +9,11 @@ server's receipt says the update was accepted (the simulation keeps a rejected c
 state too), so it survives a restart of the node. The attestation signs the update and the
 client state the reply carries (`codec.submission_digest`).
 
+Under example-level DP (`privacy.level="example"`) the local steps are the simulation's DP-SGD
+on Poisson batches, with this hospital's own secret noise and sampling keys (`hospital_dp`):
+the plan comes from the server, checked against the ledger's genesis rules, and the reply
+carries no training loss (a raw loss is no DP release).
+
 After the server records a round's block it sends it to the round's participants
 (`LEDGER_MESSAGE`, with the blocks this node's replica lacks and the new global adapter): the
 node checks the block against what it sent and receives and answers with its co-signature or its
@@ -31,10 +36,13 @@ from fedlora_jax import ledger as L
 from fedlora_jax import federated as F
 from fedlora_jax import models
 from fedlora_jax.federated.placement import ClientPlacement
+from fedlora_jax.federated.safeguards import Safeguards
+from fedlora_jax.privacy.dp_sgd import ExampleDP
 from fedlora_jax.run.evaluation import Evaluator
 from fedlora_jax.run.hooks import PERSONALISED
 from fedlora_jax.run.setup import load_model, lora_config
 from fedlora_jax.sites import codec, job
+from fedlora_jax.sites.hospital_dp import HospitalDp, PlanRefused
 from fedlora_jax.sites.node_config import NodeConfig, read_records
 
 PyTree = Any
@@ -64,10 +72,13 @@ class Hospital:
                                    node.server_public_key, cfg.ledger.backend)
     self.evaluator = Evaluator(self.graphdef, {0: test}, ClientPlacement.create(1, None), None,
                                batch_size=cfg.eval.batch_size, group_size=cfg.eval.group_size)
-    self._jitted: dict[int, Any] = {}
+    self._jitted: dict[tuple[int, ExampleDP | None], Any] = {}
     # one directory per job: a worker serves jobs one after another
     self.state_dir = os.path.join(node.state_dir, "client_state", job.job_id(cfg))
     os.makedirs(self.state_dir, exist_ok=True)
+    self.dp = HospitalDp(node.keystore, node.state_dir, cfg, node.server_public_key,
+                         len(self.train_data))
+    self.base_changes: Mapping[str, np.ndarray] = {}  # the server's, with the current message
 
   @staticmethod
   def receipts_dir(node: NodeConfig, cfg) -> str:
@@ -84,34 +95,65 @@ class Hospital:
             "max_target_tokens": int(self.train_data.loss_mask.sum(axis=1).max())}
 
   # --- training --------------------------------------------------------------------------------
-  def _train_fn(self, max_target_tokens: int):
-    if max_target_tokens not in self._jitted:
+  def _train_fn(self, max_target_tokens: int, example_dp: ExampleDP | None):
+    if (max_target_tokens, example_dp) not in self._jitted:
       training = job.local_training(self.cfg, max_target_tokens, self.cfg.fed.local_steps)
-      engine = F.FederatedRound(self.graphdef, self.algorithm, training, num_clients=1)
-      self._jitted[max_target_tokens] = jax.jit(engine.client_train)
-    return self._jitted[max_target_tokens]
+      engine = F.FederatedRound(self.graphdef, self.algorithm, training, num_clients=1,
+                                safeguards=Safeguards(example_dp=example_dp))
+      self._jitted[max_target_tokens, example_dp] = jax.jit(engine.client_train)
+    return self._jitted[max_target_tokens, example_dp]
+
+  def _dp_batches(self, round_no: int, client_id: int, plan: Mapping[str, Any],
+                  blocks: list[dict[str, Any]], context: Mapping[str, Any], inputs: str):
+    """DP-SGD: (ExampleDP, Poisson batches and counts, secret noise key uint32 [2]) of the
+    round, once the plan is checked against the genesis (`blocks` extend the replica) and the
+    release is noted (`HospitalDp`)."""
+    self.signer.receive(blocks)
+    example_dp = self.dp.check_plan(plan, self.signer.replica.state, context["ledger_id"])
+    keys = self.dp.keys(client_id, plan["run_nonce"])  # before this release is noted
+    self.dp.check_release(plan["run_nonce"], round_no, context["ledger_id"], inputs)
+    batches, counts = D.poisson_round_batches(
+        {client_id: self.train_data}, local_steps=self.cfg.fed.local_steps,
+        expected_batch_size=self.cfg.fed.batch_size, max_batch_size=int(plan["max_batch_size"]),
+        rngs=keys.sampling_rngs([client_id], round_no - 1), client_ids=[client_id])
+    return example_dp, batches, counts, keys.noise_key(client_id, round_no - 1)
 
   def train(self, round_no: int, client_id: int, max_target_tokens: int,
             global_arrays: Mapping[str, np.ndarray], server_arrays: Mapping[str, np.ndarray],
-            context: Mapping[str, Any]) -> dict[str, Any]:
-    """Local update for round `round_no` (1-based) as client `client_id` of the federation.
+            context: Mapping[str, Any], example_dp: Mapping[str, Any] | None = None,
+            blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Local update for round `round_no` (1-based) as client `client_id` of the federation;
+    `example_dp`: the server's DP-SGD plan (z, max batch rows, run nonce) with `blocks`, the
+    ledger blocks this node's replica lacks.
 
     Returns the reply: update (PEFT arrays), old and new client state arrays, attestation,
-    per-step losses and the signed sample count.
+    per-step losses (none under DP-SGD) and the signed sample count.
     """
     cfg = self.cfg
     global_lora = codec.lora_from_arrays(global_arrays, self.lora_like)
     server_like = self.algorithm.init_server_state(global_lora)
     server_state = codec.tree_from_arrays(server_arrays, server_like, "server state")
     old_state = self.client_state(round_no, global_lora)
-    batches, counts = D.round_batches({client_id: self.train_data}, local_steps=cfg.fed.local_steps,
-                                      batch_size=cfg.fed.batch_size, seed=cfg.seed,
-                                      round_idx=round_no - 1, client_ids=[client_id])
+    if (example_dp is None) != (cfg.privacy.level != "example"):
+      raise PlanRefused(f"privacy.level={cfg.privacy.level!r}: a train message "
+                        f"{'without' if example_dp is None else 'with'} a DP-SGD plan is refused")
+    if example_dp is None:
+      dp, noise_key = None, None
+      batches, counts = D.round_batches({client_id: self.train_data},
+                                        local_steps=cfg.fed.local_steps,
+                                        batch_size=cfg.fed.batch_size, seed=cfg.seed,
+                                        round_idx=round_no - 1, client_ids=[client_id])
+    else:
+      inputs = L.tree_digest({"global": dict(global_arrays), "server": dict(server_arrays),
+                              "client_state": codec.tree_arrays(old_state),
+                              "base": dict(self.base_changes)}).hex()
+      dp, batches, counts, noise_key = self._dp_batches(round_no, client_id, example_dp,
+                                                        blocks or [], context, inputs)
     batches_k = {k: v[0] for k, v in batches.items()}
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(cfg.seed), round_no - 1),
                              client_id)
-    local, new_state, losses = self._train_fn(max_target_tokens)(
-        self.base, global_lora, server_state, old_state, batches_k, key)
+    local, new_state, losses = self._train_fn(max_target_tokens, dp)(
+        self.base, global_lora, server_state, old_state, batches_k, key, noise_key)
     update = codec.lora_arrays(local)
     new_arrays = codec.tree_arrays(new_state)
     np.savez(self._path("pending", round_no), **new_arrays)
@@ -120,7 +162,7 @@ class Hospital:
         update, old_arrays, new_arrays), int(counts[0])).to_dict()
     return {"update": update, "client_state_old": old_arrays,
             "client_state_new": new_arrays, "attestation": attestation,
-            "loss": np.asarray(losses).tolist(), "num_samples": int(counts[0]),
+            "loss": [] if dp else np.asarray(losses).tolist(), "num_samples": int(counts[0]),
             "replica_size": len(self.signer.replica)}
 
   def ledger_blocks(self, task: Mapping[str, Any],
@@ -176,8 +218,9 @@ class Hospital:
     message it gets and are settled first; base weights the server changed (FedEx-LoRA's folded
     residuals) come with every message and replace the shared base's. Returns the reply payload (array dicts + "result")."""
     task = payload["task"]
-    self.base = (codec.with_base_changes(self.shared_base, payload["base"]) if payload.get("base")
-                 else self.shared_base)
+    self.base_changes = payload.get("base") or {}
+    self.base = (codec.with_base_changes(self.shared_base, self.base_changes)
+                 if self.base_changes else self.shared_base)
     # A receipt this node cannot settle (not signed by the pinned server key, or answering no
     # attestation of its own) is not stored; it is counted in the reply and never blocks the
     # messages that follow.
@@ -196,7 +239,8 @@ class Hospital:
     if kind == "train":
       reply = self.train(int(task["round"]), int(task["client_id"]),
                          int(task["max_target_tokens"]), payload["global"],
-                         payload["server_state"], task["context"])
+                         payload["server_state"], task["context"], task.get("example_dp"),
+                         task.get("blocks"))
       arrays = {k: reply.pop(k) for k in ("update", "client_state_old", "client_state_new")}
       return {**arrays, "result": {**reply, "unsettled_receipts": unsettled}}
     raise ValueError(f"unknown message type {kind!r}")

@@ -7,19 +7,21 @@ import json
 
 import ml_collections
 
+from fedlora_jax.privacy.plan import check_privacy_config
 from fedlora_jax.run.setup import algorithm, local_training
 
+
 def check_job(cfg: ml_collections.ConfigDict) -> None:
-  """Refuses what the sites mode cannot run yet, with the reason, before any process starts:
-  a safeguard the config asks for is never dropped silently."""
+  """Refuses what the sites mode cannot run, with the reason, before any process starts: a
+  safeguard the config asks for is never dropped silently. DP runs where the simulation runs
+  it, at the party that adds the noise (DP-SGD in each hospital's worker, DP-FedAvg at the
+  server), and is refused where the simulation refuses it (`check_privacy_config`)."""
   if cfg.fed.centralized:
     raise ValueError("fed.centralized pools every hospital's data; it has no sites mode")
   if cfg.privacy.get("reproducible_noise", False):
     raise ValueError("privacy.reproducible_noise=True derives DP noise from the config seed "
                      "(no privacy); sites mode refuses it")
-  if cfg.privacy.level != "none":
-    raise ValueError(f"privacy.level={cfg.privacy.level!r} is not run by sites mode yet; use "
-                     "the simulation (scripts/train.py) for DP runs")
+  check_privacy_config(cfg)
   if cfg.attack.kind != "none":
     raise ValueError(f"attack.kind={cfg.attack.kind!r} is a simulation experiment; sites mode "
                      "refuses it")
