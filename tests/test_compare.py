@@ -113,3 +113,13 @@ def test_centralized_client_takes_the_federations_steps_per_round(tmp_path):
   assert pooled_batches["input_ids"].shape == (1, 3 * k, b, 8)  # as many examples per round
   cfg.fed.clients_per_round = 2  # partial participation: the steps of 2 hospitals
   assert local_steps(cfg, pooled) == 2 * k
+
+
+def test_a_run_recorded_before_an_added_field_is_reused_at_its_old_value():
+  """config.json written before data.scale existed: the same run as data.scale=1 (finished
+  runs are read back, a resume is allowed), another run than data.scale=2."""
+  from fedlora_jax.run.workdir import config_differences
+  old = {"seed": 0, "fed.rounds": 20}
+  assert config_differences(old, {**old, "data.scale": 1}) == []
+  assert config_differences(old, {**old, "data.scale": 2}) == ["data.scale"]
+  assert config_differences({**old, "data.scale": 2}, {**old, "data.scale": 1}) == ["data.scale"]

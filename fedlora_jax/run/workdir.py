@@ -21,6 +21,11 @@ RESUMABLE_FIELDS = ("workdir", "resume", "fed.rounds", "eval.every", "eval.batch
                     "checkpoint.keep", "cache_dir", "mesh.clients", "mesh.model")
 
 
+# Fields added since runs were first recorded, with the value a run recorded before them had:
+# an older config.json without the field is the same run as one with this value.
+ADDED_FIELDS: dict[str, Any] = {"data.scale": 1}
+
+
 class WorkdirError(ValueError):
   """A workdir that cannot be used for this run (another run's files, incompatible config)."""
 
@@ -38,6 +43,8 @@ def flat_config(cfg: ml_collections.ConfigDict | dict, prefix: str = "") -> dict
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """The fields whose values differ, apart from those a resume may change."""
+  saved = {**{k: v for k, v in ADDED_FIELDS.items() if k in current}, **saved}
   keys = sorted(set(saved) | set(current))
   return [k for k in keys if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k)]
 
