@@ -126,6 +126,19 @@ def test_bad_node_config_is_one_line(tmp_path):
   node = NodeConfig.parse(base)
   # the `--node-config` string Flower parses carries every key
   assert all(f'{k}="' in node.flower_arg() for k in ("hospital", "state-dir", "base-model"))
+  assert (node.max_epsilon, "max-epsilon" in node.flower_arg()) == (None, False)
+  # the hospital's own privacy policy: parsed, checked, and carried by the Flower argument
+  from flwr.common.config import parse_config_args
+  policy = NodeConfig.parse({**base, "max-epsilon": "4", "dp-delta": "1e-6"})
+  assert (policy.max_epsilon, policy.dp_delta) == (4.0, 1e-6)
+  assert NodeConfig.parse(parse_config_args([policy.flower_arg()])) == policy
+  for bad, match in (({"max-epsilon": "-1"}, "max-epsilon must be > 0"),
+                     ({"max-epsilon": "inf"}, "max-epsilon must be > 0"),
+                     ({"max-epsilon": "8", "dp-delta": "1"}, r"dp-delta in \(0, 1\)"),
+                     ({"max-epsilon": "many"}, "must be numbers"),
+                     ({"dp-delta": "1e-5"}, "dp-delta without max-epsilon")):
+    with pytest.raises(NodeConfigError, match=match):
+      NodeConfig.parse({**base, **bad})
 
 
 def test_codec_round_trip_and_refusals():

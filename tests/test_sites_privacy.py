@@ -21,7 +21,8 @@ from fedlora_jax.privacy import accounting as A
 from fedlora_jax.privacy.secret import DpSecret
 from fedlora_jax.run import experiment, privacy_setup
 from fedlora_jax.run.dp_keys import SGD_NOISE
-from fedlora_jax.sites.hospital_dp import PlanRefused
+from fedlora_jax.privacy.dp_sgd import ExampleDP
+from fedlora_jax.sites.hospital_dp import RELEASES_FILE, HospitalDp, PlanRefused
 from tests.sites_fixtures import InProcessTransport, run_in_process, sites_config
 
 HOSPITALS = ("cardiology", "oncology", "trauma")
@@ -154,7 +155,8 @@ def test_hospital_refuses_a_plan_the_genesis_does_not_record(example_runs):
   genesis = hospital.signer.replica.state
   b_max = json.load(open(os.path.join(example_runs["real"], "privacy.json")))["max_batch_size"]
   plan = {"noise_multiplier": 1.0, "max_batch_size": b_max, "run_nonce": NONCE}
-  assert hospital.dp.check_plan(plan, genesis, genesis.ledger_id).noise_multiplier == 1.0
+  dp = hospital.dp.check_plan(plan, genesis, genesis.ledger_id)
+  assert dp.noise_multiplier == 1.0
   with pytest.raises(PlanRefused, match="noise multiplier 0.5 at delta 1e-05 is not the genesis"):
     hospital.dp.check_plan({**plan, "noise_multiplier": 0.5}, genesis, genesis.ledger_id)
   with pytest.raises(PlanRefused, match="is not the replica's"):
@@ -168,11 +170,45 @@ def test_hospital_refuses_a_plan_the_genesis_does_not_record(example_runs):
   released = [json.loads(l) for l in open(hospital.dp.releases_path)]
   assert [(r["run_nonce"], r["round"]) for r in released] == [(NONCE, 1), (NONCE, 2)]
   first = released[0]
-  hospital.dp.check_release(NONCE, 1, first["ledger_id"], first["inputs"])  # the same: fine
+  hospital.dp.check_release(NONCE, 1, first["ledger_id"], first["inputs"], dp, b_max)  # same
   with pytest.raises(PlanRefused, match="already released on other inputs"):
-    hospital.dp.check_release(NONCE, 1, first["ledger_id"], "00" * 32)
+    hospital.dp.check_release(NONCE, 1, first["ledger_id"], "00" * 32, dp, b_max)
   with pytest.raises(PlanRefused, match="already released on other inputs"):
-    hospital.dp.check_release(NONCE, 1, "another-ledger:00", first["inputs"])
+    hospital.dp.check_release(NONCE, 1, "another-ledger:00", first["inputs"], dp, b_max)
+
+
+def test_hospital_budget_holds_whatever_the_server_sends(example_runs, tmp_path):
+  """The attack: the server sets the job, the plan and even the genesis rules, so it could ask
+  for less noise, more rounds, or no DP at all. A hospital with its own max-epsilon accounts for
+  itself over every release it made (every job): its epsilon after the run is the server's
+  accountant's for it (the same PLD), a release past its budget is refused, a train message
+  without a DP-SGD plan is refused, and a new job (another nonce) starts from what it spent."""
+  hospital = example_runs["transport"].hospitals["oncology"]
+  priv = json.load(open(os.path.join(example_runs["real"], "privacy.json")))
+  n, b_max, k = hospital.dp.train_size, priv["max_batch_size"], priv["local_steps"]
+  event = A.example_step_event(n, priv["expected_batch_size"], b_max, 1.0)
+  three = A.epsilon(event, 3 * k, 1e-5)
+  shutil.copy(hospital.dp.releases_path, tmp_path / RELEASES_FILE)  # the run's two releases
+  dp = HospitalDp(hospital.dp.keystore, str(tmp_path), hospital.dp.cfg,
+                  hospital.dp.server_public_key, n, max_epsilon=three * 1.001)  # one round more
+  assert dp.spent() == pytest.approx(A.epsilon(event, 2 * k, 1e-5), rel=1e-12)
+  summary = json.load(open(os.path.join(example_runs["real"], "summary.json")))
+  assert dp.spent() == pytest.approx(summary["privacy"]["epsilon"]["oncology"], rel=1e-12)
+  ledger_id = json.loads(open(dp.releases_path).readline())["ledger_id"]
+  other = "ab" * 16  # a new job of the same server: another run nonce
+  weak, good = (ExampleDP(z, 1.0, priv["expected_batch_size"]) for z in (0.5, 1.0))
+  with pytest.raises(PlanRefused, match="past its max-epsilon"):
+    dp.check_release(other, 1, ledger_id, "11" * 32, weak, b_max)
+  dp.check_release(other, 1, ledger_id, "11" * 32, good, b_max)  # within the budget
+  with pytest.raises(PlanRefused, match="past its max-epsilon"):
+    dp.check_release(other, 2, ledger_id, "22" * 32, good, b_max)
+  assert dp.spent() == pytest.approx(three, rel=1e-12)
+  hospital.dp, kept = dp, hospital.dp
+  try:
+    with pytest.raises(PlanRefused, match="releases only DP-SGD updates"):
+      hospital.train(3, 1, 4, {}, {}, {}, example_dp=None)
+  finally:
+    hospital.dp = kept
 
 
 def test_sites_dp_run_records_epsilon_everywhere(example_runs):

@@ -16,8 +16,11 @@ budget) and `after_round(ids)` once it has finished.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import dp_accounting as dpa
 from scipy import stats
@@ -66,6 +69,25 @@ def epsilon(event: dpa.DpEvent, count: int, delta: float, kind: str = "pld") -> 
     return 0.0
   acc = _accountant(kind)
   acc.compose(event, count)
+  return float(acc.get_epsilon(delta))
+
+
+def releases_epsilon(releases: Sequence[Mapping[str, Any]], delta: float) -> float:
+  """Epsilon at `delta` of one hospital's records over DP-SGD releases, each {dataset_size,
+  expected_batch_size, max_batch_size, noise_multiplier, steps}, whatever job made them:
+  releases with the same parameters compose as one event `steps` times (the PLD a run's
+  `ExampleAccountant` computes). Infinite when a release had no noise."""
+  groups: collections.Counter = collections.Counter()
+  for r in releases:
+    if not float(r["noise_multiplier"]) > 0:
+      return math.inf
+    groups[(int(r["dataset_size"]), float(r["expected_batch_size"]), int(r["max_batch_size"]),
+            float(r["noise_multiplier"]))] += int(r["steps"])
+  if not groups:
+    return 0.0
+  acc = _accountant("pld")
+  for params, steps in groups.items():
+    acc.compose(example_step_event(*params), steps)
   return float(acc.get_epsilon(delta))
 
 

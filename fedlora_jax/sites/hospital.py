@@ -77,7 +77,7 @@ class Hospital:
     self.state_dir = os.path.join(node.state_dir, "client_state", job.job_id(cfg))
     os.makedirs(self.state_dir, exist_ok=True)
     self.dp = HospitalDp(node.keystore, node.state_dir, cfg, node.server_public_key,
-                         len(self.train_data))
+                         len(self.train_data), node.max_epsilon, node.dp_delta)
     self.base_changes: Mapping[str, np.ndarray] = {}  # the server's, with the current message
 
   @staticmethod
@@ -111,7 +111,8 @@ class Hospital:
     self.signer.receive(blocks)
     example_dp = self.dp.check_plan(plan, self.signer.replica.state, context["ledger_id"])
     keys = self.dp.keys(client_id, plan["run_nonce"])  # before this release is noted
-    self.dp.check_release(plan["run_nonce"], round_no, context["ledger_id"], inputs)
+    self.dp.check_release(plan["run_nonce"], round_no, context["ledger_id"], inputs, example_dp,
+                          int(plan["max_batch_size"]))
     batches, counts = D.poisson_round_batches(
         {client_id: self.train_data}, local_steps=self.cfg.fed.local_steps,
         expected_batch_size=self.cfg.fed.batch_size, max_batch_size=int(plan["max_batch_size"]),
@@ -130,6 +131,10 @@ class Hospital:
     per-step losses (none under DP-SGD) and the signed sample count.
     """
     cfg = self.cfg
+    if example_dp is None and self.dp.max_epsilon is not None:
+      raise PlanRefused(f"this hospital releases only DP-SGD updates (its max-epsilon "
+                        f"{self.dp.max_epsilon:g}); a train message without a DP-SGD plan "
+                        f"(privacy.level={cfg.privacy.level!r}) is refused")
     global_lora = codec.lora_from_arrays(global_arrays, self.lora_like)
     server_like = self.algorithm.init_server_state(global_lora)
     server_state = codec.tree_from_arrays(server_arrays, server_like, "server state")

@@ -36,6 +36,15 @@ OFFLINE_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
 LATENCY_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
 
 
+def _hospital_policy(cfg) -> dict[str, float]:
+  """Each simulated hospital holds the job's example-level budget as its own policy (node config
+  `max-epsilon`), so its worker refuses any release past it, whatever the server sends."""
+  p = cfg.privacy
+  if p.level != "example" or not p.target_epsilon > 0:
+    return {}
+  return {"max-epsilon": float(p.target_epsilon), "dp-delta": float(p.delta)}
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -71,7 +80,7 @@ def enrol_local(cfg: ml_collections.ConfigDict, root: str) -> Enrolment:
         "hospital": name, "train-file": os.path.join(site, "train.jsonl"),
         "test-file": os.path.join(site, "test.jsonl"), "keystore": os.path.join(site, "keys"),
         "state-dir": os.path.join(site, "state"), "base-model": base,
-        "server-public-key": server.pk.hex()})
+        "server-public-key": server.pk.hex(), **_hospital_policy(cfg)})
   registry = os.path.join(operator, "registry.jsonl")
   with open(registry, "w") as f:
     f.writelines(L.registry_line(reg) + "\n" for reg in registrations)
