@@ -37,6 +37,8 @@ _EPSILONS = flags.DEFINE_list("epsilons", None, "--table=privacy: the target eps
                               "no DP (default: 1, 2, 4, 8).")
 _AUDIT_CANARIES = flags.DEFINE_integer("audit_canaries", 0, "--table=privacy: audit every cell "
                                        "of the first seed with this many canaries (0: no audit).")
+_FINISHED_ONLY = flags.DEFINE_bool("finished_only", False, "--table=attack/privacy: run nothing; "
+                                   "tabulate the seeds whose every cell has finished.")
 _AUDIT_HOSPITAL = flags.DEFINE_string("audit_hospital", "", "--table=privacy: the hospital "
                                       "holding the canaries (default: the run's first).")
 
@@ -57,7 +59,8 @@ def main(argv: list[str]) -> int:
             "methods": _METHODS.value or T.PRIVACY_METHODS, "epsilons": epsilons or T.EPSILONS}
     return run_cli(lambda: print(T.safeguard_table(
         _CONFIG.value, _TABLE.value, _ROOT.value, seeds, draws=_DRAWS.value,
-        audit_canaries=_AUDIT_CANARIES.value, audit_hospital=_AUDIT_HOSPITAL.value, **grid)))
+        audit_canaries=_AUDIT_CANARIES.value, audit_hospital=_AUDIT_HOSPITAL.value,
+        finished_only=_FINISHED_ONLY.value, **grid)))
   unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")

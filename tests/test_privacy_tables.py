@@ -114,3 +114,26 @@ def test_audited_cells_show_claim_and_lower_bound(tmp_path):
   assert "| ffa_lora | eps 8 | 1.200 | 8.00 | 50.0 | 30.0 | 40.0 | b: 8.00 / 0.00 |" in md
   plot_privacy_curve(data, str(tmp_path / "curve.png"))
   assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_finished_only_tabulates_complete_seeds_and_runs_nothing(tmp_path):
+  base = load_config_file(DEFAULT)
+  with pytest.raises(ValueError, match=r"no seed of \[0, 1\] has every attack cell finished"):
+    safeguard_table(base, "attack", str(tmp_path), seeds=(0, 1), rules=("mean",),
+                    attacks=("none",), finished_only=True)
+  assert not (tmp_path / "attack").exists()
+  # seed 0 finished (its run directories written by hand), seed 1 not: the table is seed 0's
+  import json
+  import os
+  from fedlora_jax.run.workdir import flat_config
+  for cell, cfg in attack_configs(base, str(tmp_path), 0, ("mean",), ("none", "scale")).items():
+    os.makedirs(cfg.workdir)
+    json.dump(flat_config(cfg), open(os.path.join(cfg.workdir, "config.json"), "w"))
+    acc = (0.8, 0.6) if cell == "mean/none" else (0.3, 0.5)
+    json.dump(_summary(np.mean(acc), min(acc), 2 / sum(1 / a for a in acc), acc),
+              open(os.path.join(cfg.workdir, "summary.json"), "w"))
+    np.savez(os.path.join(cfg.workdir, "correct.npz"),
+             **{t: np.arange(10)[None] < 10 * a for t, a in zip(NAMES, acc)})
+  md = safeguard_table(base, "attack", str(tmp_path), seeds=(0, 1), rules=("mean",),
+                       attacks=("none", "scale"), finished_only=True, draws=50)
+  assert "seeds 0\n" in md and "| mean | scale | 40.0 | 30.0 | 37.5 | -30.0 | -30.0 | -31.1" in md

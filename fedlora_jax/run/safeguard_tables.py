@@ -225,29 +225,41 @@ def safeguard_table(base: ml_collections.ConfigDict, which: str, root: str,
                     seeds: Sequence[int] = (), *, rules: Sequence[str] = RULES,
                     attacks: Sequence[str] = ATTACKS, methods: Sequence[str] = PRIVACY_METHODS,
                     epsilons: Sequence[float] = EPSILONS, draws: int = 2000,
-                    audit_canaries: int = 0, audit_hospital: str = "") -> str:
+                    audit_canaries: int = 0, audit_hospital: str = "",
+                    finished_only: bool = False) -> str:
   """Runs the `which` ("attack" | "privacy") grid for every seed (default: the config's) and
   writes its table; returns the markdown. With `audit_canaries`, every privacy cell of the first
   seed is also audited (a separate run with canaries in `audit_hospital`, default the run's
-  first hospital)."""
+  first hospital). `finished_only`: runs nothing; the table holds the seeds whose every cell
+  (and audit) has finished, and raises ValueError when none has."""
   if which not in TABLES:
     raise ValueError(f"unknown table {which!r}; known: {', '.join(TABLES)}")
   from fedlora_jax.run.experiment import run  # heavy imports, only when running
   from fedlora_jax.run.report import plot_privacy_curve
   seeds = [int(s) for s in seeds] or [int(base.seed)]
   out = os.path.join(root, which)
+  make = attack_configs if which == "attack" else privacy_configs
+  grid_args = (rules, attacks) if which == "attack" else (methods, epsilons)
+  grids = {s: make(base, root, s, *grid_args) for s in seeds}  # refuses a bad grid before runs
+  if finished_only:
+    grids = {s: g for s, g in grids.items() if all(finished_summary(c) for c in g.values())}
+    if not grids:
+      raise ValueError(f"no seed of {seeds} has every {which} cell finished under {root}")
+    seeds = list(grids)
+  summaries = [{c: finished_summary(cfg) or run(cfg) for c, cfg in g.items()}
+               for g in grids.values()]
   if which == "attack":
-    grids = [attack_configs(base, root, s, rules, attacks) for s in seeds]  # refuse before runs
-    summaries = [{c: finished_summary(cfg) or run(cfg) for c, cfg in g.items()} for g in grids]
-    correct = [{c: load_correct(cfg.workdir) for c, cfg in g.items()} for g in grids]
+    correct = [{c: load_correct(cfg.workdir) for c, cfg in g.items()} for g in grids.values()]
     data = attack_data(summaries, correct, draws=draws)
     md = attack_markdown(data)
     title = "FedAvg and robust rules, clean and under attack (accuracy %)"
   else:
-    grids = [privacy_configs(base, root, s, methods, epsilons) for s in seeds]
-    results = [{c: (finished_summary(cfg) or run(cfg), _last_privacy_record(cfg.workdir))
-                for c, cfg in g.items()} for g in grids]
-    audits = _audits(grids[0], audit_canaries, audit_hospital) if audit_canaries else None
+    results = [{c: (summary, _last_privacy_record(g[c].workdir)) for c, summary in per.items()}
+               for per, g in zip(summaries, grids.values())]
+    first = next(iter(grids.values()))
+    audits = None
+    if audit_canaries and not (finished_only and not _audited(first)):
+      audits = _audits(first, audit_canaries, audit_hospital)
     data = privacy_data(results, audits)
     md = privacy_markdown(data)
     title = "LoRA vs FFA-LoRA under example-level DP-SGD (delta 1e-5, accuracy %)"
@@ -260,3 +272,8 @@ def safeguard_table(base: ml_collections.ConfigDict, which: str, root: str,
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(md)
   return md
+
+
+def _audited(grid: Mapping[str, ml_collections.ConfigDict]) -> bool:
+  return all(os.path.exists(os.path.join(c.workdir + "-audit", "audit.json"))
+             for c in grid.values())
