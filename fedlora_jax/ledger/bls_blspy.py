@@ -37,6 +37,16 @@ def _decode_sig(sig: bytes) -> G2Element:
     raise ValueError(f"invalid signature: {e}") from e
 
 
+def _decode_all(pks: Sequence[bytes], sig: bytes) -> tuple[list[G1Element], G2Element] | None:
+  """The decoded keys and signature, or None when there is no key or one does not decode."""
+  if not pks:
+    return None
+  try:
+    return [_decode_pk(pk) for pk in pks], _decode_sig(sig)
+  except (ValueError, TypeError):
+    return None
+
+
 def _sk(sk: bytes) -> PrivateKey:
   sk_to_int(sk)  # range check: blspy accepts the zero key
   return PrivateKey.from_bytes(sk)
@@ -64,23 +74,17 @@ class BlspyBackend:
   def aggregate_verify(
       self, pks: Sequence[bytes], messages: Sequence[bytes], signature: bytes
   ) -> bool:
-    if not pks or len(pks) != len(messages):
+    decoded = _decode_all(pks, signature) if len(pks) == len(messages) else None
+    if decoded is None:
       return False
-    try:
-      g1s = [_decode_pk(pk) for pk in pks]
-      sig = _decode_sig(signature)
-    except (ValueError, TypeError):
-      return False
+    g1s, sig = decoded
     return bool(PopSchemeMPL.aggregate_verify(g1s, list(messages), sig))
 
   def fast_aggregate_verify(self, pks: Sequence[bytes], message: bytes, signature: bytes) -> bool:
-    if not pks:
+    decoded = _decode_all(pks, signature)
+    if decoded is None:
       return False
-    try:
-      g1s = [_decode_pk(pk) for pk in pks]
-      sig = _decode_sig(signature)
-    except (ValueError, TypeError):
-      return False
+    g1s, sig = decoded
     return bool(PopSchemeMPL.fast_aggregate_verify(g1s, message, sig))
 
   def pop_prove(self, sk: bytes) -> bytes:
