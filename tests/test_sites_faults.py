@@ -277,10 +277,14 @@ def test_flower_transport_admits_a_node_only_with_its_hospitals_registered_key(m
     def get_node_ids(self):
       return list(self.nodes)
 
-    def send_and_receive(self, msgs, timeout):
+    def push_messages(self, msgs):
       self.asked = [m.metadata.dst_node_id for m in msgs]
-      return [SimpleNamespace(has_error=lambda: False, metadata=SimpleNamespace(src_node_id=n),
-                              content=to_records({"result": claims[n]})) for n in self.asked]
+      return [f"m{n}" for n in self.asked]
+
+    def pull_messages(self, ids):
+      return [SimpleNamespace(has_error=lambda: False, content=to_records({"result": claims[n]}),
+                              metadata=SimpleNamespace(src_node_id=n, reply_to_message_id=f"m{n}"))
+              for n in self.asked if f"m{n}" in ids]
 
   coordinator = object.__new__(Coordinator)  # only its registry's keys are needed here
   coordinator.keys, coordinator.refused = {"trauma": good, "oncology": "cc" * 48}, []
@@ -299,3 +303,34 @@ def test_flower_transport_admits_a_node_only_with_its_hospitals_registered_key(m
                                                      "registered key"},
       {"node_id": 3, "hospital": "oncology", "reason": "reports a key that is not oncology's "
                                                        "registered key"}]
+
+
+def test_exchange_collects_replies_as_they_come_and_stops_at_the_timeout():
+  """Replies arriving over several pulls are all returned, each once; a node that never answers
+  ends the exchange at the timeout with the replies that came."""
+  import time
+  from types import SimpleNamespace
+
+  from fedlora_jax.sites.server_app import exchange
+
+  class Grid:
+    def __init__(self, arrive_at: dict[str, int]):
+      self.arrive_at, self.pulls = arrive_at, 0  # message id -> pull that first returns it
+
+    def push_messages(self, msgs):
+      return list(self.arrive_at)
+
+    def pull_messages(self, ids):
+      self.pulls += 1
+      return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i))
+              for i in sorted(ids) if self.arrive_at[i] <= self.pulls]
+
+  grid = Grid({"a": 1, "b": 3, "c": 2})
+  got = exchange(grid, [], timeout=60.0)
+  assert sorted(m.metadata.reply_to_message_id for m in got) == ["a", "b", "c"]
+  assert grid.pulls == 3  # stops as soon as every reply is in
+  grid = Grid({"a": 2, "b": 10**9})
+  t0 = time.time()
+  got = exchange(grid, [], timeout=0.5)
+  assert [m.metadata.reply_to_message_id for m in got] == ["a"]
+  assert 0.5 <= time.time() - t0 < 5.0

@@ -262,7 +262,11 @@ class Coordinator:
     else:
       block = recorded
       self._queue_receipts(round_no)
-    refused = self._cosign(transport) if self.ledger.ledger.cosignature_due else {}
+    evaluate = last or round_no % cfg.eval.every == 0
+    t_after = time.time()
+    refused, accuracy, after_workers = self._cosign_and_evaluate(
+        transport, round_no if evaluate else None)
+    t_after = time.time() - t_after
     record: dict[str, Any] = {
         "round": round_no, "clients": [self.names[c] for c in ids],
         "loss": self._losses(ids, answered),
@@ -275,13 +279,12 @@ class Coordinator:
         "bytes": {h: {"received": int(rep["bytes_received"]), "sent": int(rep["reply_bytes"])}
                   for h, rep in answered.items()}, **self._refused(),
         **({"privacy": privacy} if privacy else {})}
-    if last or round_no % cfg.eval.every == 0:
-      record.update(self._evaluate(transport, round_no))
+    record.update(accuracy)
+    # each hospital's own time on its messages (its worker's, when the transport reports it):
+    # a message round's time minus its slowest hospital's is the network's
     record["timing"] = {"train_s": round(t_train, 3), "round_s": round(time.time() - t0, 3),
-                        # each hospital's own time on its train message (its worker's, when the
-                        # transport reports it): train_s minus the slowest is the network's
-                        "worker_s": {h: rep["worker_s"] for h, rep in answered.items()
-                                     if "worker_s" in rep}}
+                        "worker_s": _worker_seconds(answered),
+                        "after_round_s": round(t_after, 3), "after_round_worker_s": after_workers}
     record["seconds"] = record["timing"]["round_s"]
     return record
 
@@ -376,30 +379,47 @@ class Coordinator:
   def _blocks_for(self, h: str) -> list[dict[str, Any]]:
     return self.ledger.blocks_since(self.replica_sizes.get(h, 0))
 
-  def _cosign(self, transport: Transport) -> dict[str, str]:
-    """Sends the newest block (and those the node's replica lacks, the new global adapter and
-    the round's receipts) to the round's participants; their co-signatures go into the next
-    block. Raises LedgerError when a majority refuses. Returns {hospital: reason} of refusals."""
+  def _cosign_and_evaluate(self, transport: Transport, evaluate_round: int | None
+                          ) -> tuple[dict[str, str], dict[str, Any], dict[str, float]]:
+    """One ledger message per hospital after the round: the newest block (and those the node's
+    replica lacks, the new global adapter and the round's receipts) to the round's participants,
+    whose co-signatures go into the next block; at an evaluation round every node also scores
+    the new global adapter on its own test set (one message round instead of two). Raises
+    LedgerError when a majority refuses. Returns ({hospital: reason} of co-sign refusals, the
+    accuracy record ({} when not evaluating), each hospital's time in its worker)."""
     head = self.ledger.ledger.blocks[-1]
+    due = self.ledger.ledger.cosignature_due
+    cosigners = {p["name"] for p in head["participants"] if p["name"] in self.info} if due else set()
+    targets = self.info if evaluate_round is not None else cosigners
+    if not targets:
+      return {}, {}, {}
     global_arrays, base_arrays = self._global_arrays(), self._base_arrays()
-    payloads = {p["name"]: {"global": global_arrays, "base": base_arrays,
-                            "task": {"cosign": True, "blocks": self._blocks_for(p["name"])}}
-                for p in head["participants"] if p["name"] in self.info}
+    evaluate = {} if evaluate_round is None else {"evaluate": True, "round": evaluate_round}
+    payloads = {h: {"global": global_arrays, "base": base_arrays,
+                    "task": {"cosign": h in cosigners, "blocks": self._blocks_for(h), **evaluate}}
+                for h in targets}
+    replies = self._send(transport, LEDGER_MESSAGE, payloads)
     answers = []
-    for h, rep in self._send(transport, LEDGER_MESSAGE, payloads).items():
+    for h, rep in replies.items():
       answer = rep.get("cosign") if isinstance(rep, dict) else None
-      if not isinstance(answer, dict):
+      if isinstance(rep, dict):
+        self.replica_sizes[h] = int(rep.get("replica_size", 0))
+      if h not in cosigners or not isinstance(answer, dict):
         continue
-      self.replica_sizes[h] = int(rep.get("replica_size", 0))
       try:
         signature = answer["signature"] and bytes.fromhex(answer["signature"])
         answers.append(L.CoSign(self.ids[h], str(answer["block_hash"]), signature,
                                 str(answer["reason"])[:300]))
       except (KeyError, TypeError, ValueError):
         continue  # a malformed answer counts as none
-    cosig = self.ledger.add_cosignatures(answers)
-    names = {cid: h for h, cid in self.ids.items()}
-    return {names[r["client_id"]]: r["reason"] for r in cosig["refused"]}
+    refused = {}
+    if due:
+      cosig = self.ledger.add_cosignatures(answers)
+      names = {cid: h for h, cid in self.ids.items()}
+      refused = {names[r["client_id"]]: r["reason"] for r in cosig["refused"]}
+    accuracy = ({} if evaluate_round is None
+                else _accuracy_record({h: replies.get(h) for h in self.info}))
+    return refused, accuracy, _worker_seconds(replies)
 
   def _close(self, transport: Transport) -> None:
     """The closing block (the last round's co-signature), then every node receives the blocks
@@ -487,6 +507,12 @@ def missing_reason(error: str) -> str:
     if str(error).startswith(prefix):
       return reason
   return "node_error"
+
+
+def _worker_seconds(replies: Mapping[str, Any]) -> dict[str, float]:
+  """{hospital: seconds its worker spent on its message} of the replies that report it."""
+  return {h: rep["worker_s"] for h, rep in replies.items()
+          if isinstance(rep, dict) and "worker_s" in rep}
 
 
 def _accuracy_record(replies: Mapping[str, Any]) -> dict[str, Any]:

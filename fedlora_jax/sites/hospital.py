@@ -17,8 +17,9 @@ carries no training loss (a raw loss is no DP release).
 After the server records a round's block it sends it to the round's participants
 (`LEDGER_MESSAGE`, with the blocks this node's replica lacks and the new global adapter): the
 node checks the block against what it sent and receives and answers with its co-signature or its
-reason to refuse (`HospitalSigner.cosign`); after the last round every node receives the closing
-block the same way.
+reason to refuse (`HospitalSigner.cosign`); at an evaluation round the same message asks every
+node to score the new global adapter on its own test set; after the last round every node
+receives the closing block the same way.
 """
 
 from __future__ import annotations
@@ -219,9 +220,11 @@ class Hospital:
   # --- messages --------------------------------------------------------------------------------
   def handle(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """Answers one decoded message: "query" (describe, and evaluate the first global when
-    asked), "train", "evaluate" or `LEDGER_MESSAGE` (blocks to keep and co-sign). Receipts for this node's submissions ride on the next
-    message it gets and are settled first; base weights the server changed (FedEx-LoRA's folded
-    residuals) come with every message and replace the shared base's. Returns the reply payload (array dicts + "result")."""
+    asked), "train", "evaluate" or `LEDGER_MESSAGE` (blocks to keep, co-sign, and evaluate
+    when asked). Receipts for this node's submissions ride on the next message it gets and are
+    settled first; base weights the server changed (FedEx-LoRA's folded residuals) come with
+    every message and replace the shared base's. Returns the reply payload (array dicts +
+    "result")."""
     task = payload["task"]
     self.base_changes = payload.get("base") or {}
     self.base = (codec.with_base_changes(self.shared_base, self.base_changes)
@@ -238,9 +241,11 @@ class Hospital:
     if kind == "evaluate":
       return {"result": {**self.evaluate(int(task["round"]), payload["global"]),
                          "unsettled_receipts": unsettled}}
-    if kind == LEDGER_MESSAGE:
-      return {"result": {**self.ledger_blocks(task, payload.get("global")),
-                         "unsettled_receipts": unsettled}}
+    if kind == LEDGER_MESSAGE:  # after a round: blocks, co-signature, and evaluation if asked
+      result = self.ledger_blocks(task, payload.get("global"))
+      if task.get("evaluate"):
+        result.update(self.evaluate(int(task["round"]), payload["global"]))
+      return {"result": {**result, "unsettled_receipts": unsettled}}
     if kind == "train":
       reply = self.train(int(task["round"]), int(task["client_id"]),
                          int(task["max_target_tokens"]), payload["global"],
