@@ -121,6 +121,10 @@ def get_config() -> ml_collections.ConfigDict:
   # run has NO privacy guarantee (anyone with config.json can subtract the noise) and says so in
   # metrics, the ledger, summary and report; sites mode refuses it. Off: each party's secret.
   c.privacy.reproducible_noise = False
+  # example level with a target epsilon: "shared" (one z; the smallest hospital, sampled at the
+  # highest rate, binds everyone's noise) or "per_client" (each hospital its own z reaching the
+  # same epsilon; simulation and pod only)
+  c.privacy.calibration = "shared"
 
   c.attack = ml_collections.ConfigDict()  # simulated compromised hospitals (evaluation only)
   c.attack.kind = "none"  # none, sign_flip, scale (model replacement), gaussian, alie

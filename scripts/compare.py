@@ -32,7 +32,7 @@ _RULES = flags.DEFINE_list("rules", None, "--table=attack: the aggregation rules
 _ATTACKS = flags.DEFINE_list("attacks", None, "--table=attack: the attacks, 'none' for clean "
                              "(default: all).")
 _METHODS = flags.DEFINE_list("methods", None, "--table=privacy: the methods (default: fedavg, "
-                             "ffa_lora).")
+                             "ffa_lora); 'fedavg+per_client': each hospital's own z.")
 _EPSILONS = flags.DEFINE_list("epsilons", None, "--table=privacy: the target epsilons besides "
                               "no DP (default: 1, 2, 4, 8).")
 _AUDIT_CANARIES = flags.DEFINE_integer("audit_canaries", 0, "--table=privacy: audit every cell "

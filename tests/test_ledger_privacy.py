@@ -118,3 +118,22 @@ def test_the_server_refuses_a_bad_privacy_field_and_writes_nothing(tmp_path: Pat
   with pytest.raises(BlockError, match=f"block 2: .*{reason}"):
     _round(ledger, clients, 1, privacy)
   assert ledger.path.stat().st_size == size and verify_ledger(ledger.path).ok
+
+
+def test_a_z_per_hospital_verifies_and_a_lowered_one_is_refused(tmp_path: Path) -> None:
+  """privacy.calibration="per_client": the rules and every block record each hospital's z."""
+  backend = get_backend("auto")
+  server = Identity.generate("server", SEED, backend)
+  clients = [Identity.generate(f"h{i}", SEED, backend) for i in range(2)]
+  zs = [1.9, 0.7]
+  ledger = create_ledger(tmp_path / "ledger.jsonl", "privacy", server, clients, backend,
+                         privacy_unit="example", delta=1e-5, noise_multiplier=zs)
+  _round(ledger, clients, 0, _spent(0.5, noise_multiplier=zs))
+  assert verify_ledger(ledger.path).ok
+  size = ledger.path.stat().st_size
+  for bad, reason in (([1.9, 0.5], "differs from the genesis"),
+                      ([], "malformed privacy noise multiplier"),
+                      ([1.9, -0.7], "malformed privacy noise multiplier")):
+    with pytest.raises(BlockError, match=f"block 2: .*{reason}"):
+      _round(ledger, clients, 1, _spent(0.6, noise_multiplier=bad))
+  assert ledger.path.stat().st_size == size and verify_ledger(ledger.path).ok

@@ -86,6 +86,22 @@ def test_attack_bootstrap_interval_against_clean_fedavg():
   assert rows["mean/sign_flip"]["ci95_pp"]["harmonic_mean"][1] < 0  # a zero accuracy: hmean 0
 
 
+def test_per_hospital_noise_cells_share_the_no_dp_run():
+  base = load_config_file(DEFAULT)
+  priv = privacy_configs(base, "/r", seed=0, methods=("fedavg", "fedavg+per_client"),
+                         epsilons=(2.0,))
+  cell = priv["fedavg+per_client/eps 2"]
+  assert (cell.fed.algorithm, cell.privacy.calibration) == ("fedavg", "per_client")
+  assert cell.workdir == "/r/privacy/seed0/fedavg+per_client-eps2"
+  assert priv["fedavg/eps 2"].privacy.calibration == "shared"
+  # the no-DP cell is the algorithm's own run, read back rather than trained twice
+  assert priv["fedavg+per_client/no DP"].workdir == priv["fedavg/no DP"].workdir
+  spent = {"noise_multiplier": [0.9, 4.7], "epsilon": {"a": 2.0, "b": 2.0}}
+  md = privacy_markdown(privacy_data([{"fedavg+per_client/eps 2": (_summary(0.5, 0.3, 0.4),
+                                                                    spent)}]))
+  assert "| fedavg+per_client | eps 2 | 0.900-4.700 | 2.00 | 50.0 | 30.0 | 40.0 |" in md
+
+
 def test_privacy_figures_over_seeds():
   priv = {"noise_multiplier": 2.5, "epsilon": {"a": 0.7, "b": 0.98}}
   seeds = [{"fedavg/no DP": (_summary(0.7, 0.5, 0.6), None),

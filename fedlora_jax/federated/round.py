@@ -131,11 +131,12 @@ class FederatedRound:
     return objective
 
   def client_train(self, base, global_lora, server_state, client_state, batches_k, key,
-                   noise_key=None):
+                   noise_key=None, noise_multiplier=None):
     """K local steps of one client. batches_k leaves: [K, B, S]. Returns (lora, state, losses[K]).
 
     key: the seeded dropout key; noise_key: uint32 [2], the client's secret DP-SGD key of the
-    round (required under DP-SGD).
+    round (required under DP-SGD); noise_multiplier: its z (a scalar; required when DP-SGD's z
+    is per client).
 
     Only the algorithm's `trainable_parts` are differentiated, clipped (global norm over them)
     and updated; the other parts stay bit-identical. Each step applies
@@ -161,7 +162,8 @@ class FederatedRound:
       objective = self.local_objective(base, frozen, start, step_key)
       # Plain gradients, or DP-SGD's clipped and noised per-example ones (Safeguards).
       grads, loss = self.safeguards.local_grads(objective, train, batch, step_noise,
-                                                jax.tree.map(lambda _: True, train))
+                                                jax.tree.map(lambda _: True, train),
+                                                noise_multiplier)
       grads, _ = clip.update(grads, clip.init(train))
       updates, opt_state = self._optimizer.update(
           alg.correct_grads(grads, client_state, server_state), opt_state, train)
@@ -182,10 +184,13 @@ class FederatedRound:
     old_cs = self._gather_clients(state["client_states"], client_ids)
     round_key = jax.random.fold_in(state["rng"], state["round"])
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(client_ids)
-    train_c = jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0, 0))
+    dp = self.safeguards.example_dp
+    zs = (dp.slot_noise(client_ids) if dp is not None
+          else jnp.zeros(client_ids.shape, jnp.float32))  # each slot's DP-SGD z
+    train_c = jax.vmap(self.client_train, in_axes=(None, None, None, 0, 0, 0, 0, 0))
     run = lambda xs: train_c(base, state["global_lora"], state["server_state"], *xs)
     shards = 1 if self.sharding is None else self.sharding.num_shards
-    trained = in_client_groups(run, (old_cs, batches, keys, noise_keys), shards,
+    trained = in_client_groups(run, (old_cs, batches, keys, noise_keys, zs), shards,
                                self.client_group_size)
     return self.safeguards.attack_updates(trained, state, client_ids, self.num_clients)
 

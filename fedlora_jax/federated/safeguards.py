@@ -96,12 +96,15 @@ class Safeguards:
     return {k: v for k, v in server_state.items() if k != "privacy"}
 
   def local_grads(self, objective: Callable, params: PyTree, batch: dict, noise_key: jax.Array,
-                  trainable: PyTree) -> tuple[PyTree, jax.Array]:
+                  trainable: PyTree, noise_multiplier: jax.Array | None = None
+                  ) -> tuple[PyTree, jax.Array]:
     """(gradient, loss) of one local step; objective(params, batch) -> (value, loss);
-    noise_key: uint32 [2], the hospital's secret key of this step (DP-SGD only)."""
+    noise_key: uint32 [2], the hospital's secret key of this step; noise_multiplier: its z when
+    z is per client (DP-SGD only)."""
     if self.example_dp is None:
       return jax.grad(objective, has_aux=True)(params, batch)
-    return self.example_dp.grads(objective, params, batch, noise_key, trainable)
+    return self.example_dp.grads(objective, params, batch, noise_key, trainable,
+                                 noise_multiplier)
 
   def attack_updates(self, trained: tuple, state: dict, client_ids: jax.Array,
                      num_clients: int) -> tuple:

@@ -30,7 +30,8 @@ from fedlora_jax.ledger.block import (
 from fedlora_jax.ledger.bls import Backend
 from fedlora_jax.ledger.errors import BlockError
 from fedlora_jax.ledger.identity import Identity, check_name
-from fedlora_jax.ledger.rules import applied_weights, describe_weights, rules_problem
+from fedlora_jax.ledger.rules import (applied_weights, describe_weights, noise_multiplier_ok,
+                                      rules_problem)
 
 _COMMON = {"index", "kind", "prev_hash", "server_signature", "block_hash"}
 KEYS = {
@@ -371,7 +372,7 @@ def _privacy(index: int, privacy: Any, state: ChainState) -> None:
   _check(index, _is_number(eps) and eps >= 0, f"malformed privacy epsilon {eps!r}")
   _check(index, _is_number(delta) and 0 < delta < 1, f"malformed privacy delta {delta!r}")
   z, clip = privacy["noise_multiplier"], privacy["clip"]
-  _check(index, _is_number(z) and z >= 0 and _is_number(clip) and clip > 0,
+  _check(index, noise_multiplier_ok(z) and _is_number(clip) and clip > 0,
          "malformed privacy noise multiplier or clip norm")
   _check(index, isinstance(privacy["accountant"], str) and bool(privacy["accountant"]),
          "malformed privacy accountant name")

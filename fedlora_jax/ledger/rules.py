@@ -2,7 +2,9 @@
 
   {"algorithm": "fedavg", "weighting": "num_samples" | "uniform",
    "robust": {"rule", "f", "norm_bound", "gm_nu", "gm_iters"},   # as federated/robust.py applies it
-   "privacy": null | {"unit": "example" | "client", "delta", "noise_multiplier"},
+   "privacy": null | {"unit": "example" | "client", "delta",
+                      "noise_multiplier"},                # z, or each client's z (a list,
+                                                          # privacy.calibration="per_client")
    "clients_per_round": m,                                        # the sample size of a round
    "cosign": "participants" | "none",   # who co-signs each round block (sites mode: none, for now)
    "base_digest": null | hex}   # the frozen base every round trains over, as stored (quantized
@@ -32,7 +34,7 @@ COSIGNERS = ("participants", "none")
 def make_rules(*, algorithm: str, weighting: str = "num_samples", robust_rule: str = "mean",
                robust_f: int = 1, norm_bound: float = 0.0, gm_nu: float = 0.1,
                gm_iters: int = 3, privacy_unit: str | None = None, delta: float = 0.0,
-               noise_multiplier: float = 0.0, clients_per_round: int,
+               noise_multiplier: float | Sequence[float] = 0.0, clients_per_round: int,
                cosign: str = "participants", base_digest: str | None = None) -> dict[str, Any]:
   """A checked rules dict (raises ValueError naming the bad field)."""
   rules = {
@@ -41,7 +43,9 @@ def make_rules(*, algorithm: str, weighting: str = "num_samples", robust_rule: s
                  "gm_nu": float(gm_nu), "gm_iters": int(gm_iters)},
       "privacy": None if privacy_unit is None else {
           "unit": privacy_unit, "delta": float(delta),
-          "noise_multiplier": float(noise_multiplier)},
+          "noise_multiplier": ([float(z) for z in noise_multiplier]
+                               if isinstance(noise_multiplier, (list, tuple))
+                               else float(noise_multiplier))},
       "clients_per_round": int(clients_per_round), "cosign": cosign,
       "base_digest": base_digest,
   }
@@ -53,6 +57,12 @@ def make_rules(*, algorithm: str, weighting: str = "num_samples", robust_rule: s
 
 def _number(value: Any) -> bool:
   return type(value) in (int, float) and math.isfinite(value)
+
+
+def noise_multiplier_ok(value: Any) -> bool:
+  """A noise multiplier as rules and blocks record it: z >= 0, or a non-empty list of them."""
+  zs = value if isinstance(value, list) else [value]
+  return bool(zs) and all(_number(z) and z >= 0 for z in zs)
 
 
 def _count(value: Any) -> bool:
@@ -83,7 +93,7 @@ def rules_problem(rules: Any) -> str | None:
     if privacy["unit"] not in PRIVACY_UNITS:
       return f"unknown privacy unit {privacy['unit']!r}"
     if not (_number(privacy["delta"]) and 0 < privacy["delta"] < 1
-            and _number(privacy["noise_multiplier"]) and privacy["noise_multiplier"] >= 0):
+            and noise_multiplier_ok(privacy["noise_multiplier"])):
       return "privacy delta or noise multiplier out of range"
   if not _count(rules["clients_per_round"]) or rules["clients_per_round"] < 1:
     return "clients_per_round must be a positive integer"

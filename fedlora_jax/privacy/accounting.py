@@ -106,7 +106,8 @@ class ExampleAccountant:
   Attributes:
     names / dataset_sizes: every hospital and its number of training records n_h.
     expected_batch_size / max_batch_size: E[B] and B_max of the Poisson batches.
-    local_steps: K. noise_multiplier: z. delta: the reported delta.
+    local_steps: K. noise_multiplier: z, or each hospital's own z (a list, in `names` order).
+    delta: the reported delta.
     target_epsilon: budget (0: none); `would_exceed` tells whether a round would pass it.
   """
 
@@ -115,13 +116,14 @@ class ExampleAccountant:
   expected_batch_size: float
   max_batch_size: int
   local_steps: int
-  noise_multiplier: float
+  noise_multiplier: float | list[float]
   delta: float
   target_epsilon: float = 0.0
   rounds_taken: list[int] = dataclasses.field(default_factory=list)
-  # (dataset size, rounds) -> epsilon: the budget check before a round, the hook's look-ahead and
-  # the round's record ask for the same values; each PLD composition runs once.
-  _cache: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict, repr=False)
+  # (dataset size, z, rounds) -> epsilon: the budget check before a round, the hook's look-ahead
+  # and the round's record ask for the same values; each PLD composition runs once.
+  _cache: dict[tuple[int, float, int], float] = dataclasses.field(default_factory=dict,
+                                                                  repr=False)
 
   kind = "pld"  # the accountant behind the reported epsilon
 
@@ -129,14 +131,18 @@ class ExampleAccountant:
     if not self.rounds_taken:
       self.rounds_taken = [0] * len(self.names)
 
+  def _z(self, h: int) -> float:
+    z = self.noise_multiplier
+    return float(z[h]) if isinstance(z, (list, tuple)) else float(z)
+
   def _event(self, h: int) -> dpa.DpEvent:
     return example_step_event(self.dataset_sizes[h], self.expected_batch_size,
-                              self.max_batch_size, self.noise_multiplier)
+                              self.max_batch_size, self._z(h))
 
   def epsilons(self, rounds_taken: Sequence[int]) -> dict[str, float]:
     out = {}
-    for h, name in enumerate(self.names):  # hospitals of equal size share a value
-      k = (self.dataset_sizes[h], rounds_taken[h])
+    for h, name in enumerate(self.names):  # hospitals of equal size and z share a value
+      k = (self.dataset_sizes[h], self._z(h), rounds_taken[h])
       if k not in self._cache:
         self._cache[k] = epsilon(self._event(h), rounds_taken[h] * self.local_steps, self.delta)
       out[name] = self._cache[k]
@@ -214,6 +220,16 @@ def calibrate_example(dataset_sizes: Sequence[int], expected_batch_size: float,
   n = min(dataset_sizes)
   return calibrate(lambda z: example_step_event(n, expected_batch_size, max_batch_size, z),
                    steps, target_epsilon, delta)
+
+
+def calibrate_example_per_client(dataset_sizes: Sequence[int], expected_batch_size: float,
+                                 max_batch_size: int, steps: int, target_epsilon: float,
+                                 delta: float) -> list[float]:
+  """Each hospital's own z meeting the target over `steps` local steps (hospitals of one size
+  share theirs): a large hospital, sampled at a low rate, needs less noise than the smallest."""
+  z = {n: calibrate(lambda z, n=n: example_step_event(n, expected_batch_size, max_batch_size, z),
+                    steps, target_epsilon, delta) for n in sorted(set(dataset_sizes))}
+  return [z[n] for n in dataset_sizes]
 
 
 def calibrate_client(rounds: int, target_epsilon: float, delta: float) -> float:

@@ -29,15 +29,25 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class ExampleDP:
-  """DP-SGD settings: noise multiplier z, per-example clip norm C, expected batch size E[B]."""
+  """DP-SGD settings: noise multiplier z (one for every hospital, or a tuple of each client id's
+  own z: `privacy.calibration="per_client"`), per-example clip norm C, expected batch E[B]."""
 
-  noise_multiplier: float
+  noise_multiplier: float | tuple[float, ...]
   clip_norm: float
   expected_batch_size: float
 
   def __post_init__(self):
-    if self.noise_multiplier < 0 or self.clip_norm <= 0 or self.expected_batch_size <= 0:
+    zs = (self.noise_multiplier if isinstance(self.noise_multiplier, tuple)
+          else (self.noise_multiplier,))
+    if not zs or min(zs) < 0 or self.clip_norm <= 0 or self.expected_batch_size <= 0:
       raise ValueError(f"DP-SGD needs z >= 0, C > 0, E[B] > 0: {self}")
+
+  def slot_noise(self, client_ids: jax.Array) -> jax.Array:
+    """[C] float32: the z of each slot's client (a padding slot, id -1, gets the first's)."""
+    if not isinstance(self.noise_multiplier, tuple):
+      return jnp.full(client_ids.shape, self.noise_multiplier, jnp.float32)
+    table = jnp.asarray(self.noise_multiplier, jnp.float32)
+    return table[jnp.clip(client_ids, 0, len(self.noise_multiplier) - 1)]
 
   def clipped_sum(self, objective: Callable, params: PyTree, batch: dict[str, jax.Array],
                   trainable: PyTree) -> tuple[PyTree, jax.Array]:
@@ -56,7 +66,8 @@ class ExampleDP:
     return summed, aux.aux
 
   def grads(self, objective: Callable, params: PyTree, batch: dict[str, jax.Array],
-            noise_key: jax.Array, trainable: PyTree) -> tuple[PyTree, jax.Array]:
+            noise_key: jax.Array, trainable: PyTree,
+            noise_multiplier: jax.Array | None = None) -> tuple[PyTree, jax.Array]:
     """The noised mean clipped gradient and the mean loss over the real rows.
 
     Args:
@@ -64,10 +75,15 @@ class ExampleDP:
       batch: leaves [B, S]; rows with an all-zero `loss_mask` are padding.
       noise_key: uint32 [2], this step's secret noise key (never derived from the config).
       trainable: bool tree like params; frozen leaves get zero gradient and no noise.
+      noise_multiplier: this client's z (a scalar, `slot_noise`); needed when z is per client.
     """
+    if noise_multiplier is None:
+      if isinstance(self.noise_multiplier, tuple):
+        raise ValueError("a per-client noise multiplier needs the client's z")
+      noise_multiplier = self.noise_multiplier
     summed, loss_b = self.clipped_sum(objective, params, batch, trainable)
     privatizer = noise_addition.gaussian_privatizer(
-        stddev=self.noise_multiplier * self.clip_norm,
+        stddev=noise_multiplier * self.clip_norm,
         prng_key=jax.random.wrap_key_data(noise_key))
     noised, _ = privatizer.update(summed, privatizer.init(summed))
     grads = jax.tree.map(lambda n, p, t: (n / self.expected_batch_size).astype(p.dtype) if t

@@ -21,6 +21,9 @@ from fedlora_jax.privacy.dp_fedavg import AdaptiveClipping, ClientDP
 from fedlora_jax.privacy.dp_sgd import ExampleDP
 
 LEVELS = ("none", "example", "client")
+# example level with a target epsilon: one z for every hospital (the smallest binds), or each
+# hospital its own z reaching the same epsilon
+CALIBRATIONS = ("shared", "per_client")
 LEVEL_NAMES = {"example": "example-level (one training record)",
                "client": "client-level (one hospital)"}
 # Refused with client-level DP, and why: per-client state that would leave each client (or be
@@ -46,7 +49,8 @@ class PrivacyPlan:
     safeguards: the round's plug-ins.
     accountant: `ExampleAccountant` / `ClientAccountant`, or None without DP.
     max_batch_size: example level: the fixed rows of Poisson-sampled batches (else None).
-    noise_multiplier: z in use (calibrated when the config gives a target epsilon instead).
+    noise_multiplier: z in use (calibrated when the config gives a target epsilon instead); a
+      list of each client's own z with `privacy.calibration="per_client"`.
     reproducible_noise: research only: noise from the config seed, no guarantee.
     accounting: every value the epsilon depends on (written to privacy.json).
   """
@@ -54,7 +58,7 @@ class PrivacyPlan:
   safeguards: Safeguards
   accountant: A.ExampleAccountant | A.ClientAccountant | None = None
   max_batch_size: int | None = None
-  noise_multiplier: float = 0.0
+  noise_multiplier: float | list[float] = 0.0
   reproducible_noise: bool = False
   accounting: dict = dataclasses.field(default_factory=dict)
 
@@ -80,15 +84,17 @@ def attackers(spec: str, names: Sequence[str]) -> tuple[int, ...]:
   return tuple(sorted(names.index(w) for w in wanted))
 
 
-def _noise(p, calibrate, recorded: dict | None) -> float:
-  """z in use: the configured one, the recorded one (resume), or calibrated for the target."""
+def _noise(p, calibrate, recorded: dict | None) -> float | list[float]:
+  """z in use: the configured one, the recorded one (resume), or calibrated for the target (a
+  list of each client's z when calibrated per client)."""
   if p.noise_multiplier > 0:
     return float(p.noise_multiplier)
   if recorded is not None:  # a resume keeps the z its finished rounds were accounted at
-    return float(recorded["noise_multiplier"])
+    z = recorded["noise_multiplier"]
+    return [float(x) for x in z] if isinstance(z, list) else float(z)
   z = calibrate()
-  logging.info("privacy: noise multiplier %.4f calibrated for epsilon %.3g at delta %.3g", z,
-               p.target_epsilon, p.delta)
+  logging.info("privacy: noise multiplier %s calibrated for epsilon %.3g at delta %.3g",
+               z, p.target_epsilon, p.delta)
   return z
 
 
@@ -103,6 +109,15 @@ def check_privacy_config(cfg) -> None:
                      f"{p.reproducible_noise!r}")
   if p.level != "none" and not 0 < p.delta < 1:
     raise ValueError(f"privacy.delta={p.delta} must be in (0, 1)")
+  calibration = p.get("calibration", "shared")  # configs written before the field existed
+  if calibration not in CALIBRATIONS:
+    raise ValueError(f"unknown privacy.calibration {calibration!r}; known: "
+                     f"{', '.join(CALIBRATIONS)}")
+  if calibration == "per_client" and not (p.level == "example" and p.target_epsilon > 0
+                                            and p.noise_multiplier == 0):
+    raise ValueError("privacy.calibration='per_client' calibrates each hospital's z for "
+                     "privacy.target_epsilon: it needs privacy.level='example', target_epsilon "
+                     "> 0 and noise_multiplier = 0")
   if p.adaptive_clipping and p.level != "client":
     raise ValueError("privacy.adaptive_clipping applies to privacy.level='client' only")
   if p.level == "client" and f.algorithm in CLIENT_DP_REFUSED:
@@ -150,13 +165,17 @@ def privacy_plan(cfg, names: Sequence[str], dataset_sizes: Sequence[int],
   if p.level == "example":
     b, steps = f.batch_size, f.local_steps
     b_max = A.poisson_max_batch(dataset_sizes, b)
-    z = _noise(p, lambda: A.calibrate_example(dataset_sizes, b, b_max, f.rounds * steps,
-                                              p.target_epsilon, p.delta), recorded)
+    per_client = p.get("calibration", "shared") == "per_client"
+    calibrate = A.calibrate_example_per_client if per_client else A.calibrate_example
+    z = _noise(p, lambda: calibrate(dataset_sizes, b, b_max, f.rounds * steps, p.target_epsilon,
+                                    p.delta), recorded)
     plan = PrivacyPlan(
-        Safeguards(example_dp=ExampleDP(z, p.clip_norm, b), robust=robust, attack=attack),
+        Safeguards(example_dp=ExampleDP(tuple(z) if isinstance(z, list) else z, p.clip_norm, b),
+                   robust=robust, attack=attack),
         A.ExampleAccountant(list(names), list(dataset_sizes), b, b_max, steps, z, p.delta,
                             p.target_epsilon), b_max, z, p.reproducible_noise,
-        {**common, "expected_batch_size": b, "max_batch_size": b_max, "local_steps": steps})
+        {**common, "expected_batch_size": b, "max_batch_size": b_max, "local_steps": steps,
+         **({"calibration": "per_client"} if per_client else {})})
   elif p.level == "client":
     z = _noise(p, lambda: A.calibrate_client(f.rounds, p.target_epsilon, p.delta), recorded)
     adaptive = None

@@ -69,7 +69,7 @@ class OpenGate:
     pass
 
 
-def ledger_rules(cfg, noise_multiplier: float, clients_per_round: int,
+def ledger_rules(cfg, noise_multiplier: float | list[float], clients_per_round: int,
                  base_digest: str | None = None) -> dict[str, Any]:
   """The job's rules the genesis block fixes (`ledger.rules`), from the run's config: algorithm,
   weighting, robust rule and its parameters, DP unit / delta / noise multiplier, round size, and

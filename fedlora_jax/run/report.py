@@ -62,6 +62,13 @@ UNITS = {"example": "one training record in a hospital's training data (a patien
 SMALL_FEDERATION = 100  # client level below this many hospitals: say the guarantee is weak
 
 
+def noise_words(z: float | list[float], names: list[str]) -> str:
+  """"noise multiplier 1.2", or each hospital's when calibrated per hospital."""
+  if isinstance(z, list):
+    return "noise multiplier per hospital " + ", ".join(f"{h} {x:.4g}" for h, x in zip(names, z))
+  return f"noise multiplier {z:.4g}"
+
+
 def _privacy_lines(records: list[dict[str, Any]], num_hospitals: int) -> list[str]:
   """The privacy section: epsilon spent, what it protects, and epsilon after every round."""
   spent = [r for r in records if "privacy" in r]
@@ -77,7 +84,7 @@ def _privacy_lines(records: list[dict[str, Any]], num_hospitals: int) -> list[st
               "noise; the epsilon below is what the noise would buy if it were secret.", ""]
   lines += [f"{level.capitalize()}-level differential privacy: **epsilon = {worst:.3g} at delta = "
            f"{last['delta']:.3g}** after round {spent[-1]['round']} (unit protected: "
-           f"{UNITS[level]}; noise multiplier {last['noise_multiplier']:.4g}, clip norm "
+           f"{UNITS[level]}; {noise_words(last['noise_multiplier'], list(eps))}, clip norm "
            f"{last['clip_norm']:.4g}, dp-accounting {last['accountant']} accountant).", ""]
   if level == "example":
     lines += ["Epsilon per hospital: " + ", ".join(f"{h} {e:.3g}" for h, e in eps.items())

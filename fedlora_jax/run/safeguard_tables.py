@@ -12,6 +12,8 @@ run of the same config is read back, never run again. Writes `root/<table>/table
            epsilon (delta 1e-5): accuracy, the calibrated noise multiplier and the largest epsilon
            a hospital reached, mean ± std over seeds (and curve.png); optionally each cell of the
            first seed audited (privacy/audit.py: claimed epsilon next to the one-run lower bound).
+           A method "<algorithm>+per_client" gives each hospital its own z for the same target
+           (`privacy.calibration`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ ATTACK_SPECS: dict[str, tuple[str, float]] = {
 ATTACKS = tuple(ATTACK_SPECS)
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
 PRIVACY_METHODS = ("fedavg", "ffa_lora")
+# a privacy method "<algorithm>+per_client": its DP cells calibrate each hospital's own z
+# (privacy.calibration); its no-DP cell is the algorithm's own run
+PER_CLIENT = "+per_client"
 NO_DP = "no DP"
 CLEAN = "mean/none"  # the attack table's baseline cell: FedAvg without attack
 TABLES = ("attack", "privacy")
@@ -74,18 +79,22 @@ def attack_configs(base, root: str, seed: int, rules: Sequence[str] = RULES,
 
 def privacy_configs(base, root: str, seed: int, methods: Sequence[str] = PRIVACY_METHODS,
                     epsilons: Sequence[float] = EPSILONS) -> dict[str, ml_collections.ConfigDict]:
-  """"method/no DP" and "method/eps e" -> the config of that cell for `seed`."""
+  """"method/no DP" and "method/eps e" -> the config of that cell for `seed`; a method
+  "<algorithm>+per_client" calibrates each hospital's z in its DP cells."""
   out = {}
   for method in methods:
-    out[f"{method}/{NO_DP}"] = _cell_config(base, method, os.path.join(root, "privacy"), seed,
-                                            f"{method}-none", {"privacy.level": "none"})
+    algorithm = method.removesuffix(PER_CLIENT)
+    calibration = "per_client" if method.endswith(PER_CLIENT) else "shared"
+    out[f"{method}/{NO_DP}"] = _cell_config(base, algorithm, os.path.join(root, "privacy"), seed,
+                                            f"{algorithm}-none", {"privacy.level": "none"})
     for eps in epsilons:
       if not eps > 0:
         raise ValueError(f"target epsilon {eps:g} must be > 0")
       out[f"{method}/eps {eps:g}"] = _cell_config(
-          base, method, os.path.join(root, "privacy"), seed, f"{method}-eps{eps:g}",
+          base, algorithm, os.path.join(root, "privacy"), seed, f"{method}-eps{eps:g}",
           {"privacy.level": "example", "privacy.target_epsilon": float(eps),
-           "privacy.noise_multiplier": 0.0, "privacy.delta": 1e-5})
+           "privacy.noise_multiplier": 0.0, "privacy.delta": 1e-5,
+           "privacy.calibration": calibration})
   return out
 
 
@@ -175,7 +184,8 @@ def privacy_data(results: Sequence[Mapping[str, tuple[dict[str, Any], dict[str, 
       row[k], row["std"][k] = _mean_std([s["fairness"][k] for s, _ in seeds])
     privs = [p for _, p in seeds if p]
     if privs:
-      row["noise_multiplier"], _ = _mean_std([p["noise_multiplier"] for p in privs])
+      zs = [p["noise_multiplier"] for p in privs]  # per hospital: the seeds' lists are equal
+      row["noise_multiplier"] = zs[0] if isinstance(zs[0], list) else _mean_std(zs)[0]
       row["epsilon_reached"], _ = _mean_std([max(p["epsilon"].values()) for p in privs])
     if audits and cell in audits:
       row["audit"] = {k: audits[cell][k] for k in ("hospital", "claimed_epsilon",
@@ -192,7 +202,9 @@ def privacy_markdown(data: dict[str, Any]) -> str:
            "|---|---|---|---|---|---|---|" + ("---|" if audited else "")]
   for cell, r in data["rows"].items():
     method, label = cell.split("/")
-    z = f"{r['noise_multiplier']:.3f}" if "noise_multiplier" in r else "-"
+    z = r.get("noise_multiplier", "-")
+    z = (f"{min(z):.3f}-{max(z):.3f}" if isinstance(z, list)
+         else z if isinstance(z, str) else f"{z:.3f}")
     eps = f"{r['epsilon_reached']:.2f}" if "epsilon_reached" in r else "-"
     cells = [f"{100 * r[k]:.1f}" + (f" ± {100 * r['std'][k]:.1f}" if sd else "") for k in METRICS]
     if audited:

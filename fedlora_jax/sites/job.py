@@ -22,6 +22,9 @@ def check_job(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError("privacy.reproducible_noise=True derives DP noise from the config seed "
                      "(no privacy); sites mode refuses it")
   check_privacy_config(cfg)
+  if cfg.privacy.get("calibration", "shared") != "shared":
+    raise ValueError("privacy.calibration='per_client' is simulation and pod only: a hospital "
+                     "checks its z against the genesis rules' single noise multiplier")
   if cfg.attack.kind != "none":
     raise ValueError(f"attack.kind={cfg.attack.kind!r} is a simulation experiment; sites mode "
                      "refuses it")
