@@ -355,3 +355,75 @@ def test_receipt_accepted_by_a_fresh_signer_of_the_same_hospital(tmp_path: Path)
                            server.server_public_key)  # knows no attestation of this round
   with pytest.raises(L.LedgerError, match="did not issue"):
     other.accept_receipt(verdict.receipts[0])
+
+
+def test_a_round_whose_block_was_written_is_replayed_not_recorded_again(tmp_path: Path) -> None:
+  """The server crashed after writing round 1's block: on resume the round's submissions are
+  taken with the block's signed counts (each participant once, nobody else), the block is not
+  written again, and a recomputed global adapter, residual or privacy field that differs from
+  the block's refuses the resume."""
+  server, signers = _parties(tmp_path)
+  atts, _ = _round(server, signers, 1, {"cardiology": 10, "oncology": 20})
+  lines = server.path.read_bytes()
+  server, _ = _parties(tmp_path)  # resumed: the ledger as the crash left it
+  ctx = server.round_context(1)
+  trauma = signers["trauma"].attest(ctx, _digest(2), 30)  # not a participant of the block
+  subs = [(atts[1], _digest(1)), (trauma, _digest(2)), (atts[0], _digest(0)),
+          (atts[0], _digest(0))]
+  admission = server.verify_or_replay(1, subs)
+  assert admission.verdict is None and admission.receipts == ()
+  assert admission.accept.tolist() == [True, False, True, False]
+  assert admission.num_samples.tolist() == [20, 0, 10, 0]
+  block = server.record_or_check(1, admission, _digest(99), "fedavg")
+  assert block == server.recorded_block(1) and server.path.read_bytes() == lines
+  for change, field in (({"global_digest": _digest(98)}, "global_digest"),
+                        ({"residual_digest": _digest(97)}, "residual_digest"),
+                        ({"privacy": {"epsilon": 1.0}}, "privacy")):
+    with pytest.raises(L.LedgerError, match=f"round 1: recomputed {field} differs"):
+      server.record_or_check(1, admission, **{"global_digest": _digest(99),
+                                              "algorithm": "fedavg", **change})
+  assert server.path.read_bytes() == lines
+  _, verdict = _round(server, signers, 2, dict.fromkeys(NAMES, 5))  # then on as usual
+  admission = server.verify_or_replay(3, [])
+  assert admission.recorded is None and admission.verdict.round == 3
+  assert [b["round"] for b in server.ledger.blocks if b["kind"] == "round"] == [1, 2]
+  result = L.verify_ledger(server.path, receipts=tmp_path / "receipts", allow_open=True)
+  assert result.ok and result.receipts == 5, result
+
+
+def test_the_simulation_replays_a_round_recorded_before_a_crash(tmp_path: Path) -> None:
+  """`LedgerGate` (the simulation) after a crash between round 1's block and its checkpoint: a
+  new gate over the same run directory re-runs round 1 with the block's signed counts, returns
+  the same record without a second block, and refuses a global adapter that is not the
+  block's."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  from tests.fed_fixtures import tiny_model  # pylint: disable=import-outside-toplevel
+  cfg = ml_collections.ConfigDict({"backend": "auto", "registry": "", "keystores": "",
+                                   "max_samples_per_client": 0})
+  _, _, lora = tiny_model()
+  local_c = jax.tree.map(lambda x: np.stack([x, x + 1, x + 2]), lora)
+  slots = np.array([0, 1, 2])
+  gate = _gate(tmp_path, cfg, list(NAMES))
+  accept, counts = gate.admit(1, slots, local_c)
+  first = gate.record(1, lora, None)
+  ledger = tmp_path / "ledger.jsonl"
+  written = ledger.read_bytes()
+  for _ in range(2):  # the crash, then the resume: twice, the second after a complete replay
+    gate = _gate(tmp_path, cfg, list(NAMES))
+    again = gate.admit(1, slots, local_c)
+    assert again[0].tolist() == accept.tolist() and again[1].tolist() == counts.tolist()
+    assert gate.record(1, lora, None) == first and ledger.read_bytes() == written
+  gate = _gate(tmp_path, cfg, list(NAMES))
+  gate.admit(1, slots, local_c)
+  other = jax.tree.map(lambda x: x + 1, lora)
+  with pytest.raises(L.LedgerError, match="round 1: recomputed global_digest differs"):
+    gate.record(1, other, None)
+  assert ledger.read_bytes() == written
+  gate.admit(2, slots, local_c)
+  assert gate.record(2, other, None)["block"] == first["block"] + 1
+  gate.close()
+  result = L.verify_ledger(ledger, receipts=tmp_path / "receipts")
+  assert result.ok and result.receipts == 6, result
+  assert [b["round"] for b in L.Ledger.open(ledger).blocks if b["kind"] == "round"] == [1, 2]

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
+from fedlora_jax import ledger as L
 from fedlora_jax.run import experiment
+from fedlora_jax.run.gates import LedgerGate
 from tests.run_fixtures import ROOT, TINY_OVERRIDES, cli_flags, tiny_config
 
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
@@ -69,6 +71,40 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
   assert all(keys[0][n] != keys[1][n] for n in keys[0])
   assert geneses[0]["nonce"] != geneses[1]["nonce"]
   assert summary["ledger"]["genesis_hash"] == geneses[1]["block_hash"]  # kept across the resume
+
+
+class Crash(RuntimeError):
+  pass
+
+
+@pytest.mark.slow  # two tiny runs, ~30 s
+def test_a_crash_between_a_block_and_its_checkpoint_replays_the_round(tmp_path, monkeypatch):
+  """The run dies right after round 1's block is written, before its checkpoint: the resume
+  runs round 1 again, takes the block's signed counts instead of writing a second block (the
+  recomputed global adapter must be the block's), and ends with a ledger that verifies."""
+  workdir, cache = str(tmp_path / "run"), str(tmp_path / "cache")
+  record = LedgerGate.record
+
+  def record_then_crash(self, round_no, *args, **kw):
+    out = record(self, round_no, *args, **kw)
+    if round_no == 1:
+      raise Crash(out)
+    return out
+
+  monkeypatch.setattr(LedgerGate, "record", record_then_crash)
+  with pytest.raises(Crash):
+    experiment.run(tiny_config(workdir, cache))
+  monkeypatch.undo()
+  assert not os.listdir(os.path.join(workdir, "checkpoints"))
+  ledger = os.path.join(workdir, "ledger.jsonl")
+  written = open(ledger, "rb").read()
+  summary = experiment.run(tiny_config(workdir, cache))
+  assert open(ledger, "rb").read().startswith(written)
+  assert [b["round"] for b in L.Ledger.open(ledger).blocks if b["kind"] == "round"] == [1, 2]
+  got = _records(workdir)
+  assert [r["round"] for r in got] == [0, 1, 2]
+  assert summary["ledger"]["valid"] and summary["ledger"]["blocks"] == 4  # genesis, 2, close
+  assert summary["ledger"]["receipts"] == sum(r["ledger"]["accepted"] for r in got[1:])
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):

@@ -200,6 +200,37 @@ def test_receipts_reach_the_nodes_after_a_server_crash(tmp_path, cache_dir, chec
     assert committed == ["committed_000001.npz", "committed_000002.npz"], h
 
 
+@pytest.mark.slow
+def test_a_replayed_round_that_recomputes_another_adapter_is_refused(tmp_path, cache_dir):
+  """The server dies after round 1's block is written, before any checkpoint (every=2). On
+  resume round 1 is replayed from its block, whose signed counts stand in for verifying again;
+  here cardiology's update is not the one it signed, so the global adapter recomputed is not
+  the block's: the resume is refused and the ledger stays as the crash left it."""
+  cfg = sites_config(str(tmp_path), cache_dir, HOSPITALS[:2], **{"checkpoint.every": 2})
+
+  def crash(transport, line):
+    if line.startswith("round   1"):
+      raise ServerCrash(line)
+
+  with pytest.raises(ServerCrash):
+    run_in_process(cfg, after_round=crash)
+  ledger_path = os.path.join(cfg.workdir, "ledger.jsonl")
+  written = open(ledger_path, "rb").read()
+
+  def nudge(kind, h, reply):
+    if kind != "train" or h != HOSPITALS[0]:
+      return reply
+    update = dict(reply["update"])
+    name = sorted(update)[0]
+    update[name] = update[name] + np.float32(1e-3)
+    return {**reply, "update": update}
+
+  with pytest.raises(L.LedgerError, match="round 1: recomputed global_digest differs"):
+    run_in_process(cfg, tamper=nudge)
+  assert open(ledger_path, "rb").read() == written
+  assert L.verify_ledger(ledger_path, allow_open=True).ok
+
+
 def test_base_changes_travel_exactly_and_unknown_weights_are_refused():
   """FedEx-LoRA's folded base: only changed weights travel, and land bit for bit."""
   import ml_dtypes

@@ -16,7 +16,7 @@ from fedlora_jax.ledger import (
 )
 from fedlora_jax.ledger import block as blk
 from fedlora_jax.ledger import chain
-from fedlora_jax.sites.coordinator import missing_reason
+from fedlora_jax.sites.submissions import missing_reason
 from tests.ledger_fixtures import create_ledger
 
 REPO = Path(__file__).resolve().parents[1]

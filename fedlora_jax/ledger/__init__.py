@@ -37,13 +37,13 @@ from fedlora_jax.ledger.provenance import Contributor, Provenance, find_provenan
 from fedlora_jax.ledger.registry import load_registry, registry_line
 from fedlora_jax.ledger.replica import Replica
 from fedlora_jax.ledger.rules import applied_weights, make_rules
-from fedlora_jax.ledger.server import LedgerServer
+from fedlora_jax.ledger.server import Admission, LedgerServer, round_outcome
 from fedlora_jax.ledger.signer import HospitalSigner, enroll, load_issued, load_receipts
 from fedlora_jax.ledger.timing import time_round
 from fedlora_jax.ledger.verify import VerifyResult, verify_ledger
 
 __all__ = [
-    "ACCEPTED", "Attestation", "BACKEND_NAMES", "Backend", "BlockError", "CoSign", "Contributor",
+    "ACCEPTED", "Admission", "Attestation", "BACKEND_NAMES", "Backend", "BlockError", "CoSign", "Contributor",
     "Replica", "applied_weights", "base_residual", "cosign_message", "load_issued", "make_rules",
     "membership_message",
     "HospitalSigner", "Identity", "KeystoreError", "Ledger", "LedgerError", "LedgerServer",
@@ -52,6 +52,6 @@ __all__ = [
     "RoundContext", "RoundVerdict", "VerifyResult", "adapter_file_digest", "attestation_message",
     "backend_available", "block_hash", "enroll", "find_provenance", "get_backend", "identity_id",
     "key_gen", "load_keystore", "load_receipts", "load_registry", "receipt_message",
-    "registry_line", "residual_digest", "server_message", "time_round", "tree_digest",
+    "registry_line", "residual_digest", "round_outcome", "server_message", "time_round", "tree_digest",
     "verify_ledger", "weights_of",
 ]

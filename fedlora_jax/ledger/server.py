@@ -4,15 +4,23 @@ It holds registrations (public keys, PoPs, declared sizes) only, never a hospita
 Aggregation weights come from the signed sample counts of the accepted attestations, under the
 rules the genesis block fixes; the participants' co-signatures of each round block come back
 through `add_cosignatures`.
+
+A round whose block was written before a crash is replayed, in the simulation and the sites
+mode alike: `verify_or_replay` takes the block's participants with their recorded signed counts
+instead of verifying again, and `record_or_check` refuses the resume unless what the round
+recomputed is what the block records.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from fedlora_jax.ledger.attestation import Attestation, Registration, RoundContext
+import numpy as np
+
+from fedlora_jax.ledger.attestation import Attestation, Receipt, Registration, RoundContext
 from fedlora_jax.ledger.bls import Backend, resolve_backend
 from fedlora_jax.ledger.errors import LedgerError
 from fedlora_jax.ledger.identity import Identity
@@ -20,6 +28,33 @@ from fedlora_jax.ledger.ledger import CoSign, Ledger, RoundVerdict
 from fedlora_jax.ledger.signer import enroll
 
 SERVER_NAME = "server"
+
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+  """Which of a round's submissions [S] the aggregation uses, with what signed count.
+
+  Verified now (`verdict`), or replayed (`recorded`: the round's block, written before a crash):
+  then a submission is accepted when its client is one of the block's participants (the first
+  submission of each), with the count the block records.
+  """
+
+  accept: np.ndarray  # [S] bool
+  num_samples: np.ndarray  # [S] int64, 0 where not accepted
+  verdict: RoundVerdict | None = None
+  recorded: dict[str, Any] | None = None
+
+  @property
+  def receipts(self) -> tuple[Receipt, ...]:
+    """[S] the verdict's receipts, () when replayed (`Ledger.receipts_of` issues the block's
+    again)."""
+    return () if self.verdict is None else self.verdict.receipts
+
+
+def round_outcome(block: dict[str, Any]) -> dict[str, Any]:
+  """A round block as a metrics record shows it: accepted count, rejection reasons, index."""
+  return {"accepted": len(block["participants"]),
+          "rejected": [x["reason"] for x in block["rejected"]], "block": block["index"]}
 
 
 class LedgerServer:
@@ -109,6 +144,41 @@ class LedgerServer:
     (client id, reason); `privacy`: the privacy spent so far, DP runs); returns it."""
     return self.ledger.append_round(round, verdict, global_digest, algorithm, residual_digest,
                                     missing=missing, privacy=privacy)
+
+  def verify_or_replay(self, round: int, submissions: Sequence[tuple[Attestation, bytes]]
+                       ) -> Admission:
+    """`verify`, unless the block of `round` is already written (a resume after a crash): then
+    that block's participants are accepted with their recorded signed counts."""
+    block = self.recorded_block(round)
+    if block is None:
+      verdict = self.verify(round, submissions)
+      return Admission(verdict.accept, verdict.num_samples, verdict=verdict)
+    signed = {p["client_id"]: p["num_samples"] for p in block["participants"]}
+    accept, counts = [], []
+    for att, _ in submissions:  # each participant's first submission, with its recorded count
+      accept.append(att.client_id in signed)
+      counts.append(signed.pop(att.client_id, 0))
+    return Admission(np.asarray(accept, bool), np.asarray(counts, np.int64), recorded=block)
+
+  def record_or_check(self, round: int, admission: Admission, global_digest: bytes,
+                      algorithm: str, residual_digest: bytes | None = None,
+                      missing: Sequence[tuple[str, str]] = (),
+                      privacy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`record`s the round's block after a verification; after a replay, checks that the global
+    adapter, the base residual and the privacy spent the round recomputed are what its block
+    records (else LedgerError: the resume is refused) and returns that block."""
+    block = admission.recorded
+    if block is None:
+      return self.record(round, admission.verdict, global_digest, algorithm, residual_digest,
+                         missing=missing, privacy=privacy)
+    recomputed = {"global_digest": global_digest.hex(),
+                  "residual_digest": None if residual_digest is None else residual_digest.hex(),
+                  "privacy": privacy}
+    differ = [k for k, v in recomputed.items() if block[k] != v]
+    if differ:
+      raise LedgerError(f"round {round}: recomputed {', '.join(differ)} differs from the "
+                        "ledger's record (non-deterministic resume?)")
+    return block
 
   def add_cosignatures(self, answers: Sequence[CoSign]) -> dict[str, Any]:
     """The head round block's co-signature from its participants (`Ledger.add_cosignatures`)."""

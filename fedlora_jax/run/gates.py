@@ -188,19 +188,15 @@ class LedgerGate:
     wrong = [s.name for s in self.signers.values() if s.public_key.hex() != registered[s.name]]
     if wrong:
       raise L.LedgerError(f"keystores of {wrong} do not hold the registered keys")
-    self._verdict: L.RoundVerdict | None = None
-    self._recorded: dict[str, Any] | None = None
+    self._admission: L.Admission | None = None  # process 0's, of the round being run
 
   @property
   def head_hash(self) -> str | None:
     return None if self.server is None else self.server.head_hash
 
   def admit(self, round_no, slot_ids, local_c):
-    def context():
-      self._recorded = self.server.recorded_block(round_no)
-      return self.server.round_context(round_no).to_dict()
-
-    ctx = L.RoundContext.from_dict(multihost.on_writer(context))
+    ctx = L.RoundContext.from_dict(multihost.on_writer(
+        lambda: self.server.round_context(round_no).to_dict()))
     mine = []
     for s, update in local_updates(local_c, slot_ids).items():  # each hospital, where it lives
       c = int(slot_ids[s])
@@ -216,20 +212,16 @@ class LedgerGate:
     return np.asarray(decision["accept"], bool), np.asarray(decision["counts"], np.float32)
 
   def _verify(self, round_no: int, num_slots: int, submissions) -> dict[str, Any]:
-    """The server's verdict over [S] slots: accept, signed counts, a receipt per submission."""
+    """The server's decision over [S] slots: accept, signed counts, a receipt per submission
+    (none when the round's block was written before a crash: `LedgerServer.verify_or_replay`)."""
     accept, counts, receipts = [False] * num_slots, [0] * num_slots, {}
-    if self._recorded is not None:  # re-running a round whose block was written before a crash
-      signed = {p["name"]: p["num_samples"] for p in self._recorded["participants"]}
-      by_id = {p["client_id"]: p["name"] for p in self._recorded["participants"]}
-      for s, att, _ in submissions:
-        if att["client_id"] in by_id:
-          accept[s], counts[s] = True, signed[by_id[att["client_id"]]]
-      return {"accept": accept, "counts": counts, "receipts": receipts}
-    self._verdict = self.server.verify(round_no, [
+    self._admission = self.server.verify_or_replay(round_no, [
         (L.Attestation.from_dict(att), bytes.fromhex(d)) for _, att, d in submissions])
-    for (s, _, _), ok, n, receipt in zip(submissions, self._verdict.accept,
-                                         self._verdict.num_samples, self._verdict.receipts):
-      accept[s], counts[s], receipts[s] = bool(ok), int(n), receipt.to_dict()
+    for (s, _, _), ok, n in zip(submissions, self._admission.accept,
+                                self._admission.num_samples):
+      accept[s], counts[s] = bool(ok), int(n)
+    for (s, _, _), receipt in zip(submissions, self._admission.receipts):
+      receipts[s] = receipt.to_dict()
     return {"accept": accept, "counts": counts, "receipts": receipts}
 
   def record(self, round_no, global_lora, base, privacy=None):
@@ -238,17 +230,8 @@ class LedgerGate:
     def append():
       residual = (None if self.original_base is None
                   else L.residual_digest(base_tensors(base), self.original_base))
-      block = self._recorded
-      if block is None:
-        block = self.server.record(round_no, self._verdict, gdigest, self.algorithm, residual,
-                                   privacy=privacy)
-      elif (block["global_digest"] != gdigest.hex()
-            or block["residual_digest"] != (residual and residual.hex())
-            or block["privacy"] != privacy):
-        raise L.LedgerError(f"round {round_no}: recomputed global adapter differs from the "
-                            "ledger's record (non-deterministic resume?)")
-      return {"accepted": len(block["participants"]),
-              "rejected": [x["reason"] for x in block["rejected"]], "block": block["index"]}
+      return L.round_outcome(self.server.record_or_check(
+          round_no, self._admission, gdigest, self.algorithm, residual, privacy=privacy))
     record = multihost.on_writer(append)
     record["refused"] = self._cosign(gdigest)
     return record

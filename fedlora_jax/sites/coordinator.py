@@ -43,10 +43,10 @@ from fedlora_jax.run.hooks import PERSONALISED
 from fedlora_jax.run.privacy_setup import open_privacy, privacy_meter, privacy_summary
 from fedlora_jax.run.setup import expand, load_model, lora_config
 from fedlora_jax.run.workdir import MetricsLog, check_workdir, write_config
-from fedlora_jax.sites import codec, job
+from fedlora_jax.sites import codec, job, submissions
 from fedlora_jax.sites.hospital import LEDGER_MESSAGE
+from fedlora_jax.sites.submissions import Reply, missing_reason
 
-Reply = dict[str, Any]
 Admit = Callable[[Reply], "str | None"]
 
 
@@ -195,98 +195,104 @@ class Coordinator:
 
   def _round(self, transport: Transport, engine: F.FederatedRound, r: int, max_targets: int,
              last: bool) -> dict[str, Any]:
-    cfg, round_no = self.cfg, r + 1
-    t0 = time.time()
+    """Runs round `r` (0-based) with the nodes; returns its metrics record."""
+    round_no, t0 = r + 1, time.time()
     ids = self._participants(r)
-    joined = transport.rejoin({"task": {"evaluate": False}}, min(cfg.sites.round_timeout, 60.0),
-                              self.admit)
+    self._rejoin(transport)
+    replies = self._send(transport, "train", self._train_payloads(ids, round_no, max_targets))
+    t_train = time.time() - t0
+    subs = submissions.collect([self.names[c] for c in ids], replies, self.state["global_lora"])
+    for h, rep in subs.answered.items():
+      self.replica_sizes[h] = int(rep.get("replica_size", 0))
+    admission, accept, counts = self._admit(round_no, ids, subs)
+    m, privacy = self._aggregate(engine, r, ids, subs, accept, counts)
+    block = self._record(round_no, admission, subs, privacy)
+    evaluate = last or round_no % self.cfg.eval.every == 0
+    t_after = time.time()
+    refused, accuracy, after_workers = self._cosign_and_evaluate(
+        transport, round_no if evaluate else None)
+    t_after = time.time() - t_after
+    record = {**self._metrics_record(round_no, ids, subs, m, block, refused, privacy), **accuracy}
+    # each hospital's own time on its messages (its worker's, when the transport reports it):
+    # a message round's time minus its slowest hospital's is the network's
+    record["timing"] = {"train_s": round(t_train, 3), "round_s": round(time.time() - t0, 3),
+                        "worker_s": _worker_seconds(subs.answered),
+                        "after_round_s": round(t_after, 3), "after_round_worker_s": after_workers}
+    record["seconds"] = record["timing"]["round_s"]
+    return record
+
+  def _rejoin(self, transport: Transport) -> None:
+    """Takes in the nodes that connected since the last round (restarted ones)."""
+    joined = transport.rejoin({"task": {"evaluate": False}},
+                              min(self.cfg.sites.round_timeout, 60.0), self.admit)
     self.info.update({h: info for h, info in joined.items() if h in self.names})
+
+  def _train_payloads(self, ids: np.ndarray, round_no: int, max_targets: int
+                      ) -> dict[str, Reply]:
+    """The train message to each sampled hospital whose node is known."""
     context = self.ledger.round_context(round_no).to_dict()
     global_arrays, base_arrays = self._global_arrays(), self._base_arrays()
     server_arrays = codec.tree_arrays(
         self.plan.safeguards.algorithm_server_state(self.state["server_state"]))
-    payloads = {self.names[c]: {
+    return {self.names[c]: {
         "global": global_arrays, "server_state": server_arrays, "base": base_arrays,
         "task": {"round": round_no, "client_id": int(c), "max_target_tokens": max_targets,
                  "context": context, **self._example_dp_task(self.names[c])}}
         for c in ids if self.names[c] in self.info}
-    replies = self._send(transport, "train", payloads)
-    t_train = time.time() - t0
-    answered = {h: rep for h, rep in replies.items() if isinstance(rep, dict)}
-    missing = {self.names[c]: (replies.get(self.names[c]) or "no node connected")
-               for c in ids if self.names[c] not in answered}
-    submissions, updates = [], {}
-    for h, rep in answered.items():
-      self.replica_sizes[h] = int(rep.get("replica_size", 0))
-      try:
-        updates[h] = codec.lora_from_arrays(rep["update"], self.state["global_lora"])
-        # of the bytes received (update and client state), not of what was claimed
-        digest = codec.submission_digest(rep["update"], rep["client_state_old"],
-                                          rep["client_state_new"])
-        attestation = L.Attestation.from_dict(rep.get("attestation"))
-      except (codec.MessageError, L.LedgerError, KeyError, TypeError, ValueError) as e:
-        # recorded as missing: no receipt the node could not settle is queued
-        missing[h] = f"malformed reply: {e}"
-        updates.pop(h, None)
-        continue
-      submissions.append((h, attestation, digest))
-    recorded = self.ledger.recorded_block(round_no)
-    if recorded is None:
-      verdict = self.ledger.verify(round_no, [(att, d) for _, att, d in submissions])
-      signed = {h: int(n) for (h, _, _), ok, n in zip(submissions, verdict.accept,
-                                                     verdict.num_samples) if ok}
-    else:  # re-running a round whose block was written before a crash: its receipts again
-      signed = {p["name"]: p["num_samples"] for p in recorded["participants"]}
-      signed = {h: signed[h] for h, _, _ in submissions if h in signed}
+
+  def _admit(self, round_no: int, ids: np.ndarray, subs: submissions.Submissions
+             ) -> tuple[L.Admission, np.ndarray, np.ndarray]:
+    """(the ledger's admission, [C] accept, [C] signed counts in sampling order): verified, or
+    replayed from the round's block when it was written before a crash."""
+    admission = self.ledger.verify_or_replay(round_no, [(att, d) for _, att, d in subs.signed])
+    signed = {h: int(n) for (h, _, _), ok, n in zip(subs.signed, admission.accept,
+                                                   admission.num_samples) if ok}
     accept = np.asarray([self.names[c] in signed for c in ids])
-    counts = np.asarray([signed.get(self.names[c], 0) for c in ids], np.float32)  # signed counts
-    trained = self._stack(ids, answered, updates)
+    counts = np.asarray([signed.get(self.names[c], 0) for c in ids], np.float32)
+    return admission, accept, counts
+
+  def _aggregate(self, engine: F.FederatedRound, r: int, ids: np.ndarray,
+                 subs: submissions.Submissions, accept: np.ndarray, counts: np.ndarray
+                 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The simulation's server step on the round's stacked updates, in place; (its metrics, the
+    privacy spent so far or None)."""
+    trained = self._stack(ids, subs)
     clip = self.meter and self.meter.clip_in_use(self.state["server_state"])
     self.state, self.base, m = engine.aggregate(self.state, self.base, trained, ids, counts,
                                                 accept, self.dp_keys.server_noise_key(r))
     # every sampled hospital is counted, as in the simulation (one that did not answer too)
     privacy = self.meter and self.meter.after_round([self.names[c] for c in ids], clip)
-    global_digest, residual = L.tree_digest(self._global_arrays()), self._residual_digest()
-    if recorded is None:
-      block = self.ledger.record(round_no, verdict, global_digest, self.algorithm.name, residual,
-                                 missing=[(self.ids[h], missing_reason(e))
-                                          for h, e in missing.items()],
-                                 privacy=ledger_field(privacy))
-      for (h, _, _), receipt in zip(submissions, verdict.receipts):
-        self.receipts.setdefault(h, []).append(receipt.to_dict())
-    elif (recorded["global_digest"] != global_digest.hex()
-          or recorded["residual_digest"] != (residual and residual.hex())
-          or recorded["privacy"] != ledger_field(privacy)):
-      raise L.LedgerError(f"round {round_no}: recomputed global adapter, base residual or "
-                          "privacy spent differs from the ledger's record")
-    else:
-      block = recorded
+    return m, privacy
+
+  def _record(self, round_no: int, admission: L.Admission, subs: submissions.Submissions,
+              privacy: dict[str, Any] | None) -> dict[str, Any]:
+    """The round's block (written now, or the one a replayed round recomputed exactly), with
+    its receipts queued for the hospitals."""
+    block = self.ledger.record_or_check(
+        round_no, admission, L.tree_digest(self._global_arrays()), self.algorithm.name,
+        self._residual_digest(),
+        missing=[(self.ids[h], missing_reason(e)) for h, e in subs.missing.items()],
+        privacy=ledger_field(privacy))
+    for (h, _, _), receipt in zip(subs.signed, admission.receipts):
+      self.receipts.setdefault(h, []).append(receipt.to_dict())
+    if admission.recorded is not None:  # replayed: its receipts again
       self._queue_receipts(round_no)
-    evaluate = last or round_no % cfg.eval.every == 0
-    t_after = time.time()
-    refused, accuracy, after_workers = self._cosign_and_evaluate(
-        transport, round_no if evaluate else None)
-    t_after = time.time() - t_after
-    record: dict[str, Any] = {
+    return block
+
+  def _metrics_record(self, round_no: int, ids: np.ndarray, subs: submissions.Submissions,
+                      m: Mapping[str, Any], block: Mapping[str, Any], refused: dict[str, str],
+                      privacy: dict[str, Any] | None) -> dict[str, Any]:
+    """The round's metrics record, before evaluation and timing."""
+    return {
         "round": round_no, "clients": [self.names[c] for c in ids],
-        "loss": self._losses(ids, answered),
+        "loss": self._losses(ids, subs.answered),
         "valid": np.asarray(m["valid"]).tolist(), "weights": np.asarray(m["weights"]).tolist(),
-        "ledger": {"accepted": len(block["participants"]),
-                   "rejected": [x["reason"] for x in block["rejected"]],
-                   "missing": {h: str(e) for h, e in missing.items()}, "block": block["index"],
-                   "refused": refused},
+        "ledger": {**L.round_outcome(block),
+                   "missing": {h: str(e) for h, e in subs.missing.items()}, "refused": refused},
         # array bytes per hospital: received = the round's message to it, sent = its reply
         "bytes": {h: {"received": int(rep["bytes_received"]), "sent": int(rep["reply_bytes"])}
-                  for h, rep in answered.items()}, **self._refused(),
+                  for h, rep in subs.answered.items()}, **self._refused(),
         **({"privacy": privacy} if privacy else {})}
-    record.update(accuracy)
-    # each hospital's own time on its messages (its worker's, when the transport reports it):
-    # a message round's time minus its slowest hospital's is the network's
-    record["timing"] = {"train_s": round(t_train, 3), "round_s": round(time.time() - t0, 3),
-                        "worker_s": _worker_seconds(answered),
-                        "after_round_s": round(t_after, 3), "after_round_worker_s": after_workers}
-    record["seconds"] = record["timing"]["round_s"]
-    return record
 
   def _example_dp_task(self, h: str) -> dict[str, Any]:
     """What a train message adds for DP-SGD ({} otherwise): the plan the hospital runs (z, the
@@ -311,7 +317,7 @@ class Coordinator:
     known = [x for x in losses if x is not None]
     return [round(float(np.mean(known)), 5)] if known else []
 
-  def _stack(self, ids, answered: Mapping[str, Reply], updates: Mapping[str, Any]):
+  def _stack(self, ids, subs: submissions.Submissions):
     """(local_c, new client states, losses [C, K]) of the round in sampling order; a hospital
     without a usable reply contributes the global adapter and its old state (weight 0)."""
     g, k = self.state["global_lora"], self.cfg.fed.local_steps
@@ -320,10 +326,10 @@ class Coordinator:
     for c in ids:
       h = self.names[c]
       old = jax.tree.map(lambda x: x[c], self.state["client_states"])
-      if h in updates:
-        rep = answered[h]
+      if h in subs.updates:
+        rep = subs.answered[h]
         old = codec.tree_from_arrays(rep["client_state_old"], like, f"{h} client state")
-        locals_.append(updates[h])
+        locals_.append(subs.updates[h])
         news.append(codec.tree_from_arrays(rep["client_state_new"], like, f"{h} client state"))
         # DP-SGD: the hospital reports no loss (zeros: only finiteness is used here)
         losses.append(np.asarray(rep["loss"] or np.zeros(k), np.float32).reshape(k))
@@ -494,19 +500,6 @@ class Coordinator:
       json.dump(summary, f, indent=1)
     report.write_report(workdir, summary)
     return summary
-
-
-MISSING_PREFIXES = {"no node connected": "not_connected", "node unavailable": "unavailable",
-                    "no reply within": "timeout", "node error": "node_error",
-                    "malformed reply": "malformed_reply"}
-
-
-def missing_reason(error: str) -> str:
-  """The ledger's reason (`ledger.MISSING_REASONS`) for a hospital's one-line transport error."""
-  for prefix, reason in MISSING_PREFIXES.items():
-    if str(error).startswith(prefix):
-      return reason
-  return "node_error"
 
 
 def _worker_seconds(replies: Mapping[str, Any]) -> dict[str, float]:
