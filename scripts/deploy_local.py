@@ -29,7 +29,10 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from fedlora_jax.run.cli import run_cli
   from fedlora_jax.sites.deploy import deploy
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
+  # SIGTERM cleans up like Ctrl-C; and Ctrl-C does, even when a shell started this in the
+  # background (asynchronous commands inherit SIGINT ignored)
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, signal.default_int_handler)
   try:
     return run_cli(lambda: deploy(_CONFIG.value))
   except KeyboardInterrupt:  # every Flower process group was ended on the way out
