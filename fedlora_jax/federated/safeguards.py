@@ -83,6 +83,11 @@ class Safeguards:
                        f" / norm bound {self.robust.norm_bound}: DP-FedAvg clips and averages "
                        "itself")
 
+  @property
+  def releases_when_empty(self) -> bool:
+    """A round's aggregate is released even when no client is valid (Poisson DP-FedAvg)."""
+    return self.client_dp is not None and self.client_dp.releases_when_empty
+
   def init_server_state(self, server_state: PyTree) -> PyTree:
     if self.client_dp is None:
       return server_state

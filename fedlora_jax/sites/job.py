@@ -22,6 +22,13 @@ def check_job(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError("privacy.reproducible_noise=True derives DP noise from the config seed "
                      "(no privacy); sites mode refuses it")
   check_privacy_config(cfg)
+  if cfg.privacy.get("client_sampling_rate", 0.0):
+    raise ValueError(f"privacy.client_sampling_rate={cfg.privacy.client_sampling_rate}: sites mode "
+                     "samples clients in the open (every node sees who is asked), so Poisson "
+                     "sampling's amplification cannot hold there; refused")
+  if cfg.data.get("clinics", 0):
+    raise ValueError(f"data.clinics={cfg.data.clinics} simulates many clients; a site is a real "
+                     "hospital (sites mode refuses it)")
   if cfg.attack.kind != "none":
     raise ValueError(f"attack.kind={cfg.attack.kind!r} is a simulation experiment; sites mode "
                      "refuses it")
