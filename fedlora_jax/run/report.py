@@ -81,8 +81,11 @@ def _privacy_lines(records: list[dict[str, Any]], num_hospitals: int) -> list[st
            f"{last['clip_norm']:.4g}, dp-accounting {last['accountant']} accountant).", ""]
   if "epsilon_participants_known" in last:
     known = max(last["epsilon_participants_known"].values())
-    lines += [f"That epsilon is {last['amplification']}: **epsilon = {known:.3g}** against a "
-              "reader of the round participants.", ""]
+    lines += ["That epsilon credits amplification by Poisson client sampling (drawn with the "
+              "server's secret): it holds against whoever sees only the released adapters. "
+              "metrics.jsonl and the ledger publish each round's participants; against their "
+              f"readers a client has **epsilon = {known:.3g}** (the rounds it took part in, "
+              "unamplified).", ""]
   if level == "example":
     lines += ["Epsilon per hospital: " + ", ".join(f"{h} {e:.3g}" for h, e in eps.items())
               + " (the largest is the run's guarantee; the ledger block records it).", ""]
