@@ -42,7 +42,7 @@ def test_round_cost_skips_the_compiling_round():
              _record(4, 30, 3000, 4.0, 9.0)]
   cost = round_cost(records)
   assert cost == {"clients": 20.0, "slots": 40.0, "s_per_round": 5.0,
-                  "tokens_per_s": pytest.approx(6000 / 10.0)}
+                  "tokens_per_s": pytest.approx(6000 / 17.0)}
 
 
 def _summary(mean, eps=None, known=None):
@@ -67,5 +67,5 @@ def test_data_and_markdown():
   assert data["rows"][HOSPITALS]["cost"]["expected_clients"] == 6
   md = client_dp_markdown(data)
   assert "| clinics | eps 1 | 1.500 | 1.00 | 25.0 (max 30.0) | 30.0 ± 0.0 |" in md
-  assert "| hospitals | no DP | 6.0 | 6.0 | 40 | 1.50 | 600 |" in md
+  assert "| hospitals | no DP | 6.0 | 6.0 | 40 | 1.50 | 400 |" in md
   assert np.isfinite(data["rows"][HOSPITALS]["gap_pp"]["mean"])

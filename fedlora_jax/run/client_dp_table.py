@@ -16,7 +16,7 @@ harmonic-mean accuracy over the hospitals' test sets, the gap against clinics/no
 paired bootstrap 95% interval, the noise multiplier and both epsilons (amplified: against a
 reader of the adapters only; participants known: against a reader of metrics or the ledger); and
 per cell the round's cost: expected and realized clients, slots, seconds per round and trained
-tokens per second (rounds after the first, which compiles).
+(real, unpadded) tokens per second of round wall time (rounds after the first, which compiles).
 """
 
 from __future__ import annotations
@@ -77,15 +77,16 @@ def _records(workdir: str) -> list[dict[str, Any]]:
 def round_cost(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
   """The round's cost from a run's metrics records, rounds after the first (which compiles):
   realized clients per round, slots, median seconds per round, trained tokens per second (real
-  tokens over the rounds' training-and-gate time)."""
+  tokens over the rounds' wall time: `round_s` ends with the metrics' device-to-host copy, so it
+  holds the round's compute; `train_and_gate_s` may only hold its dispatch)."""
   rounds = [r for r in records if r["round"] >= 2 and "tokens" in r]
   if not rounds:
     raise ValueError("no round after the first records its tokens (a run before the cost fields)")
-  train_s = sum(r["timing"]["train_and_gate_s"] for r in rounds)
+  round_s = [r["timing"]["round_s"] for r in rounds]
   return {"clients": float(np.mean([len(r["clients"]) for r in rounds])),
           "slots": float(np.mean([r["slots"] for r in rounds])),
-          "s_per_round": float(np.median([r["timing"]["round_s"] for r in rounds])),
-          "tokens_per_s": float(sum(r["tokens"] for r in rounds) / train_s)}
+          "s_per_round": float(np.median(round_s)),
+          "tokens_per_s": float(sum(r["tokens"] for r in rounds) / sum(round_s))}
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
