@@ -33,8 +33,10 @@ from fedlora_jax.run.dp_keys import FEDAVG_SAMPLING, DpKeys
 from fedlora_jax.run.loop import POISSON_STREAM
 from fedlora_jax.run.setup import SetupError, check_clinic_config
 from fedlora_jax.sites.job import check_job
-from tests.run_fixtures import DEFAULT, tiny_config
+from fedlora_jax.federated.safeguards import Safeguards
 from fedlora_jax.run.configs import load_config_file
+from tests.fed_fixtures import client_batches, tiny_model
+from tests.run_fixtures import DEFAULT, tiny_config
 
 KEY = np.asarray([3, 5], np.uint32)
 
@@ -116,6 +118,27 @@ def test_an_empty_sample_releases_noise_of_std_z_c_over_q_n():
   mean, _ = dp.aggregate(x, jnp.zeros(3, bool), dp.init_state(), KEY)
   np.testing.assert_allclose(float(np.asarray(mean).std()), 1.2 * 0.5 / 4.0, rtol=0.03)
   assert dp.releases_when_empty and not ClientDP(1.2, 0.5, 4).releases_when_empty
+
+
+def test_the_engine_runs_an_empty_poisson_round_and_releases_its_noise():
+  graphdef, base, lora = tiny_model()
+  alg, tr = F.make_algorithm("fedavg"), F.LocalTraining(local_steps=1)
+  poisson = Safeguards(client_dp=ClientDP(1.0, 1.0, 2.0, sampling_rate=0.5))
+  fr = F.FederatedRound(graphdef, alg, tr, 3, safeguards=poisson)
+  state = F.init_state(alg, lora, 3, 0, poisson)
+  before = jax.tree.map(np.asarray, state["global_lora"])
+  state, _, m = fr(state, base, client_batches(3, 1), [PAD] * 3, np.zeros(3), server_noise_key=KEY)
+  assert bool(m["aggregated"]) and not np.asarray(m["valid"]).any()
+  diff = np.concatenate([(np.asarray(a) - b).ravel()
+                         for a, b in zip(jax.tree.leaves(state["global_lora"]),
+                                         jax.tree.leaves(before))])
+  assert stats.chi2.sf((diff ** 2).sum() / 0.5 ** 2, diff.size) > 1e-3  # N(0, (z C / q N)^2)
+  assert stats.chi2.cdf((diff ** 2).sum() / 0.5 ** 2, diff.size) > 1e-3
+  fixed = Safeguards(client_dp=ClientDP(1.0, 1.0, 3))
+  with pytest.raises(ValueError, match="at least one participating client"):
+    F.FederatedRound(graphdef, alg, tr, 3, safeguards=fixed)(
+        F.init_state(alg, lora, 3, 0, fixed), base, client_batches(3, 1), [PAD] * 3,
+        np.zeros(3), server_noise_key=KEY)
 
 
 # ------------------------------------------------------------------------------ accounting

@@ -306,7 +306,8 @@ class FederatedRound:
     real = client_ids[client_ids != PAD]
     if len(real) == 0 and not self.safeguards.releases_when_empty:
       raise ValueError("a round needs at least one participating client")
-    if len(real) and len(set(real.tolist())) != len(real) or real.min() < 0 or real.max() >= self.num_clients:
+    if len(real) and (len(set(real.tolist())) != len(real) or real.min() < 0
+                      or real.max() >= self.num_clients):
       raise ValueError(f"client ids must be distinct and in [0, {self.num_clients}) (or {PAD} "
                        f"for a padding slot): {client_ids}")
     shapes = {k: tuple(np.shape(batches[k])) for k in BATCH_KEYS}
