@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # the tiny base leaves out the codes of the benchmark at this scale (so it changes with k)
   c.data.scale = 1
   c.data.hospitals = ()  # only these hospitals (names); empty: all of them
+  # icd10: > 0 deals each hospital's training records into data.clinics / hospitals clinics (the
+  # clients; same case mix as their hospital); tests stay per hospital. 0: the hospitals
+  c.data.clinics = 0
   c.data.extra_train = ""  # JSON lines of questions (+ "hospital") added to training (audits)
 
   c.fed = ml_collections.ConfigDict()
@@ -117,6 +120,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.privacy.target_quantile = 0.5  # adaptive clipping: quantile of update norms C tracks
   c.privacy.clip_lr = 0.2  # adaptive clipping: geometric step eta
   c.privacy.count_noise = 0.0  # adaptive clipping: std of the clipped-count noise; 0: m / 20
+  # > 0: each client takes part in a round independently with this probability q (Poisson, drawn
+  # with the server's secret at client level), in a fixed number of slots; DP-FedAvg divides by
+  # q N and the accountant credits amplification (privacy/accounting.py says against whom).
+  # Excludes fed.clients_per_round. Level "none": the same sampling from the config seed.
+  c.privacy.client_sampling_rate = 0.0
   # Research only: DP noise and sampling from the config seed, so runs replay bit for bit. Such a
   # run has NO privacy guarantee (anyone with config.json can subtract the noise) and says so in
   # metrics, the ledger, summary and report; sites mode refuses it. Off: each party's secret.

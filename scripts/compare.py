@@ -10,6 +10,9 @@ intervals for the gaps).
     python scripts/compare.py --table=privacy --root=runs/safeguards --seeds=0,1,2 \
         [--methods=fedavg,ffa_lora --epsilons=1,2,4,8]     # LoRA vs FFA-LoRA under DP-SGD
         [--audit_canaries=100 --audit_hospital=clinic]    # + a one-run audit of each cell
+    python scripts/compare.py --table=client_dp --root=runs/client_dp --seeds=0,1,2 \
+        --config.data.clinics=300 --config.privacy.client_sampling_rate=0.05 \
+        [--epsilons=1,2,4,8]   # client-level DP over many clinics, and the round's cost
 """
 
 from __future__ import annotations
@@ -25,20 +28,21 @@ _VARIANTS = flags.DEFINE_list(
                  "centralized"], "Methods to compare (see fedlora_jax.run.compare.VARIANTS).")
 _SEEDS = flags.DEFINE_list("seeds", [], "Seeds to run every method with (default: config.seed).")
 _DRAWS = flags.DEFINE_integer("bootstrap_draws", 2000, "Paired bootstrap resamples.")
-_TABLE = flags.DEFINE_enum("table", "methods", ["methods", "attack", "privacy"],
-                           "methods: the comparison above; attack / privacy: robustness under "
-                           "attack and the privacy-utility table.")
+_TABLE = flags.DEFINE_enum("table", "methods", ["methods", "attack", "privacy", "client_dp"],
+                           "methods: the comparison above; attack / privacy / client_dp: "
+                           "robustness under attack, the example-level and the client-level "
+                           "privacy-utility tables.")
 _RULES = flags.DEFINE_list("rules", None, "--table=attack: the aggregation rules (default: all).")
 _ATTACKS = flags.DEFINE_list("attacks", None, "--table=attack: the attacks, 'none' for clean "
                              "(default: all).")
 _METHODS = flags.DEFINE_list("methods", None, "--table=privacy: the methods (default: fedavg, "
                              "ffa_lora); 'fedavg+per_client': each hospital's own z.")
-_EPSILONS = flags.DEFINE_list("epsilons", None, "--table=privacy: the target epsilons besides "
-                              "no DP (default: 1, 2, 4, 8).")
+_EPSILONS = flags.DEFINE_list("epsilons", None, "--table=privacy/client_dp: the target epsilons "
+                              "besides no DP (default: 1, 2, 4, 8).")
 _AUDIT_CANARIES = flags.DEFINE_integer("audit_canaries", 0, "--table=privacy: audit every cell "
                                        "of the first seed with this many canaries (0: no audit).")
-_FINISHED_ONLY = flags.DEFINE_bool("finished_only", False, "--table=attack/privacy: run nothing; "
-                                   "tabulate the seeds whose every cell has finished.")
+_FINISHED_ONLY = flags.DEFINE_bool("finished_only", False, "--table=attack/privacy/client_dp: run "
+                                   "nothing; tabulate the seeds whose every cell has finished.")
 _AUDIT_HOSPITAL = flags.DEFINE_string("audit_hospital", "", "--table=privacy: the hospital "
                                       "holding the canaries (default: the run's first).")
 
@@ -53,6 +57,11 @@ def main(argv: list[str]) -> int:
     epsilons = [float(e) for e in _EPSILONS.value or ()]
   except ValueError as e:
     raise app.UsageError(f"--seeds must be integers and --epsilons numbers: {e}") from e
+  if _TABLE.value == "client_dp":
+    from fedlora_jax.run.client_dp_table import EPSILONS, client_dp_table
+    return run_cli(lambda: print(client_dp_table(
+        _CONFIG.value, _ROOT.value, seeds, epsilons=epsilons or EPSILONS, draws=_DRAWS.value,
+        finished_only=_FINISHED_ONLY.value)))
   if _TABLE.value != "methods":
     from fedlora_jax.run import safeguard_tables as T
     grid = {"rules": _RULES.value or T.RULES, "attacks": _ATTACKS.value or T.ATTACKS,

@@ -59,15 +59,18 @@ class ClientPlacement:
   def rows_of(self, process: int) -> list[int]:
     return [i for i, p in enumerate(self.row_process) if p == process]
 
-  def slot_ids(self, client_ids: Sequence[int]) -> np.ndarray:
+  def slot_ids(self, client_ids: Sequence[int], capacity: int = 0) -> np.ndarray:
     """[S] int32 slot layout of a round of `client_ids` (sorted within each process; PAD rest).
 
-    S = R * per_row with per_row the fewest slots per row that hold every process's clients.
+    S = R * per_row with per_row the fewest slots per row that hold every process's clients, or
+    with `capacity` > 0 the fewest that hold any `capacity` clients wherever they live (a
+    Poisson-sampled round: its shape, hence its compilation, never depends on the sample).
     """
     by_process: dict[int, list[int]] = {p: [] for p in set(self.row_process)}
     for c in client_ids:
       by_process[self.home[int(c)]].append(int(c))
-    per_row = max(-(-len(cs) // len(self.rows_of(p))) for p, cs in by_process.items())
+    need = {p: max(len(cs), capacity) for p, cs in by_process.items()}
+    per_row = max(-(-need[p] // len(self.rows_of(p))) for p in by_process)
     per_row = max(per_row, 1)
     slots = np.full(self.num_rows * per_row, PAD, np.int32)
     for p, cs in by_process.items():

@@ -215,8 +215,10 @@ class FederatedRound:
         global_lora=g, server_state=ss, local_c=local_c, weights_c=weights, valid_c=valid,
         old_client_state_c=old_cs, new_client_state_c=new_cs, base=base,
         num_clients=self.num_clients), state, server_noise_key)
-    # No valid client, or too few for the robust rule: the round changes nothing (recorded).
-    aggregated = jnp.any(valid) & self.safeguards.robust.enough(valid)
+    # No valid client, or too few for the robust rule: the round changes nothing (recorded),
+    # except under Poisson-sampled DP-FedAvg, whose noise is released whatever the sample.
+    aggregated = (jnp.any(valid) & self.safeguards.robust.enough(valid)
+                  | self.safeguards.releases_when_empty)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(aggregated, a, b), new, old)
     new_state = {
         "round": state["round"] + 1,
@@ -307,9 +309,10 @@ class FederatedRound:
       raise ValueError(f"batches lack {missing}")
     c = len(client_ids)
     real = client_ids[client_ids != PAD]
-    if len(real) == 0:
+    if len(real) == 0 and not self.safeguards.releases_when_empty:
       raise ValueError("a round needs at least one participating client")
-    if len(set(real.tolist())) != len(real) or real.min() < 0 or real.max() >= self.num_clients:
+    if len(real) and (len(set(real.tolist())) != len(real) or real.min() < 0
+                      or real.max() >= self.num_clients):
       raise ValueError(f"client ids must be distinct and in [0, {self.num_clients}) (or {PAD} "
                        f"for a padding slot): {client_ids}")
     shapes = {k: tuple(np.shape(batches[k])) for k in BATCH_KEYS}

@@ -83,6 +83,11 @@ class Safeguards:
                        f" / norm bound {self.robust.norm_bound}: DP-FedAvg clips and averages "
                        "itself")
 
+  @property
+  def releases_when_empty(self) -> bool:
+    """A round's aggregate is released even when no client is valid (Poisson DP-FedAvg)."""
+    return self.client_dp is not None and self.client_dp.releases_when_empty
+
   def init_server_state(self, server_state: PyTree) -> PyTree:
     if self.client_dp is None:
       return server_state
@@ -140,8 +145,11 @@ class Safeguards:
     merged = jax.tree.map(lambda g, u: g + u, inp.global_lora, unflatten(mean_d))
     c = inp.valid_c.shape[0]
     local_c = jax.tree.map(lambda x: jnp.broadcast_to(x, (c,) + x.shape), merged)
+    # Every row is the aggregate: DP-FedAvg's weights need not follow the valid clients (a
+    # Poisson round with none still releases its noise); a robust rule keeps them.
+    weights_c = jnp.full((c,), 1.0 / c) if self.client_dp is not None else inp.weights_c
     new_g, new_ss, base = algorithm.server_update(
-        inp._replace(server_state=server_state, local_c=local_c))
+        inp._replace(server_state=server_state, local_c=local_c, weights_c=weights_c))
     if self.client_dp is not None:
       new_ss = {**new_ss, "privacy": privacy}
     return new_g, new_ss, base

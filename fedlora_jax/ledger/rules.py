@@ -3,15 +3,17 @@
   {"algorithm": "fedavg", "weighting": "num_samples" | "uniform",
    "robust": {"rule", "f", "norm_bound", "gm_nu", "gm_iters"},   # as federated/robust.py applies it
    "privacy": null | {"unit": "example" | "client", "delta",
-                      "noise_multiplier"},                # z, or each client's z (a list,
-                                                          # privacy.calibration="per_client")
-   "clients_per_round": m,                                        # the sample size of a round
+                      "noise_multiplier"                 # z, or each client's z (a list,
+                                                         # privacy.calibration="per_client")
+                      [, "expected_clients": q N]},   # client level, Poisson client sampling
+   "clients_per_round": m,           # the sample size of a round (Poisson: its cap, the slots)
    "cosign": "participants" | "none",   # who co-signs each round block (sites mode: none, for now)
    "base_digest": null | hex}   # the frozen base every round trains over, as stored (quantized
                                 # or not): `tree_digest` of its HF-named tensors (run.gates)
 
 The weights a block records are the ones the aggregation applies under these rules
-(`applied_weights`): client-level DP-FedAvg gives every accepted client 1/m of its clipped update,
+(`applied_weights`): client-level DP-FedAvg gives every accepted client 1/m of its clipped update
+(1/(q N) under Poisson client sampling, whatever the round's realized count),
 a robust rule other than the mean has no per-client weight (null), otherwise the signed counts
 normalised by `weighting`.
 """
@@ -28,6 +30,7 @@ RULE_KEYS = {"algorithm", "weighting", "robust", "privacy", "clients_per_round",
 ROBUST_KEYS = {"rule", "f", "norm_bound", "gm_nu", "gm_iters"}
 ROBUST_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median")
 PRIVACY_RULE_KEYS = {"unit", "delta", "noise_multiplier"}
+POISSON_RULE_KEY = "expected_clients"  # client level with Poisson client sampling only
 COSIGNERS = ("participants", "none")
 
 
@@ -35,7 +38,8 @@ def make_rules(*, algorithm: str, weighting: str = "num_samples", robust_rule: s
                robust_f: int = 1, norm_bound: float = 0.0, gm_nu: float = 0.1,
                gm_iters: int = 3, privacy_unit: str | None = None, delta: float = 0.0,
                noise_multiplier: float | Sequence[float] = 0.0, clients_per_round: int,
-               cosign: str = "participants", base_digest: str | None = None) -> dict[str, Any]:
+               expected_clients: float | None = None, cosign: str = "participants",
+               base_digest: str | None = None) -> dict[str, Any]:
   """A checked rules dict (raises ValueError naming the bad field)."""
   rules = {
       "algorithm": algorithm, "weighting": weighting,
@@ -45,7 +49,8 @@ def make_rules(*, algorithm: str, weighting: str = "num_samples", robust_rule: s
           "unit": privacy_unit, "delta": float(delta),
           "noise_multiplier": ([float(z) for z in noise_multiplier]
                                if isinstance(noise_multiplier, (list, tuple))
-                               else float(noise_multiplier))},
+                               else float(noise_multiplier)),
+          **({} if expected_clients is None else {POISSON_RULE_KEY: float(expected_clients)})},
       "clients_per_round": int(clients_per_round), "cosign": cosign,
       "base_digest": base_digest,
   }
@@ -88,8 +93,13 @@ def rules_problem(rules: Any) -> str | None:
     return "robust rule parameters out of range"
   privacy = rules["privacy"]
   if privacy is not None:
-    if not isinstance(privacy, dict) or set(privacy) != PRIVACY_RULE_KEYS:
+    if not isinstance(privacy, dict) or set(privacy) - {POISSON_RULE_KEY} != PRIVACY_RULE_KEYS:
       return f"malformed privacy rule (keys: {sorted(PRIVACY_RULE_KEYS)})"
+    if POISSON_RULE_KEY in privacy and not (
+        privacy["unit"] == "client" and _number(privacy[POISSON_RULE_KEY])
+        and _count(rules["clients_per_round"])
+        and 0 < privacy[POISSON_RULE_KEY] <= rules["clients_per_round"]):
+      return "expected_clients must be a client-level number in (0, clients_per_round]"
     if privacy["unit"] not in PRIVACY_UNITS:
       return f"unknown privacy unit {privacy['unit']!r}"
     if not (_number(privacy["delta"]) and 0 < privacy["delta"] < 1
@@ -110,7 +120,7 @@ def applied_weights(num_samples: Sequence[int], rules: Mapping[str, Any]) -> lis
   """The weight the aggregation gives each accepted client's update, in order (see module doc)."""
   privacy = rules["privacy"]
   if privacy is not None and privacy["unit"] == "client":
-    return [1.0 / rules["clients_per_round"] for _ in num_samples]
+    return [1.0 / _divisor(rules) for _ in num_samples]
   if rules["robust"]["rule"] != "mean":
     return [None for _ in num_samples]
   return list(weights_of(num_samples, rules["weighting"]))
@@ -120,7 +130,12 @@ def describe_weights(rules: Mapping[str, Any]) -> str:
   """How `applied_weights` weighs, in words (for error messages)."""
   privacy = rules["privacy"]
   if privacy is not None and privacy["unit"] == "client":
-    return f"DP-FedAvg 1/{rules['clients_per_round']}"
+    return f"DP-FedAvg 1/{_divisor(rules):g}"
   if rules["robust"]["rule"] != "mean":
     return f"{rules['robust']['rule']} (no per-client weight)"
   return rules["weighting"]
+
+
+def _divisor(rules: Mapping[str, Any]) -> float:
+  """DP-FedAvg's fixed divisor: q N under Poisson client sampling, else the round size m."""
+  return rules["privacy"].get(POISSON_RULE_KEY, rules["clients_per_round"])

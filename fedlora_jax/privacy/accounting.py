@@ -6,10 +6,18 @@ Events match the sampling the code actually does:
                  batch: one `TruncatedSubsampledGaussianDpEvent(n_h, q_h, B_max, z)` per step,
                  composed over K steps x the rounds h took part in. Epsilon per hospital
                  (add/remove one training record).
-  client level   `GaussianDpEvent(z)` per round a client takes part in (add/remove one client),
-                 composed over the rounds it took part in; the federation's epsilon is the largest.
-                 No amplification by client subsampling is credited: the round's participants
-                 are published (ledger, metrics), so the sample is not secret.
+  client level   fixed-m sampling from the config seed: `GaussianDpEvent(z)` per round a client
+                 takes part in (add/remove one client), composed over the rounds it took part
+                 in; the federation's epsilon is the largest. No amplification is credited: the
+                 sample is public (seed, ledger, metrics).
+                 Poisson client sampling (`privacy.client_sampling_rate` q, drawn with the
+                 server's secret, truncated to the fixed m_max slots): one
+                 `TruncatedSubsampledGaussianDpEvent(N, q, m_max, z)` per round run, composed
+                 over the rounds -- the amplified epsilon, which holds against whoever sees only
+                 the released adapters. The ledger and metrics.jsonl publish each round's
+                 participants, which voids amplification for their readers: against them a
+                 client has the unamplified epsilon of the rounds it took part in (reported
+                 beside it). The budget (`target_epsilon`, calibration) is the amplified one.
 The run loop calls `would_exceed(ids)` before a round (it never starts one that passes the
 budget) and `after_round(ids)` once it has finished.
 """
@@ -29,8 +37,16 @@ PLD_DISCRETIZATION = 1e-3  # PLD value discretization (the default 1e-4 is 7x sl
 MIN_NOISE = 0.3  # calibration's lower end: below it subsampled PLDs take gigabytes (and eps > 50)
 
 
+OVERFLOW = 1e-6  # the probability that a Poisson draw exceeds its fixed cap
+
+
+def binomial_cap(n: int, q: float, overflow: float = OVERFLOW) -> int:
+  """The smallest cap a Binomial(n, q) draw exceeds with probability <= `overflow`."""
+  return int(stats.binom.isf(overflow, n, q))
+
+
 def poisson_max_batch(dataset_sizes: Sequence[int], expected_batch_size: int,
-                      overflow: float = 1e-6) -> int:
+                      overflow: float = OVERFLOW) -> int:
   """B_max: the fixed batch rows, so a Poisson draw exceeds it with probability <= `overflow`.
 
   The truncation is accounted for exactly; B_max only trades memory for a tighter epsilon.
@@ -40,7 +56,14 @@ def poisson_max_batch(dataset_sizes: Sequence[int], expected_batch_size: int,
   if small:
     raise ValueError(f"a hospital has fewer records ({min(small)}) than the expected batch size "
                      f"{expected_batch_size}")
-  return max(int(stats.binom.isf(overflow, n, expected_batch_size / n)) for n in sizes)
+  return max(binomial_cap(n, expected_batch_size / n, overflow) for n in sizes)
+
+
+def poisson_max_clients(num_clients: int, sampling_rate: float,
+                        overflow: float = OVERFLOW) -> int:
+  """m_max: the fixed client slots of a round under Poisson client sampling (at least 1). The
+  truncation is accounted for exactly, as for `poisson_max_batch`."""
+  return max(1, min(num_clients, binomial_cap(num_clients, sampling_rate, overflow)))
 
 
 def example_step_event(dataset_size: int, expected_batch_size: float, max_batch_size: int,
@@ -53,6 +76,14 @@ def example_step_event(dataset_size: int, expected_batch_size: float, max_batch_
 def client_round_event(noise_multiplier: float) -> dpa.DpEvent:
   """The event of one DP-FedAvg round for a client that takes part in it."""
   return dpa.dp_event.GaussianDpEvent(noise_multiplier)
+
+
+def client_sampled_round_event(num_clients: int, sampling_rate: float, max_clients: int,
+                               noise_multiplier: float) -> dpa.DpEvent:
+  """One DP-FedAvg round over N clients Poisson-sampled at rate q, truncated to m_max."""
+  return dpa.dp_event.TruncatedSubsampledGaussianDpEvent(
+      dataset_size=num_clients, sampling_probability=sampling_rate,
+      truncated_batch_size=max_clients, noise_multiplier=noise_multiplier)
 
 
 def _accountant(kind: str) -> dpa.PrivacyAccountant:
@@ -174,26 +205,59 @@ class ExampleAccountant:
 
 @dataclasses.dataclass
 class ClientAccountant:
-  """Client-level DP-FedAvg: each client's epsilon over the rounds it took part in; the
-  federation's epsilon (the guarantee every client has) is the largest."""
+  """Client-level DP-FedAvg: each client's epsilon over the rounds it took part in (unamplified);
+  the federation's epsilon (the guarantee every client has) is the largest. With Poisson client
+  sampling (`sampling_rate` q > 0, `max_clients` m_max) the federation's epsilon is the amplified
+  one over every round run, and `unamplified()` is the one against readers of the participants.
+
+  Attributes:
+    num_clients: N. noise_multiplier: z. delta: the reported delta.
+    target_epsilon: budget (0: none) on the federation's epsilon (`spent()`).
+    sampling_rate / max_clients: q and m_max of Poisson client sampling (0: fixed-m rounds).
+  """
 
   num_clients: int
   noise_multiplier: float
   delta: float
   target_epsilon: float = 0.0
+  sampling_rate: float = 0.0
+  max_clients: int = 0
   rounds_taken: list[int] = dataclasses.field(default_factory=list)
+  rounds_run: int = 0
+  _cache: dict[tuple[str, int], float] = dataclasses.field(default_factory=dict, repr=False)
 
   kind = "pld"
 
   def __post_init__(self):
     if not self.rounds_taken:
       self.rounds_taken = [0] * self.num_clients
+    if self.sampling_rate and not (0 < self.sampling_rate < 1 and self.max_clients >= 1):
+      raise ValueError(f"Poisson client sampling needs 0 < q < 1 and m_max >= 1, got "
+                       f"q={self.sampling_rate}, m_max={self.max_clients}")
+
+  @property
+  def amplified(self) -> bool:
+    return self.sampling_rate > 0
+
+  def _eps(self, which: str, count: int) -> float:
+    if (which, count) not in self._cache:
+      event = (client_sampled_round_event(self.num_clients, self.sampling_rate, self.max_clients,
+                                          self.noise_multiplier) if which == "amplified"
+               else client_round_event(self.noise_multiplier))
+      self._cache[(which, count)] = epsilon(event, count, self.delta)
+    return self._cache[(which, count)]
 
   def epsilon_after(self, rounds: int) -> float:
-    """Epsilon of a client that took part in `rounds` rounds."""
-    return epsilon(client_round_event(self.noise_multiplier), rounds, self.delta)
+    """Unamplified epsilon of a client that took part in `rounds` rounds."""
+    return self._eps("gaussian", rounds)
+
+  def amplified_after(self, rounds: int) -> float:
+    """Amplified epsilon after `rounds` Poisson-sampled rounds (every client, sampled or not)."""
+    return self._eps("amplified", rounds)
 
   def count(self, client_ids: Sequence[int]) -> None:
+    """Counts a finished round of `client_ids` (also to replay rounds before a resume)."""
+    self.rounds_run += 1
     for c in client_ids:
       self.rounds_taken[int(c)] += 1
 
@@ -202,11 +266,23 @@ class ClientAccountant:
     return self.spent()
 
   def spent(self) -> dict[str, float]:
+    """{"federation": the budgeted epsilon so far}: amplified under Poisson sampling."""
+    if self.amplified:
+      return {"federation": self.amplified_after(self.rounds_run)}
+    return self.unamplified()
+
+  def unamplified(self) -> dict[str, float]:
+    """{"federation": the largest per-client epsilon over the rounds each took part in}: what
+    holds against a reader of the published participants (ledger, metrics)."""
     return {"federation": self.epsilon_after(max(self.rounds_taken))}
 
   def would_exceed(self, client_ids: Sequence[int]) -> bool:
-    """Whether a round of `client_ids` would take some client past target_epsilon."""
-    if not self.target_epsilon or len(client_ids) == 0:
+    """Whether a round of `client_ids` would take the federation past target_epsilon."""
+    if not self.target_epsilon:
+      return False
+    if self.amplified:
+      return self.amplified_after(self.rounds_run + 1) > self.target_epsilon
+    if len(client_ids) == 0:
       return False
     most = max(self.rounds_taken[int(c)] for c in client_ids) + 1
     return self.epsilon_after(max(most, max(self.rounds_taken))) > self.target_epsilon
@@ -232,6 +308,12 @@ def calibrate_example_per_client(dataset_sizes: Sequence[int], expected_batch_si
   return [z[n] for n in dataset_sizes]
 
 
-def calibrate_client(rounds: int, target_epsilon: float, delta: float) -> float:
-  """z meeting the target for a client that takes part in all `rounds` rounds."""
+def calibrate_client(rounds: int, target_epsilon: float, delta: float, *, num_clients: int = 0,
+                     sampling_rate: float = 0.0, max_clients: int = 0) -> float:
+  """z meeting the target for a client that takes part in all `rounds` rounds, or (Poisson
+  client sampling, q > 0) for the amplified epsilon of `rounds` sampled rounds."""
+  if sampling_rate:
+    return calibrate(lambda z: client_sampled_round_event(num_clients, sampling_rate,
+                                                          max_clients, z),
+                     rounds, target_epsilon, delta)
   return calibrate(client_round_event, rounds, target_epsilon, delta)

@@ -3,7 +3,10 @@
 On the server, for the round's m clients (updates u_c = local_c - global, flattened to [m, D]):
     mean~ = (sum_valid u_c * min(1, C / ||u_c||) + N(0, (z_u C)^2 I)) / m
 Every client weighs the same (1/m, with m the fixed number of clients per round, never the data
-dependent count of valid ones); mean~ then goes through the algorithm's server optimizer.
+dependent count of valid ones; under Poisson client sampling m = q N, the expected count, never
+the realized one); mean~ then goes through the algorithm's server optimizer. Under Poisson
+sampling a round with no valid client still releases its noise (`releases_when_empty`): leaving
+the adapter unchanged would tell that the sample was empty.
 
 Noise goes only on the coordinates the algorithm trains (`trained_d`): FFA-LoRA's frozen A gets
 neither update nor noise. The server's noise key is its own secret (secret.py).
@@ -39,21 +42,29 @@ class AdaptiveClipping:
 
 @dataclasses.dataclass(frozen=True)
 class ClientDP:
-  """DP-FedAvg settings: total noise multiplier z, (initial) clip norm C, clients per round m."""
+  """DP-FedAvg settings: total noise multiplier z, (initial) clip norm C, the divisor m (clients
+  per round, or q N under Poisson client sampling at rate `sampling_rate` q > 0)."""
 
   noise_multiplier: float
   clip_norm: float
-  clients_per_round: int
+  clients_per_round: float
   adaptive: AdaptiveClipping | None = None
+  sampling_rate: float = 0.0
 
   def __post_init__(self):
-    if self.noise_multiplier < 0 or self.clip_norm <= 0 or self.clients_per_round < 1:
-      raise ValueError(f"DP-FedAvg needs z >= 0, C > 0, m >= 1: {self}")
+    if (self.noise_multiplier < 0 or self.clip_norm <= 0 or not self.clients_per_round > 0
+        or not 0 <= self.sampling_rate < 1):
+      raise ValueError(f"DP-FedAvg needs z >= 0, C > 0, m > 0, 0 <= q < 1: {self}")
     a = self.adaptive
     if a is not None and self.noise_multiplier > 0 and 2 * a.count_noise <= self.noise_multiplier:
       raise ValueError(f"adaptive clipping needs count noise sigma_b > z / 2 "
                        f"({a.count_noise} <= {self.noise_multiplier / 2}) to leave noise for "
                        "the update (Andrew et al., Thm. 1)")
+
+  @property
+  def releases_when_empty(self) -> bool:
+    """Poisson sampling: a round releases its noised mean even with no valid client."""
+    return self.sampling_rate > 0
 
   @property
   def update_noise_multiplier(self) -> float:

@@ -49,6 +49,8 @@ class PrivacyPlan:
     safeguards: the round's plug-ins.
     accountant: `ExampleAccountant` / `ClientAccountant`, or None without DP.
     max_batch_size: example level: the fixed rows of Poisson-sampled batches (else None).
+    sampling_rate / max_clients: Poisson client sampling's q and fixed slots m_max (0 / None:
+      fixed-m rounds).
     noise_multiplier: z in use (calibrated when the config gives a target epsilon instead); a
       list of each client's own z with `privacy.calibration="per_client"`.
     reproducible_noise: research only: noise from the config seed, no guarantee.
@@ -61,6 +63,8 @@ class PrivacyPlan:
   noise_multiplier: float | list[float] = 0.0
   reproducible_noise: bool = False
   accounting: dict = dataclasses.field(default_factory=dict)
+  sampling_rate: float = 0.0
+  max_clients: int | None = None
 
   def record(self) -> dict:
     """privacy.json: the accounting of this run (no secret)."""
@@ -126,6 +130,7 @@ def check_privacy_config(cfg) -> None:
   if p.level == "client" and f.centralized:
     raise ValueError("privacy.level='client' with fed.centralized=True is refused: one pooled "
                      "client has no client-level guarantee")
+  check_client_sampling(cfg)
   if p.level == "none":
     return
   if p.noise_multiplier < 0 or p.target_epsilon < 0:
@@ -133,6 +138,30 @@ def check_privacy_config(cfg) -> None:
   if p.noise_multiplier <= 0 and p.target_epsilon <= 0:
     raise ValueError(f"privacy.level={p.level!r} needs privacy.noise_multiplier > 0 or "
                      "privacy.target_epsilon > 0")
+
+
+def check_client_sampling(cfg) -> None:
+  """Refuses `privacy.client_sampling_rate` where Poisson client sampling cannot run as
+  accounted (the sites mode refuses it altogether: sites/job.py)."""
+  p, f = cfg.privacy, cfg.fed
+  q = p.get("client_sampling_rate", 0.0)
+  if not q:
+    return
+  if not 0 < q < 1:
+    raise ValueError(f"privacy.client_sampling_rate={q} must be in (0, 1) (0: off)")
+  if p.level == "example":
+    raise ValueError("privacy.client_sampling_rate samples clients for privacy.level='client' "
+                     "(or 'none'); example-level DP samples each hospital's records")
+  if f.clients_per_round:
+    raise ValueError(f"fed.clients_per_round={f.clients_per_round} (fixed m) with "
+                     f"privacy.client_sampling_rate={q} (Poisson) is refused: set one of them")
+  if f.centralized:
+    raise ValueError("privacy.client_sampling_rate with fed.centralized=True: one pooled "
+                     "client is never sampled")
+  if f.robust_rule != "mean" or f.robust_norm_bound > 0:
+    raise ValueError(f"privacy.client_sampling_rate with fed.robust_rule={f.robust_rule!r} / "
+                     f"fed.robust_norm_bound={f.robust_norm_bound}: robust rules assume a round "
+                     "of fixed size")
 
 
 def check_resume(plan: PrivacyPlan, recorded: dict | None) -> None:
@@ -177,20 +206,31 @@ def privacy_plan(cfg, names: Sequence[str], dataset_sizes: Sequence[int],
         {**common, "expected_batch_size": b, "max_batch_size": b_max, "local_steps": steps,
          **({"calibration": "per_client"} if per_client else {})})
   elif p.level == "client":
-    z = _noise(p, lambda: A.calibrate_client(f.rounds, p.target_epsilon, p.delta), recorded)
+    q = float(p.get("client_sampling_rate", 0.0))
+    m_max = A.poisson_max_clients(n, q) if q else None
+    divisor = q * n if q else m  # DP-FedAvg's fixed divisor: q N under Poisson sampling
+    z = _noise(p, lambda: A.calibrate_client(f.rounds, p.target_epsilon, p.delta, num_clients=n,
+                                             sampling_rate=q, max_clients=m_max or 0), recorded)
     adaptive = None
     if p.adaptive_clipping:
-      adaptive = AdaptiveClipping(p.target_quantile, p.clip_lr, p.count_noise or m / 20)
-    client_dp = ClientDP(z, p.clip_norm, m, adaptive)
+      adaptive = AdaptiveClipping(p.target_quantile, p.clip_lr, p.count_noise or divisor / 20)
+    client_dp = ClientDP(z, p.clip_norm, divisor, adaptive, q)
     if n < 100:
       logging.warning("client-level DP over %d clients: protecting a whole hospital among so few "
                       "needs noise that swamps the update, or gives a weak epsilon", n)
+    sampling = {} if not q else {"client_sampling_rate": q, "max_clients_per_round": m_max,
+                                 "expected_clients_per_round": divisor}
     plan = PrivacyPlan(
         Safeguards(client_dp=client_dp, robust=robust, attack=attack),
-        A.ClientAccountant(n, z, p.delta, p.target_epsilon), None, z, p.reproducible_noise,
-        {**common, "clients_per_round": m, "adaptive_clipping": bool(p.adaptive_clipping),
-         "count_noise": None if adaptive is None else adaptive.count_noise})
+        A.ClientAccountant(n, z, p.delta, p.target_epsilon, q, m_max or 0), None, z,
+        p.reproducible_noise,
+        {**common, "clients_per_round": m if not q else None,
+         "adaptive_clipping": bool(p.adaptive_clipping),
+         "count_noise": None if adaptive is None else adaptive.count_noise, **sampling},
+        q, m_max)
   else:
-    return PrivacyPlan(Safeguards(robust=robust, attack=attack))
+    q = float(p.get("client_sampling_rate", 0.0))
+    return PrivacyPlan(Safeguards(robust=robust, attack=attack), sampling_rate=q,
+                       max_clients=A.poisson_max_clients(n, q) if q else None)
   check_resume(plan, recorded)
   return plan

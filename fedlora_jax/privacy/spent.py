@@ -3,6 +3,10 @@
 metrics.jsonl's "privacy" entry (`PrivacyMeter.after_round`):
     {level, unit, delta, noise_multiplier, clip_norm, accountant, epsilon: {hospital |
      "federation": eps}}
+Under Poisson client sampling, "epsilon" is the amplified one (the budget: it holds against
+whoever sees only the released adapters) and the entry adds "epsilon_participants_known":
+{"federation": eps}, the unamplified one that holds against a reader of the published
+participants (this file, the ledger), and "amplification" saying so (`amplification_entry`).
 With `privacy.reproducible_noise` the noise came from the config seed: the entry then has
 "guarantee": NO_GUARANTEE and the block's accountant name carries it too.
 The ledger block's `privacy` field (`ledger_field`, see ledger/block.py `PRIVACY_KEYS`): the same
@@ -60,6 +64,7 @@ class PrivacyMeter:
              "noise_multiplier": self.noise_multiplier,
              "clip_norm": float(self.clip_norm if clip_norm is None else clip_norm),
              "accountant": self.accountant.kind, "epsilon": self.accountant.after_round(ids)}
+    entry.update(amplification_entry(self.accountant))
     if self.reproducible_noise:
       entry["guarantee"] = NO_GUARANTEE
     return entry
@@ -69,11 +74,30 @@ class PrivacyMeter:
     return self.accountant.would_exceed([self.client_names.index(n) for n in clients])
 
 
+AMPLIFIED = ("amplified by Poisson client sampling (q={q:g}, at most {m} per round, server's "
+             "secret): holds against whoever sees only the released adapters; a reader of the "
+             "round participants (metrics.jsonl, the ledger) has epsilon_participants_known")
+
+
+def amplification_entry(accountant: ExampleAccountant | ClientAccountant) -> dict[str, Any]:
+  """{} without Poisson client sampling; else the unamplified epsilon and what each holds
+  against (metrics' privacy entry and summary.json's)."""
+  if not getattr(accountant, "amplified", False):
+    return {}
+  return {"epsilon_participants_known": accountant.unamplified(),
+          "amplification": AMPLIFIED.format(q=accountant.sampling_rate,
+                                            m=accountant.max_clients)}
+
+
 def ledger_field(entry: dict[str, Any] | None) -> dict[str, Any] | None:
   """The block's `privacy` field from a record's "privacy" entry (None without DP)."""
   if entry is None:
     return None
   accountant = entry["accountant"]
+  if "epsilon_participants_known" in entry:  # the ledger itself publishes the participants
+    known = max(entry["epsilon_participants_known"].values())
+    accountant = (f"{accountant} (Poisson-amplified; against a reader of this ledger's "
+                  f"participants: epsilon {known:.4g})")
   if "guarantee" in entry:
     accountant = f"{accountant} ({entry['guarantee']})"
   return {"unit": entry["level"], "epsilon": max(entry["epsilon"].values()),

@@ -2,7 +2,8 @@
 
 Hospitals (the clients this process holds) draw their DP-SGD noise and Poisson batches from their
 own `DpSecret` in `<keystores>/<hospital>/dp_secret`, next to their BLS key; the server (process 0)
-draws DP-FedAvg's noise from `<workdir>/keys/server/dp_secret`. A keystore outlives a run (an
+draws DP-FedAvg's noise (and, with Poisson client sampling, each round's participants) from
+`<workdir>/keys/server/dp_secret`. A keystore outlives a run (an
 enrolled hospital keeps it), so every key also binds the run's nonce (public, from the OS at the
 run's start, kept in privacy.json): two runs never share noise or batches, even on the same data
 with the same keystore, while a resume gets its own run's keys back. The round's program runs on
@@ -19,12 +20,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedlora_jax.federated.round import PAD
+from fedlora_jax.federated.sampling import poisson_clients
 from fedlora_jax.privacy.secret import DpSecret
 from fedlora_jax.run import multihost
 
 SGD_NOISE = "dp-sgd noise"
 SGD_SAMPLING = "dp-sgd poisson sampling"
 FEDAVG_NOISE = "dp-fedavg noise"
+FEDAVG_SAMPLING = "dp-fedavg poisson client sampling"
 
 
 def keystore_root(cfg, workdir: str) -> str:
@@ -103,3 +106,14 @@ class DpKeys:
     key = multihost.broadcast_json(None if self.server is None else self.server.jax_key(
         self._purpose(FEDAVG_NOISE), round_idx).tolist())
     return np.asarray(key, np.uint32)
+
+  def client_sample(self, num_clients: int, sampling_rate: float, max_clients: int,
+                    round_idx: int) -> np.ndarray:
+    """Sorted ids of round `round_idx`'s Poisson client sample on every process: drawn by the
+    server from its secret (client level; `federated.sampling.poisson_clients`)."""
+    if self.level != "client":
+      raise ValueError("the server's secret client sample exists at privacy.level='client' only")
+    ids = None if self.server is None else poisson_clients(
+        self.server.numpy_rng(self._purpose(FEDAVG_SAMPLING), round_idx), num_clients,
+        sampling_rate, max_clients).tolist()
+    return np.asarray(multihost.broadcast_json(ids), np.int32)

@@ -34,8 +34,9 @@ from fedlora_jax.run.hooks import (PERSONALISED, CheckpointHook, EvaluationHook,
                                    PrivacyHook, eval_loras, per_client, progress)
 from fedlora_jax.run.loop import RoundRunner, run_rounds
 from fedlora_jax.run.privacy_setup import open_privacy, privacy_meter, privacy_summary
-from fedlora_jax.run.setup import (ClientData, base_model_dir, client_records, expand,
-                                   hospital_names, load_client_data, load_model, local_steps, lora_config)
+from fedlora_jax.run.setup import (ClientData, base_model_dir, check_clinic_config, client_records,
+                                   expand, hospital_names, load_client_data, load_model,
+                                   local_steps, lora_config)
 from fedlora_jax.run.workdir import check_workdir, flat_config, write_config, write_json
 # (flower) algorithm and local training are built in setup, shared with fedlora_jax/sites
 from fedlora_jax.run.setup import algorithm as _algorithm, local_training as _training
@@ -72,6 +73,7 @@ def _load_data(cfg, tokenizer, placement: ClientPlacement, test_placement: Clien
 def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   """Runs (or resumes) the federated job described by `cfg`; returns the final summary."""
   algorithm = _algorithm(cfg)  # refuses a bad combination before anything is written
+  check_clinic_config(cfg)
   workdir = expand(cfg.workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   has_ckpt = _has_checkpoint(ckpt_dir)
@@ -85,7 +87,9 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   model, tokenizer, base_dir = load_model(cfg)
   num_hospitals = len(hospital_names(cfg))
   test_placement = ClientPlacement.create(num_hospitals, mesh)
-  placement = (ClientPlacement.create(1, mesh) if cfg.fed.centralized else test_placement)
+  clinics = cfg.data.get("clinics", 0)
+  placement = (ClientPlacement.create(1, mesh) if cfg.fed.centralized else
+               ClientPlacement.create(clinics, mesh) if clinics else test_placement)
   data = _load_data(cfg, tokenizer, placement, test_placement)
   if multihost.is_writer():
     write_config(workdir, cfg)  # only now: a start that fails on bad input leaves no trace
@@ -122,7 +126,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   gate: Gate
   if cfg.ledger.enabled:
     gate = LedgerGate(workdir, cfg.ledger, label=_ledger_label(cfg),
-                      rules=ledger_rules(cfg, plan.noise_multiplier, per_round, genesis_base),
+                      rules=ledger_rules(cfg, plan.noise_multiplier, plan.max_clients or per_round,
+                                         genesis_base, plan.sampling_rate * num_clients),
                       train_names=data.train_names, train_sizes=data.train_sizes,
                       local_clients=placement.hospitals_of(jax.process_index()),
                       original_base=original)
@@ -135,12 +140,18 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                 group_size=cfg.eval.group_size),
       every=cfg.eval.every, round_max_questions=cfg.eval.round_max_test_per_client)
   metrics = MetricsHook(workdir, keep_until_round=start if start else -1,
-                        clients_per_round=per_round)
+                        clients_per_round=plan.max_clients or per_round)
   hooks = [evaluation, metrics,
            CheckpointHook(ckpt, lambda: getattr(gate, "head_hash", None))]
+  dp_keys = DpKeys.open(cfg, workdir, data.train_names,
+                        placement.hospitals_of(jax.process_index()), run_nonce=run_nonce,
+                        resuming=resuming)
+  runner = RoundRunner(engine, placement, data, clients_per_round=per_round,
+                       local_steps=steps, batch_size=cfg.fed.batch_size,
+                       seed=cfg.seed, max_batch_size=plan.max_batch_size, dp_keys=dp_keys,
+                       sampling_rate=plan.sampling_rate, max_clients=plan.max_clients)
   # the privacy cost of the rounds already run is counted (resume)
-  meter = privacy_meter(cfg, plan, data.train_names, start, lambda r: F.sample_clients(
-      num_clients, per_round, seed=cfg.seed, round_idx=r))
+  meter = runner.privacy = privacy_meter(cfg, plan, data.train_names, start, runner.participants)
   if multihost.is_writer():
     logging.info("clients: %s", data.summary)
   if start == 0:
@@ -148,13 +159,6 @@ def run(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     if metrics.log is not None:
       metrics.log.append(record0)
       progress(record0, 0)
-  dp_keys = DpKeys.open(cfg, workdir, data.train_names,
-                        placement.hospitals_of(jax.process_index()), run_nonce=run_nonce,
-                        resuming=resuming)
-  runner = RoundRunner(engine, placement, data, clients_per_round=per_round,
-                       local_steps=steps, batch_size=cfg.fed.batch_size,
-                       seed=cfg.seed, max_batch_size=plan.max_batch_size, privacy=meter,
-                       dp_keys=dp_keys)
   if meter is not None:  # the budget stop comes before the checkpoint it forces
     hooks.insert(1, PrivacyHook(runner.would_exceed_budget,
                                 target_epsilon=cfg.privacy.target_epsilon))

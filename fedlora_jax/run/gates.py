@@ -70,10 +70,13 @@ class OpenGate:
 
 
 def ledger_rules(cfg, noise_multiplier: float | list[float], clients_per_round: int,
-                 base_digest: str | None = None) -> dict[str, Any]:
+                 base_digest: str | None = None, expected_clients: float = 0.0
+                 ) -> dict[str, Any]:
   """The job's rules the genesis block fixes (`ledger.rules`), from the run's config: algorithm,
-  weighting, robust rule and its parameters, DP unit / delta / noise multiplier, round size, and
-  the frozen base's digest (`base_digest`, on the process that writes the ledger)."""
+  weighting, robust rule and its parameters, DP unit / delta / noise multiplier, round size (the
+  cap m_max under Poisson client sampling), DP-FedAvg's divisor q N there (`expected_clients`,
+  0: none), and the frozen base's digest (`base_digest`, on the process that writes the
+  ledger)."""
   f, dp = cfg.fed, cfg.privacy
   return L.make_rules(
       algorithm=f.algorithm, weighting="uniform" if f.uniform_weights else "num_samples",
@@ -81,6 +84,7 @@ def ledger_rules(cfg, noise_multiplier: float | list[float], clients_per_round: 
       gm_nu=f.robust_gm_nu, gm_iters=f.robust_gm_iters,
       privacy_unit=None if dp.level == "none" else dp.level, delta=dp.delta,
       noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
+      expected_clients=expected_clients if dp.level == "client" and expected_clients else None,
       base_digest=base_digest)
 
 

@@ -23,13 +23,17 @@ from fedlora_jax.run.hooks import Hook, Job
 from fedlora_jax.run.setup import ClientData
 
 
+POISSON_STREAM = 0x504F  # the seeded Poisson client sample of a run without DP
+
+
 class RoundRunner:
   """One federated round over the mesh, each process feeding only its own clients' batches."""
 
   def __init__(self, engine: F.FederatedRound, placement: ClientPlacement, data: ClientData, *,
                clients_per_round: int, local_steps: int, batch_size: int, seed: int,
                max_batch_size: int | None = None, privacy: PrivacyMeter | None = None,
-               dp_keys: DpKeys | None = None):
+               dp_keys: DpKeys | None = None, sampling_rate: float = 0.0,
+               max_clients: int | None = None):
     self.engine = engine
     self.placement = placement
     self.data = data
@@ -40,6 +44,8 @@ class RoundRunner:
     self.max_batch_size = max_batch_size  # DP-SGD: Poisson batches of this fixed shape
     self.privacy = privacy  # DP: counts each round before its ledger block records the epsilon
     self.dp_keys = dp_keys or DpKeys()  # each party's secret DP randomness
+    self.sampling_rate = sampling_rate  # Poisson client sampling's q (0: fixed m per round)
+    self.max_clients = max_clients  # its fixed slots m_max
     held = [int(t.seq_len) for t in data.train.values()]
     self.seq_len = max(multihost.allgather_json(max(held, default=0)))  # once, at setup
 
@@ -53,12 +59,14 @@ class RoundRunner:
                          batch_size=self.batch_size, seed=self.seed, round_idx=round_idx,
                          client_ids=client_ids)
 
-  def batches(self, slot_ids: np.ndarray, round_idx: int) -> dict[str, Any]:
-    """[S, K, B, L] batches; this process builds the rows of its own (real) slots only."""
+  def batches(self, slot_ids: np.ndarray, round_idx: int) -> tuple[dict[str, Any], int]:
+    """([S, K, B, L] batches, the round's real tokens over every process); this process builds
+    the rows of its own (real) slots only."""
     mine = self.placement.local_slots(slot_ids, jax.process_index())
     real = [s for s in mine if slot_ids[s] != PAD]
     local = (self._local_batches([int(slot_ids[s]) for s in real], round_idx)[0]
              if real else {})
+    tokens = sum(multihost.allgather_json(int(local["attention_mask"].sum()) if real else 0))
     row_of = {s: i for i, s in enumerate(real)}
     shape = (len(slot_ids), self.local_steps, self.max_batch_size or self.batch_size,
              self.seq_len)
@@ -72,9 +80,10 @@ class RoundRunner:
       return row
 
     if self.engine.sharding is None:
-      return {k: np.stack([rows(k)(s) for s in range(len(slot_ids))]) for k in BATCH_KEYS}
-    return {k: multihost.global_from_rows(shape, dtypes[k], self.engine.sharding.by_client,
-                                          rows(k)) for k in BATCH_KEYS}
+      return ({k: np.stack([rows(k)(s) for s in range(len(slot_ids))]) for k in BATCH_KEYS},
+              tokens)
+    return ({k: multihost.global_from_rows(shape, dtypes[k], self.engine.sharding.by_client,
+                                           rows(k)) for k in BATCH_KEYS}, tokens)
 
   def noise_keys(self, slot_ids: np.ndarray, round_idx: int):
     """[S, 2] uint32 DP-SGD keys (None without DP-SGD); this process fills the rows of its own
@@ -90,9 +99,16 @@ class RoundRunner:
         lambda s: row(s) if s in mine else np.zeros((2,), np.uint32))
 
   def participants(self, round_idx: int) -> np.ndarray:
-    """[m] sorted client ids of round `round_idx` (seeded: the ledger publishes them anyway)."""
-    return F.sample_clients(len(self.data.train_names), self.per_round, seed=self.seed,
-                            round_idx=round_idx)
+    """Sorted client ids of round `round_idx`: m seeded ones (the ledger publishes them anyway),
+    or a Poisson sample, drawn with the server's secret under client-level DP (from the seed
+    without DP: there is nothing to amplify)."""
+    n = len(self.data.train_names)
+    if not self.sampling_rate:
+      return F.sample_clients(n, self.per_round, seed=self.seed, round_idx=round_idx)
+    if self.dp_keys.level == "client":
+      return self.dp_keys.client_sample(n, self.sampling_rate, self.max_clients, round_idx)
+    return F.poisson_clients(np.random.default_rng([self.seed, round_idx, POISSON_STREAM]), n,
+                             self.sampling_rate, self.max_clients)
 
   def would_exceed_budget(self, round_idx: int) -> bool:
     """Whether round `round_idx` would take a party past `privacy.target_epsilon`."""
@@ -105,8 +121,8 @@ class RoundRunner:
     """Runs round `round_idx` (0-based) on `job` in place; returns its metrics record."""
     t0 = time.time()
     ids = self.participants(round_idx)
-    slot_ids = self.placement.slot_ids(ids)
-    batches = self.batches(slot_ids, round_idx)
+    slot_ids = self.placement.slot_ids(ids, self.max_clients or 0)
+    batches, tokens = self.batches(slot_ids, round_idx)
     timing = {"data_s": time.time() - t0}
     trained = self.engine.train(job.state, job.base, batches, slot_ids,
                                 self.noise_keys(slot_ids, round_idx))
@@ -135,6 +151,7 @@ class RoundRunner:
         "loss": loss, "valid": host["valid"].tolist(),
         "weights": host["weights"].tolist(), "aggregated": aggregated, "ledger": ledger,
         "timing": {k: round(v, 3) for k, v in timing.items()},
+        "slots": len(slot_ids), "tokens": tokens,
         **({"privacy": privacy} if privacy else {}),
     }
 

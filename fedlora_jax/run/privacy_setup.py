@@ -18,7 +18,7 @@ import numpy as np
 
 from fedlora_jax.privacy.plan import LEVEL_NAMES, PrivacyPlan, PrivacyResumeError, privacy_plan
 from fedlora_jax.privacy.secret import NO_GUARANTEE
-from fedlora_jax.privacy.spent import PrivacyMeter
+from fedlora_jax.privacy.spent import PrivacyMeter, amplification_entry
 from fedlora_jax.run import multihost
 from fedlora_jax.run.dp_keys import new_run_nonce
 from fedlora_jax.run.workdir import write_json
@@ -73,5 +73,5 @@ def privacy_summary(cfg, plan: PrivacyPlan) -> dict[str, Any] | None:
     return None
   return {"level": cfg.privacy.level, "unit": LEVEL_NAMES[cfg.privacy.level],
           "delta": cfg.privacy.delta, "noise_multiplier": plan.noise_multiplier,
-          "epsilon": plan.accountant.spent(),
+          "epsilon": plan.accountant.spent(), **amplification_entry(plan.accountant),
           **({"guarantee": NO_GUARANTEE} if plan.reproducible_noise else {})}

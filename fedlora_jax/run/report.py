@@ -86,6 +86,13 @@ def _privacy_lines(records: list[dict[str, Any]], num_hospitals: int) -> list[st
            f"{last['delta']:.3g}** after round {spent[-1]['round']} (unit protected: "
            f"{UNITS[level]}; {noise_words(last['noise_multiplier'], list(eps))}, clip norm "
            f"{last['clip_norm']:.4g}, dp-accounting {last['accountant']} accountant).", ""]
+  if "epsilon_participants_known" in last:
+    known = max(last["epsilon_participants_known"].values())
+    lines += ["That epsilon credits amplification by Poisson client sampling (drawn with the "
+              "server's secret): it holds against whoever sees only the released adapters. "
+              "metrics.jsonl and the ledger publish each round's participants; against their "
+              f"readers a client has **epsilon = {known:.3g}** (the rounds it took part in, "
+              "unamplified).", ""]
   if level == "example":
     lines += ["Epsilon per hospital: " + ", ".join(f"{h} {e:.3g}" for h, e in eps.items())
               + " (the largest is the run's guarantee; the ledger block records it).", ""]
@@ -222,7 +229,7 @@ def write_report(workdir: str, summary: dict[str, Any]) -> str:
   lines += _generate_lines(summary)
   lines += ["", *_protocol_lines(summary), "", "![accuracy curves](accuracy_curves.png)", "",
             "![client x test set](client_test_heatmap.png)", ""]
-  privacy = _privacy_lines(records, len(summary["clients"]))
+  privacy = _privacy_lines(records, sum(s.get("clinics", 1) for s in summary["clients"]))
   if privacy:
     _plot_epsilon(records, os.path.join(workdir, "epsilon_per_round.png"))
     lines += privacy

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from fedlora_jax import data as D
 from fedlora_jax import federated as F
 from fedlora_jax import models
+from fedlora_jax.data.clinics import check_clinics, clinic_names, split_records
 from fedlora_jax.federated.sampling import clients_per_round
 from fedlora_jax.pretrain import pretrain_base
 
@@ -93,6 +94,22 @@ def check_quantization(cfg: ml_collections.ConfigDict) -> None:
     raise SetupError(f"fed.algorithm='fedex_lora' cannot run over model.quantize="
                      f"{cfg.model.quantize!r}: its residual folds into the frozen base, which is "
                      "stored quantized; use model.quantize='none' or another algorithm")
+
+
+def check_clinic_config(cfg: ml_collections.ConfigDict) -> None:
+  """Refuses `data.clinics` where a clinic cannot be a client (the count itself is checked
+  against the records in `load_client_data`)."""
+  clinics = cfg.data.get("clinics", 0)
+  if not clinics:
+    return
+  if cfg.data.source != "icd10":
+    raise SetupError(f"data.clinics={clinics} splits the icd10 hospitals; data.source="
+                     f"{cfg.data.source!r} has no such hospitals (use data.partition)")
+  if cfg.fed.centralized:
+    raise SetupError("data.clinics with fed.centralized=True: the pooled client has no clinics")
+  if cfg.fed.algorithm in ("fedsa_lora", "local"):
+    raise SetupError(f"data.clinics with fed.algorithm={cfg.fed.algorithm!r}: a clinic's "
+                     "personal adapter has no test set of its own (tests are per hospital)")
 
 
 def algorithm(cfg: ml_collections.ConfigDict) -> F.Algorithm:
@@ -327,6 +344,8 @@ def load_client_data(cfg, tokenizer: Tokenizer, hospitals: Sequence[int] | None 
   if truncated:
     logging.warning("%d prompts were cut to data.max_len=%d", truncated, cfg.data.max_len)
   max_targets = max(s.pop("max_targets") for s in summary)
+  if cfg.data.get("clinics", 0):
+    return _clinic_data(cfg.data.clinics, names, train, test, summary, max_targets)
   if not centralized:
     return ClientData(names, train, names, test, summary, [s["train"] for s in summary],
                       max_targets)
@@ -337,3 +356,23 @@ def load_client_data(cfg, tokenizer: Tokenizer, hospitals: Sequence[int] | None 
     pooled = {0: D.pooled([train[i] for i in every])}
   return ClientData(["pooled"], pooled, names, test, summary,
                     [sum(s["train"] for s in summary)], max_targets)
+
+
+def _clinic_data(clinics: int, names: list[str], train: dict[int, D.TokenizedMCQ],
+                 test: dict[int, D.TokenizedMCQ], summary: list[dict[str, Any]],
+                 max_targets: int) -> ClientData:
+  """`data.clinics`: each hospital's training set dealt into clinics (data/clinics.py); the test
+  sets stay the hospitals'. Needs every hospital here (one process)."""
+  if sorted(train) != list(range(len(names))):
+    raise SetupError("data.clinics needs every hospital's records in this process (one process)")
+  try:
+    check_clinics(clinics, [len(train[h]) for h in range(len(names))])
+  except ValueError as e:
+    raise SetupError(str(e)) from None
+  per = clinics // len(names)
+  parts = [train[h].take(np.asarray(idx, np.int64)) for h in range(len(names))
+           for idx in split_records(np.arange(len(train[h])), per)]
+  for s in summary:
+    s["clinics"] = per
+  return ClientData(clinic_names(names, clinics), dict(enumerate(parts)), names, test, summary,
+                    [len(p) for p in parts], max_targets)

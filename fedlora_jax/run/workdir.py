@@ -23,7 +23,8 @@ RESUMABLE_FIELDS = ("workdir", "resume", "fed.rounds", "eval.every", "eval.batch
 
 # Fields added since runs were first recorded, with the value a run recorded before them had:
 # an older config.json without the field is the same run as one with this value.
-ADDED_FIELDS: dict[str, Any] = {"data.scale": 1, "privacy.calibration": "shared"}
+ADDED_FIELDS: dict[str, Any] = {"data.scale": 1, "data.clinics": 0, "privacy.calibration": "shared",
+                                "privacy.client_sampling_rate": 0.0}
 
 
 class WorkdirError(ValueError):

@@ -25,6 +25,13 @@ def check_job(cfg: ml_collections.ConfigDict) -> None:
   if cfg.privacy.get("calibration", "shared") != "shared":
     raise ValueError("privacy.calibration='per_client' is simulation and pod only: a hospital "
                      "checks its z against the genesis rules' single noise multiplier")
+  if cfg.privacy.get("client_sampling_rate", 0.0):
+    raise ValueError(f"privacy.client_sampling_rate={cfg.privacy.client_sampling_rate}: sites mode "
+                     "samples clients in the open (every node sees who is asked), so Poisson "
+                     "sampling's amplification cannot hold there; refused")
+  if cfg.data.get("clinics", 0):
+    raise ValueError(f"data.clinics={cfg.data.clinics} simulates many clients; a site is a real "
+                     "hospital (sites mode refuses it)")
   if cfg.attack.kind != "none":
     raise ValueError(f"attack.kind={cfg.attack.kind!r} is a simulation experiment; sites mode "
                      "refuses it")
