@@ -32,5 +32,14 @@ def tiny_config(workdir: str, cache_dir: str, **overrides):
   return cfg
 
 
+def default_config(**overrides):
+  """configs/default.py with `overrides` given as section__leaf=value."""
+  cfg = load_config_file(DEFAULT)
+  for key, value in overrides.items():
+    section, leaf = key.split("__")
+    cfg[section][leaf] = value
+  return cfg
+
+
 def cli_flags(cfg_overrides: dict) -> list[str]:
   return [f"--config.{k}={v}" for k, v in cfg_overrides.items()]

@@ -34,19 +34,10 @@ from fedlora_jax.run.loop import POISSON_STREAM
 from fedlora_jax.run.setup import SetupError, check_clinic_config
 from fedlora_jax.sites.job import check_job
 from fedlora_jax.federated.safeguards import Safeguards
-from fedlora_jax.run.configs import load_config_file
 from tests.fed_fixtures import client_batches, tiny_model
-from tests.run_fixtures import DEFAULT, tiny_config
+from tests.run_fixtures import default_config as _cfg, tiny_config
 
 KEY = np.asarray([3, 5], np.uint32)
-
-
-def _cfg(**kw):
-  cfg = load_config_file(DEFAULT)
-  for key, value in kw.items():
-    section, leaf = key.split("__")
-    cfg[section][leaf] = value
-  return cfg
 
 
 # ------------------------------------------------------------------------------ the sample

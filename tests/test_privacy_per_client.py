@@ -16,11 +16,10 @@ from fedlora_jax.federated.safeguards import Safeguards
 from fedlora_jax.privacy import ExampleDP
 from fedlora_jax.privacy import accounting as A
 from fedlora_jax.privacy.plan import privacy_plan
-from fedlora_jax.run.configs import load_config_file
 from fedlora_jax.run.report import noise_words
 from fedlora_jax.sites.job import check_job
 from tests.fed_fixtures import client_batches, tiny_model
-from tests.run_fixtures import DEFAULT
+from tests.run_fixtures import default_config
 
 NAMES = ["small", "large"]
 SIZES = [50, 800]
@@ -75,12 +74,7 @@ def test_a_client_trains_with_its_own_z_as_if_everyone_had_it():
 
 
 def _cfg(**kw):
-  cfg = load_config_file(DEFAULT)
-  cfg.privacy.level, cfg.privacy.target_epsilon = "example", 2.0
-  for key, value in kw.items():
-    section, leaf = key.split("__")
-    cfg[section][leaf] = value
-  return cfg
+  return default_config(**{"privacy__level": "example", "privacy__target_epsilon": 2.0, **kw})
 
 
 def test_the_plan_calibrates_per_hospital_and_a_resume_keeps_the_list():

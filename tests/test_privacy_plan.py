@@ -7,19 +7,10 @@ import pytest
 
 from fedlora_jax.privacy import accounting as A
 from fedlora_jax.privacy.plan import PrivacyResumeError, attackers, privacy_plan
-from fedlora_jax.run.configs import load_config_file
-from tests.run_fixtures import DEFAULT
+from tests.run_fixtures import default_config as _cfg
 
 NAMES = ["a", "b", "c", "d", "e", "f"]
 SIZES = [100, 120, 140, 160, 180, 200]
-
-
-def _cfg(**kw):
-  cfg = load_config_file(DEFAULT)
-  for key, value in kw.items():
-    section, leaf = key.split("__")
-    cfg[section][leaf] = value
-  return cfg
 
 
 def test_no_privacy_by_default():

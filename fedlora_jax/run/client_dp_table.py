@@ -30,22 +30,14 @@ import ml_collections
 import numpy as np
 
 from fedlora_jax.eval.protocols import METRICS
-from fedlora_jax.run.compare import bootstrap_gaps, finished_summary, load_correct, variant_config
+from fedlora_jax.run.compare import bootstrap_gaps, load_correct
+from fedlora_jax.run.safeguard_tables import (accuracy_cells, cell_config, finish_grids, gap_cells,
+                                              mean_std)
 
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
 DELTA = 1e-5
 HOSPITALS = "hospitals/no DP"
 NO_DP = "clinics/no DP"
-
-
-def _cell(base: ml_collections.ConfigDict, root: str, seed: int, cell: str,
-          fields: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  cfg = variant_config(base, "fedavg", os.path.join(root, f"seed{seed}"), seed)
-  for key, value in fields.items():
-    section, leaf = key.split(".")
-    cfg[section][leaf] = value
-  cfg.workdir = os.path.join(root, f"seed{seed}", cell)
-  return cfg
 
 
 def client_dp_configs(base, root: str, seed: int, epsilons: Sequence[float] = EPSILONS
@@ -56,14 +48,14 @@ def client_dp_configs(base, root: str, seed: int, epsilons: Sequence[float] = EP
     raise ValueError("the client_dp table needs --config.data.clinics > 0 and "
                      "--config.privacy.client_sampling_rate > 0")
   no_dp = {"privacy.level": "none", "privacy.adaptive_clipping": False}
-  out = {HOSPITALS: _cell(base, root, seed, "hospitals-none",
-                          {"data.clinics": 0, "privacy.client_sampling_rate": 0.0, **no_dp}),
-         NO_DP: _cell(base, root, seed, "clinics-none", no_dp)}
+  out = {HOSPITALS: cell_config(base, "fedavg", root, seed, "hospitals-none",
+                                {"data.clinics": 0, "privacy.client_sampling_rate": 0.0, **no_dp}),
+         NO_DP: cell_config(base, "fedavg", root, seed, "clinics-none", no_dp)}
   for eps in epsilons:
     if not eps > 0:
       raise ValueError(f"target epsilon {eps:g} must be > 0")
-    out[f"clinics/eps {eps:g}"] = _cell(
-        base, root, seed, f"clinics-eps{eps:g}",
+    out[f"clinics/eps {eps:g}"] = cell_config(
+        base, "fedavg", root, seed, f"clinics-eps{eps:g}",
         {"privacy.level": "client", "privacy.target_epsilon": float(eps),
          "privacy.noise_multiplier": 0.0, "privacy.delta": DELTA})
   return out
@@ -89,11 +81,6 @@ def round_cost(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
           "tokens_per_s": float(sum(r["tokens"] for r in rounds) / sum(round_s))}
 
 
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-  x = np.asarray(xs, np.float64)
-  return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
-
-
 def client_dp_data(summaries: Sequence[Mapping[str, dict[str, Any]]],
                    records: Sequence[Mapping[str, list[dict[str, Any]]]],
                    expected: Mapping[str, float],
@@ -110,16 +97,16 @@ def client_dp_data(summaries: Sequence[Mapping[str, dict[str, Any]]],
   for cell in summaries[0]:
     row: dict[str, Any] = {"std": {}}
     for k in METRICS:
-      row[k], row["std"][k] = _mean_std([s[cell]["fairness"][k] for s in summaries])
+      row[k], row["std"][k] = mean_std([s[cell]["fairness"][k] for s in summaries])
     if cell != NO_DP and NO_DP in summaries[0]:
       row["gap_pp"] = {k: 100.0 * float(np.mean([s[cell]["fairness"][k] - s[NO_DP]["fairness"][k]
                                                   for s in summaries])) for k in METRICS}
     privs = [s[cell]["privacy"] for s in summaries if "privacy" in s[cell]]
     if privs:
-      row["noise_multiplier"], _ = _mean_std([p["noise_multiplier"] for p in privs])
-      row["epsilon_amplified"], _ = _mean_std([max(p["epsilon"].values()) for p in privs])
+      row["noise_multiplier"], _ = mean_std([p["noise_multiplier"] for p in privs])
+      row["epsilon_amplified"], _ = mean_std([max(p["epsilon"].values()) for p in privs])
       known = [max(p["epsilon_participants_known"].values()) for p in privs]
-      row["epsilon_participants_known"], _ = _mean_std(known)
+      row["epsilon_participants_known"], _ = mean_std(known)
       row["epsilon_participants_known_max"] = float(max(known))
     costs = [round_cost(r[cell]) for r in records]
     row["cost"] = {k: float(np.mean([c[k] for c in costs])) for k in costs[0]}
@@ -144,15 +131,7 @@ def client_dp_markdown(data: dict[str, Any]) -> str:
     amp = f"{r['epsilon_amplified']:.2f}" if "epsilon_amplified" in r else "-"
     known = (f"{r['epsilon_participants_known']:.1f} (max {r['epsilon_participants_known_max']:.1f})"
              if "epsilon_participants_known" in r else "-")
-    cells = [f"{100 * r[k]:.1f}" + (f" ± {100 * r['std'][k]:.1f}" if sd else "") for k in METRICS]
-    for k in METRICS:
-      if "gap_pp" not in r:
-        cells.append("-")
-        continue
-      text = f"{r['gap_pp'][k]:+.1f}"
-      if "ci95_pp" in r:
-        text += f" [{r['ci95_pp'][k][0]:+.1f}, {r['ci95_pp'][k][1]:+.1f}]"
-      cells.append(text)
+    cells = accuracy_cells(r, sd) + gap_cells(r)
     lines.append(f"| {who} | {label} | {z} | {amp} | {known} | " + " | ".join(cells) + " |")
   lines += ["", "| clients | privacy | expected clients / round | realized | slots | s / round | "
             "tokens / s |", "|---|---|---|---|---|---|---|"]
@@ -177,18 +156,12 @@ def client_dp_table(base: ml_collections.ConfigDict, root: str, seeds: Sequence[
   """Runs the grid for every seed (default: the config's) and writes its table; returns the
   markdown. `finished_only`: runs nothing; tabulates the seeds whose every cell has finished
   (ValueError when none has)."""
-  from fedlora_jax.run.experiment import run  # heavy imports, only when running
   from fedlora_jax.run.setup import hospital_names
   seeds = [int(s) for s in seeds] or [int(base.seed)]
   out = os.path.join(root, "client_dp")
   grids = {s: client_dp_configs(base, out, s, epsilons) for s in seeds}
-  if finished_only:
-    grids = {s: g for s, g in grids.items() if all(finished_summary(c) for c in g.values())}
-    if not grids:
-      raise ValueError(f"no seed of {seeds} has every client_dp cell finished under {out}")
-    seeds = list(grids)
-  summaries = [{c: finished_summary(cfg) or run(cfg) for c, cfg in g.items()}
-               for g in grids.values()]
+  grids, summaries = finish_grids(grids, "client_dp", out, finished_only)
+  seeds = list(grids)
   records = [{c: _records(cfg.workdir) for c, cfg in g.items()} for g in grids.values()]
   correct = [{c: load_correct(cfg.workdir) for c, cfg in g.items()} for g in grids.values()]
   first = next(iter(grids.values()))

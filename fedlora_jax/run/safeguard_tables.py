@@ -49,8 +49,9 @@ CLEAN = "mean/none"  # the attack table's baseline cell: FedAvg without attack
 TABLES = ("attack", "privacy")
 
 
-def _cell_config(base: ml_collections.ConfigDict, method: str, root: str, seed: int, cell: str,
-                 fields: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def cell_config(base: ml_collections.ConfigDict, method: str, root: str, seed: int, cell: str,
+                fields: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """`base` as `method` for `seed` with `fields` ("section.leaf" -> value), in root/seed<s>/cell."""
   cfg = variant_config(base, method, os.path.join(root, f"seed{seed}"), seed)
   for key, value in fields.items():
     section, leaf = key.split(".")
@@ -70,7 +71,7 @@ def attack_configs(base, root: str, seed: int, rules: Sequence[str] = RULES,
   for rule in rules:
     for kind in attacks:
       clients, scale = ATTACK_SPECS[kind]
-      out[f"{rule}/{kind}"] = _cell_config(
+      out[f"{rule}/{kind}"] = cell_config(
           base, "fedavg", os.path.join(root, "attack"), seed, f"{rule}-{kind}",
           {"fed.robust_rule": rule, "attack.kind": kind, "attack.clients": clients,
            "attack.scale": scale})
@@ -85,12 +86,12 @@ def privacy_configs(base, root: str, seed: int, methods: Sequence[str] = PRIVACY
   for method in methods:
     algorithm = method.removesuffix(PER_CLIENT)
     calibration = "per_client" if method.endswith(PER_CLIENT) else "shared"
-    out[f"{method}/{NO_DP}"] = _cell_config(base, algorithm, os.path.join(root, "privacy"), seed,
+    out[f"{method}/{NO_DP}"] = cell_config(base, algorithm, os.path.join(root, "privacy"), seed,
                                             f"{algorithm}-none", {"privacy.level": "none"})
     for eps in epsilons:
       if not eps > 0:
         raise ValueError(f"target epsilon {eps:g} must be > 0")
-      out[f"{method}/eps {eps:g}"] = _cell_config(
+      out[f"{method}/eps {eps:g}"] = cell_config(
           base, algorithm, os.path.join(root, "privacy"), seed, f"{method}-eps{eps:g}",
           {"privacy.level": "example", "privacy.target_epsilon": float(eps),
            "privacy.noise_multiplier": 0.0, "privacy.delta": 1e-5,
@@ -101,7 +102,7 @@ def privacy_configs(base, root: str, seed: int, methods: Sequence[str] = PRIVACY
 # --------------------------------------------------------------------------- from the runs
 
 
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
   x = np.asarray(xs, np.float64)
   return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
 
@@ -121,7 +122,7 @@ def attack_data(summaries: Sequence[Mapping[str, dict[str, Any]]],
     fair = [s[cell]["fairness"] for s in summaries]
     row: dict[str, Any] = {}
     for k in METRICS:
-      row[k], row.setdefault("std", {})[k] = _mean_std([f[k] for f in fair])
+      row[k], row.setdefault("std", {})[k] = mean_std([f[k] for f in fair])
     if CLEAN in cells and cell != CLEAN:
       row["gap_pp"] = {k: 100.0 * float(np.mean([s[cell]["fairness"][k] - s[CLEAN]["fairness"][k]
                                                   for s in summaries])) for k in METRICS}
@@ -138,6 +139,41 @@ def attack_data(summaries: Sequence[Mapping[str, dict[str, Any]]],
   return {"seeds": len(summaries), "rows": rows}
 
 
+def accuracy_cells(row: Mapping[str, Any], sd: bool) -> list[str]:
+  """Each metric's accuracy (%), with ± its std over seeds when `sd`."""
+  return [f"{100 * row[k]:.1f}" + (f" ± {100 * row['std'][k]:.1f}" if sd else "")
+          for k in METRICS]
+
+
+def gap_cells(row: Mapping[str, Any]) -> list[str]:
+  """Each metric's gap (pp) against the baseline cell, with its 95% interval when known ("-"
+  for the baseline)."""
+  if "gap_pp" not in row:
+    return ["-"] * len(METRICS)
+  return [f"{row['gap_pp'][k]:+.1f}" + (f" [{row['ci95_pp'][k][0]:+.1f}, "
+                                         f"{row['ci95_pp'][k][1]:+.1f}]" if "ci95_pp" in row else "")
+          for k in METRICS]
+
+
+def finish_grids(grids: Mapping[int, Mapping[str, ml_collections.ConfigDict]], what: str,
+                 where: str, finished_only: bool
+                 ) -> tuple[dict[int, Any], list[dict[str, dict[str, Any]]]]:
+  """(the seeds' grids, per seed: cell -> summary.json), running every unfinished cell; with
+  `finished_only`, runs nothing and keeps the seeds whose every cell has finished (ValueError
+  when none has)."""
+  grids = dict(grids)
+  if finished_only:
+    seeds = list(grids)
+    grids = {s: g for s, g in grids.items() if all(finished_summary(c) for c in g.values())}
+    if not grids:
+      raise ValueError(f"no seed of {seeds} has every {what} cell finished under {where}")
+  else:
+    from fedlora_jax.run.experiment import run  # heavy imports, only when running
+  summaries = [{c: finished_summary(cfg) or run(cfg) for c, cfg in g.items()}
+               for g in grids.values()]
+  return grids, summaries
+
+
 def attack_markdown(data: dict[str, Any]) -> str:
   """One row per cell: accuracy (%) mean ± std, gaps vs clean FedAvg [95% interval], and the
   hospital that pays most."""
@@ -146,15 +182,7 @@ def attack_markdown(data: dict[str, Any]) -> str:
            "| largest drop |", "|---|---|---|---|---|---|---|---|---|"]
   for cell, r in data["rows"].items():
     rule, kind = cell.split("/")
-    cells = [f"{100 * r[k]:.1f}" + (f" ± {100 * r['std'][k]:.1f}" if sd else "") for k in METRICS]
-    for k in METRICS:
-      if "gap_pp" not in r:
-        cells.append("-")
-        continue
-      text = f"{r['gap_pp'][k]:+.1f}"
-      if "ci95_pp" in r:
-        text += f" [{r['ci95_pp'][k][0]:+.1f}, {r['ci95_pp'][k][1]:+.1f}]"
-      cells.append(text)
+    cells = accuracy_cells(r, sd) + gap_cells(r)
     drop = r.get("largest_drop")
     cells.append(f"{drop['hospital']} {-drop['pp']:+.1f}" if drop else "-")
     lines.append(f"| {rule} | {kind} | " + " | ".join(cells) + " |")
@@ -181,12 +209,12 @@ def privacy_data(results: Sequence[Mapping[str, tuple[dict[str, Any], dict[str, 
     seeds = [r[cell] for r in results]
     row: dict[str, Any] = {"std": {}}
     for k in METRICS:
-      row[k], row["std"][k] = _mean_std([s["fairness"][k] for s, _ in seeds])
+      row[k], row["std"][k] = mean_std([s["fairness"][k] for s, _ in seeds])
     privs = [p for _, p in seeds if p]
     if privs:
       zs = [p["noise_multiplier"] for p in privs]  # per hospital: the seeds' lists are equal
-      row["noise_multiplier"] = zs[0] if isinstance(zs[0], list) else _mean_std(zs)[0]
-      row["epsilon_reached"], _ = _mean_std([max(p["epsilon"].values()) for p in privs])
+      row["noise_multiplier"] = zs[0] if isinstance(zs[0], list) else mean_std(zs)[0]
+      row["epsilon_reached"], _ = mean_std([max(p["epsilon"].values()) for p in privs])
     if audits and cell in audits:
       row["audit"] = {k: audits[cell][k] for k in ("hospital", "claimed_epsilon",
                                                    "epsilon_lower_bound", "canaries")}
@@ -206,7 +234,7 @@ def privacy_markdown(data: dict[str, Any]) -> str:
     z = (f"{min(z):.3f}-{max(z):.3f}" if isinstance(z, list)
          else z if isinstance(z, str) else f"{z:.3f}")
     eps = f"{r['epsilon_reached']:.2f}" if "epsilon_reached" in r else "-"
-    cells = [f"{100 * r[k]:.1f}" + (f" ± {100 * r['std'][k]:.1f}" if sd else "") for k in METRICS]
+    cells = accuracy_cells(r, sd)
     if audited:
       a = r.get("audit")
       claim = "none" if a and a["claimed_epsilon"] is None else (
@@ -246,20 +274,14 @@ def safeguard_table(base: ml_collections.ConfigDict, which: str, root: str,
   (and audit) has finished, and raises ValueError when none has."""
   if which not in TABLES:
     raise ValueError(f"unknown table {which!r}; known: {', '.join(TABLES)}")
-  from fedlora_jax.run.experiment import run  # heavy imports, only when running
   from fedlora_jax.run.report import plot_privacy_curve
   seeds = [int(s) for s in seeds] or [int(base.seed)]
   out = os.path.join(root, which)
   make = attack_configs if which == "attack" else privacy_configs
   grid_args = (rules, attacks) if which == "attack" else (methods, epsilons)
   grids = {s: make(base, root, s, *grid_args) for s in seeds}  # refuses a bad grid before runs
-  if finished_only:
-    grids = {s: g for s, g in grids.items() if all(finished_summary(c) for c in g.values())}
-    if not grids:
-      raise ValueError(f"no seed of {seeds} has every {which} cell finished under {root}")
-    seeds = list(grids)
-  summaries = [{c: finished_summary(cfg) or run(cfg) for c, cfg in g.items()}
-               for g in grids.values()]
+  grids, summaries = finish_grids(grids, which, root, finished_only)
+  seeds = list(grids)
   if which == "attack":
     correct = [{c: load_correct(cfg.workdir) for c, cfg in g.items()} for g in grids.values()]
     data = attack_data(summaries, correct, draws=draws)
